@@ -1,0 +1,103 @@
+"""The command line: ``python -m lightning_ssb fit --config bert6.yaml``.
+
+A ``LightningCLI`` whose model and data are chosen by ``class_path``, so that one CLI serves
+pre-training and fine-tuning. Additions to the stock CLI:
+- ``--config NAME`` finds a shipped config by bare name when no such file is in the working directory;
+- the resolved config is saved in the run folder and pushed to the W&B run's config;
+- a user error (bad path, bad key, malformed file, NaN loss) ends with one line, not a traceback
+  (``LIGHTNING_SSB_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that travel inside the package."""
+    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(value: str) -> str:
+    """A path as given when it exists, else the shipped config of that name (with or without .yaml)."""
+    if Path(value).exists():
+        return value
+    for candidate in (CONFIG_DIR / value, CONFIG_DIR / f"{value}.yaml", CONFIG_DIR / Path(value).name):
+        if candidate.is_file():
+            return str(candidate)
+    return value  # jsonargparse reports the missing file by name
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """Rewrite ``--config NAME`` / ``--config=NAME`` / ``-c NAME`` to shipped paths where needed."""
+    out, it = [], iter(argv)
+    for arg in it:
+        if arg in CONFIG_FLAGS:
+            out += [arg, resolve_config(next(it, ""))]
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve_config(arg.split("=", 1)[1]))
+        else:
+            out.append(arg)
+    return out
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Save the resolved config beside the run (never over an earlier run's) and push it to W&B."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        logger = trainer.logger
+        if isinstance(logger, _LightningWandbLogger):
+            run_files = Path(logger.experiment.dir)  # W&B uploads whatever lies here
+            (run_files / "lightning_config.yaml").write_text(text)
+            # the nested config as the W&B run config, so runs can be filtered by any option
+            logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+        elif logger is not None:
+            logger.log_hyperparams(self.config.as_dict())
+        # not trainer.log_dir: it broadcasts, and this runs on rank 0 only
+        root = Path(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / self.config_filename
+        n = 1
+        while path.exists():  # keep earlier runs' configs: config.yaml, config-1.yaml, ...
+            path = root / f"{path.stem.split('-')[0]}-{n}.yaml"
+            n += 1
+        path.write_text(text)
+
+
+class SSBCLI(LightningCLI):
+    """LightningCLI with model and data chosen by ``class_path``."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", SaveAndLogConfig)
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         auto_configure_optimizers=False, **kwargs)
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError)
+
+
+def main(args: list[str] | None = None) -> SSBCLI | None:
+    """Entry point of ``python -m lightning_ssb`` and the ``lightning-ssb`` script."""
+    argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
+    try:
+        return SSBCLI(args=argv)
+    except USER_ERRORS as err:
+        if os.environ.get("LIGHTNING_SSB_DEBUG"):
+            raise
+        print(f"lightning_ssb: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

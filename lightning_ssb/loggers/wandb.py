@@ -1,0 +1,66 @@
+"""``WandbLogger`` with an automatic offline fallback and a ``wandb sync`` hint.
+
+Lightning's ``WandbLogger`` already creates the run on global rank 0 only (other ranks get
+a dummy experiment), so a DDP job is one W&B run, never one per rank.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def has_wandb_credentials() -> bool:
+    """True when W&B can log online: ``WANDB_API_KEY`` is set or ``~/.netrc`` has the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Weights & Biases logger: online with credentials, otherwise an offline run on disk.
+
+    Args:
+        project: W&B project name.
+        name: Run name shown in the dashboard.
+        save_dir: Folder under which the ``wandb/`` run folders are written.
+        offline: ``None`` (default) decides by credentials and ``WANDB_MODE``; ``True``/``False`` force it.
+        log_model: Upload checkpoints as W&B artifacts (``False``, ``True`` at the end, ``"all"``).
+        kwargs: Passed on to Lightning's ``WandbLogger`` and ``wandb.init`` (``entity``, ``tags``, ``group``...).
+    """
+
+    def __init__(self, project: str = "lightning_ssb", name: str | None = None, save_dir: str = "runs",
+                 offline: bool | None = None, log_model: bool | str = False, **kwargs: Any) -> None:
+        mode = os.environ.get("WANDB_MODE", "").lower()
+        if offline is None:
+            offline = mode in ("offline", "dryrun") or (mode != "online" and not has_wandb_credentials())
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
+                         **kwargs)
+
+    @property
+    def offline(self) -> bool:
+        return bool(self._offline)
+
+    @property
+    def run_dir(self) -> str | None:
+        """The run's local folder (``.../wandb/offline-run-*`` or ``run-*``); rank 0 only."""
+        exp = self.experiment
+        files_dir = getattr(exp, "dir", None)
+        return str(Path(files_dir).parent) if isinstance(files_dir, str) else None
+
+    def finalize(self, status: str) -> None:
+        run_dir = self.run_dir if self._experiment is not None else None
+        super().finalize(status)
+        if self.offline and run_dir:
+            rank_zero_info(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {run_dir}")

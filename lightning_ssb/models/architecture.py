@@ -1,0 +1,126 @@
+"""The BERT architecture as a typed, documented argument group, and how a model is built.
+
+A model is built either from a :class:`BertArchitecture` given in YAML (the paper's BERT-6
+is the default), from a local Hugging Face checkpoint directory (``pretrained: path/to/dir``;
+a hub name also works for users online), or, for the classifier, from an MLM Lightning
+checkpoint written by this project (``pretrained: path/to/last.ckpt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BertConfig
+
+
+@dataclass
+class BertArchitecture:
+    """Shape of the BERT encoder (METHOD.md section 1: BERT-6 defaults).
+
+    Args:
+        num_hidden_layers: Number of transformer layers (BERT-6: 6).
+        hidden_size: Width of the residual stream; must be a multiple of ``num_attention_heads``.
+        num_attention_heads: Heads per layer; each head has ``hidden_size / num_attention_heads`` nodes.
+        intermediate_size: Width of the feed-forward layer (BERT-6: 3072).
+        hidden_act: Activation of the feed-forward layer.
+        hidden_dropout_prob: Dropout on the residual stream.
+        attention_probs_dropout_prob: Dropout on the attention weights.
+        vocab_size: WordPiece vocabulary size (bert-base-uncased: 30522); must equal the tokenizer's.
+        max_position_embeddings: Largest sequence length the position embeddings cover.
+        type_vocab_size: Number of token types (segments).
+        layer_norm_eps: LayerNorm epsilon.
+        initializer_range: Std of the normal initialisation of weights.
+        pad_token_id: Id of [PAD].
+        attn_implementation: ``"sdpa"`` (fused, fast) or ``"eager"`` (the textbook softmax(QK^T)V).
+    """
+
+    num_hidden_layers: int = 6
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.architecture: hidden_size={self.hidden_size} is not a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(
+                f"model.architecture.attn_implementation: expected 'sdpa' or 'eager', got {self.attn_implementation!r}"
+            )
+
+    def to_config(self, **extra: Any) -> BertConfig:
+        """The Hugging Face ``BertConfig`` for this architecture (``extra`` e.g. ``num_labels``)."""
+        kwargs = asdict(self)
+        attn = kwargs.pop("attn_implementation")
+        config = BertConfig(**kwargs, **extra)
+        config._attn_implementation = attn
+        return config
+
+
+def as_architecture(value: BertArchitecture | dict | None) -> BertArchitecture:
+    """Accept a dataclass, a plain dict (from a checkpoint's hyper-parameters) or None (BERT-6)."""
+    if value is None:
+        return BertArchitecture()
+    if isinstance(value, BertArchitecture):
+        return value
+    if isinstance(value, dict):
+        return BertArchitecture(**value)
+    raise TypeError(f"model.architecture: expected a mapping of BertConfig fields, got {type(value).__name__}")
+
+
+def is_lightning_checkpoint(path: str | None) -> bool:
+    return path is not None and str(path).endswith(".ckpt")
+
+
+def check_pretrained_path(path: str) -> None:
+    """Fail early, naming the path, when a local checkpoint path does not exist.
+
+    A string that does not look like a path (no separator, no suffix) is left to
+    ``from_pretrained``, which treats it as a hub name for users online.
+    """
+    p = Path(path).expanduser()
+    looks_local = p.suffix != "" or "/" in str(path) or str(path).startswith(".")
+    if looks_local and not p.exists():
+        raise FileNotFoundError(f"model.pretrained: {path}: no such file or directory")
+
+
+def load_mlm_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read an MLM Lightning checkpoint of this project: (architecture dict, encoder state dict).
+
+    The encoder state dict has keys relative to ``BertModel`` (``embeddings.*``, ``encoder.*``).
+    Raises a one-line error naming the file when it is missing, unreadable or of the wrong kind.
+    """
+    check_pretrained_path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise ValueError(f"model.pretrained: {path}: not a readable PyTorch checkpoint ({err.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"model.pretrained: {path}: not a Lightning checkpoint (no 'state_dict')")
+    hparams = ckpt.get("hyper_parameters", {})
+    task = hparams.get("task")
+    if task != "mlm":
+        raise ValueError(
+            f"model.pretrained: {path}: is a checkpoint of task {task!r}, expected an MLM pre-training "
+            "checkpoint (lightning_ssb.models.MLMModule)"
+        )
+    prefix = "model.bert."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"model.pretrained: {path}: holds no 'model.bert.*' encoder weights")
+    return dict(hparams.get("architecture") or {}), state
