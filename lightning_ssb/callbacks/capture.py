@@ -1,0 +1,219 @@
+"""Forward hooks that capture per-site activations of a Hugging Face BERT, pooled at capture time.
+
+Snapshot names (stable; see docs/ARCHITECTURE.md and ``snapshot_names``):
+
+- ``blocks.{l}.attn.heads``: the input of layer ``l``'s attention output projection
+  (``layer[l].attention.output.dense``), i.e. the per-head context vectors, ``[N, H, d]``;
+- ``blocks.{l}.output``: layer ``l``'s hidden-state output, ``[N, 1, D]``.
+
+The hooks sit on ``nn.Linear`` / ``BertLayer`` modules rather than inside the attention
+function, so they see the same tensor with the eager and the SDPA implementations.
+Every captured tensor is pooled by a position rule (METHOD.md section 2), detached, cast to
+float32 and moved to the CPU inside the hook, so no activation outlives the forward pass
+on the accelerator.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+SITES = ("attn.heads", "output")
+POSITION_RULES = ("cls", "head_entity", "masked")
+
+
+def snapshot_name(layer: int, site: str) -> str:
+    """The stable name of one captured tensor, e.g. ``blocks.3.attn.heads``."""
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
+    return f"blocks.{layer}.{site}"
+
+
+def snapshot_names(layers: list[int], sites: list[str]) -> list[str]:
+    """All names captured for ``layers`` x ``sites``, layer-major (the order results are logged in)."""
+    return [snapshot_name(layer, site) for layer in layers for site in sites]
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """``model.bert.encoder.layer`` of a BertFor* model (or ``model.encoder.layer`` of a BertModel)."""
+    base = getattr(model, "bert", model)
+    return base.encoder.layer
+
+
+def select_positions(batch: dict, rule: str, class_of_token: torch.Tensor | None = None):
+    """Which ``(row, position)`` pairs of a batch become examples, and their labels.
+
+    Args:
+        batch: a collated batch (docs/ARCHITECTURE.md): ``input_ids`` ``[B, T]``, ``labels``
+            (``[B]`` for classification, ``[B, T]`` with -100 for MLM), ``head_pos`` ``[B]``.
+        rule: ``"cls"`` (position 0), ``"head_entity"`` (``head_pos``), or ``"masked"`` (every
+            position whose MLM label is not -100 is one example).
+        class_of_token: MLM only, ``[V]`` long, the class index of each token id or -1 for
+            tokens outside the probe's label set; such positions are dropped.
+
+    Returns:
+        ``(rows [n], positions [n], labels [n])``, long tensors on the batch's device.
+    """
+    labels = batch["labels"]
+    if rule == "cls":
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        return rows, torch.zeros_like(rows), labels
+    if rule == "head_entity":
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        return rows, batch["head_pos"].to(rows.device), labels
+    if rule == "masked":
+        rows, positions = (labels != -100).nonzero(as_tuple=True)
+        tokens = labels[rows, positions]
+        if class_of_token is None:
+            return rows, positions, tokens
+        classes = class_of_token.to(tokens.device)[tokens]
+        keep = classes >= 0
+        return rows[keep], positions[keep], classes[keep]
+    raise ValueError(f"unknown position rule {rule!r}; expected one of {POSITION_RULES}")
+
+
+class SiteCapture:
+    """Collects pooled activations of chosen sites while hooks are installed.
+
+    Use through ``capture_sites``; before each forward pass call ``select(rows, positions)``
+    with the output of ``select_positions``. After the passes, ``tensors()`` returns
+    ``{name: [N, H, d]}`` in the order the examples were seen.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[int], sites: list[str]) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.sites = list(sites)
+        self.names = snapshot_names(self.layers, self.sites)
+        self._chunks: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
+        self._rows: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._handles: list = []
+        config = model.config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+
+    def select(self, rows: torch.Tensor, positions: torch.Tensor) -> None:
+        """Set the ``(row, position)`` pairs that the next forward pass contributes."""
+        self._rows, self._positions = rows, positions
+
+    def _store(self, name: str, hidden: torch.Tensor, heads: int) -> None:
+        if self._rows is None:
+            raise RuntimeError("SiteCapture.select(rows, positions) must be called before each forward pass")
+        rows = self._rows.to(hidden.device)
+        positions = self._positions.to(hidden.device)
+        pooled = hidden.detach()[rows, positions]  # [n, D]
+        pooled = pooled.reshape(pooled.shape[0], heads, -1).float().cpu()
+        self._chunks[name].append(pooled)
+
+    def install(self) -> None:
+        layer_modules = encoder_layers(self.model)
+        for layer in self.layers:
+            module = layer_modules[layer]
+            if "attn.heads" in self.sites:
+                name = snapshot_name(layer, "attn.heads")
+
+                def pre_hook(_mod, args, _name=name):
+                    self._store(_name, args[0], self.num_heads)
+
+                self._handles.append(module.attention.output.dense.register_forward_pre_hook(pre_hook))
+            if "output" in self.sites:
+                name = snapshot_name(layer, "output")
+
+                def hook(_mod, _args, output, _name=name):
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    self._store(_name, hidden, 1)
+
+                self._handles.append(module.register_forward_hook(hook))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``{name: [N, H, d]}`` (H=1, d=D for ``output`` sites), float32 on the CPU."""
+        out = {}
+        for name, chunks in self._chunks.items():
+            if chunks:
+                out[name] = torch.cat(chunks)
+            else:  # no example selected: keep the shape so downstream code can concatenate
+                heads = self.num_heads if name.endswith("attn.heads") else 1
+                out[name] = torch.zeros(0, heads, self.num_heads * self.head_dim // heads)
+        return out
+
+
+@contextmanager
+def capture_sites(model: nn.Module, layers: list[int], sites: list[str]) -> Iterator[SiteCapture]:
+    """Install capture hooks for ``layers`` x ``sites`` on a Hugging Face BERT; always removes them."""
+    capture = SiteCapture(model, layers, sites)
+    capture.install()
+    try:
+        yield capture
+    finally:
+        capture.remove()
+
+
+class _StopForward(Exception):
+    """Raised by a hook after the deepest captured layer: the layers above it are not needed."""
+
+
+def _raise_stop(*_):
+    raise _StopForward
+
+
+@torch.no_grad()
+def capture_batches(
+    model: nn.Module,
+    batches: list,
+    layers: list[int],
+    sites: list[str],
+    device: torch.device | str = "cpu",
+    autocast=None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Run ``batches`` (``ProbeBatch``) through ``model``'s encoder in eval mode and capture the sites.
+
+    The encoder alone runs (no task head), it stops after the deepest captured layer, and the
+    model's training mode is restored afterwards, also on error.
+
+    Args:
+        model: a Hugging Face BertFor* model (the unwrapped module, never a DDP wrapper).
+        batches: ``ProbeBatch`` objects; only examples they select are captured.
+        layers, sites: what to capture (see ``snapshot_names``).
+        device: where the forward pass runs.
+        autocast: optional context-manager factory (the trainer's precision context).
+
+    Returns:
+        ``({name: [N, H, d]}, labels [N])`` on the CPU, in batch order.
+    """
+    base = getattr(model, "bert", model)
+    was_training = model.training
+    model.eval()
+    labels = []
+    stop = None
+    try:
+        with capture_sites(model, layers, sites) as capture:
+            # registered after the capture hooks, so the deepest layer's own output is captured first
+            stop = encoder_layers(model)[max(layers)].register_forward_hook(_raise_stop)
+            for batch in batches:
+                inputs = {k: v.to(device, non_blocking=True) for k, v in batch.inputs.items()}
+                capture.select(batch.rows, batch.positions)
+                labels.append(batch.labels)
+                try:
+                    if autocast is not None:
+                        with autocast():
+                            base(**inputs)
+                    else:
+                        base(**inputs)
+                except _StopForward:
+                    pass
+        tensors = capture.tensors()
+    finally:
+        if stop is not None:
+            stop.remove()
+        model.train(was_training)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    return tensors, y
