@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with lightning_ssb and its test tools.
+#
+# PyTorch: a GPU user keeps the torch already in the environment (run with SSB_VENV_SYSTEM=1 to
+# build the venv on top of the system site-packages, or just `pip install -e .` in your own env).
+# On a machine without an NVIDIA GPU the CPU wheel is installed first, so that pip does not pull
+# several GB of CUDA packages; set TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu where the
+# CPU wheel is not on your default index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${SSB_VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if [ -n "${SSB_VENV_SYSTEM:-}" ]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
+fi
+pip() { "$VENV/bin/python" -m pip "$@"; }
+
+if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "setup: keeping torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "setup: NVIDIA GPU found, installing the CUDA build of torch"
+  pip install -q "torch>=2.2"
+else
+  echo "setup: no GPU, installing the CPU wheel of torch $TORCH_VERSION"
+  pip install -q "torch==$TORCH_VERSION" ${TORCH_CPU_INDEX:+--index-url "$TORCH_CPU_INDEX"}
+fi
+# the versions this release was tested with; the package itself only sets lower bounds
+pip install -q -c constraints.txt -e ".[test]"
+echo "setup: done ($("$VENV/bin/python" -c 'import lightning_ssb, torch, lightning, transformers; print("lightning_ssb", lightning_ssb.__version__, "torch", torch.__version__, "lightning", lightning.__version__, "transformers", transformers.__version__)'))"
