@@ -3,3 +3,6 @@
 from lightning_ssb.loggers.wandb import WandbLogger, has_wandb_credentials
 
 __all__ = ["WandbLogger", "has_wandb_credentials"]
+from lightning_ssb.loggers.wandb_records import WandbRunRecords, read_wandb_run  # noqa: E402
+
+__all__ += ["WandbRunRecords", "read_wandb_run"]
