@@ -1,0 +1,59 @@
+"""The probe set is a function of (seed, indices): the same after a rebuild, with fixed MLM masks."""
+
+from collections import Counter
+
+import torch
+
+from lightning_ssb.callbacks.probe import build_probe_set
+from tests.callbacks.toys import MASK, ToyClassificationData, ToyMLMData
+
+
+def _build(dm, **kw):
+    args = dict(task=dm.task, position_rule="masked" if dm.task == "mlm" else "cls", train_size=40,
+                test_size=20, seed=3, batch_size=8, top_k=5)
+    args.update(kw)
+    return build_probe_set(dm, **args)
+
+
+def test_classification_probe_is_seeded_and_labelled():
+    dm = ToyClassificationData()
+    dm.setup("fit")
+    a, b = _build(dm), _build(dm)
+    assert a.train_indices == b.train_indices and len(set(a.train_indices)) == 40
+    assert _build(dm, seed=4).train_indices != a.train_indices
+    # labels are the dataset's, in batch order (batches are sorted by length, then index)
+    order = sorted(a.train_indices, key=lambda i: (len(dm.train_dataset[i]["input_ids"]), i))
+    assert a.y_train.tolist() == [dm.train_dataset[i]["label"] for i in order]
+    assert a.num_classes == 4 and a.label_names[2] == "relation_2"
+    head = _build(dm, position_rule="head_entity")
+    first = dm.train_dataset[order[0]]
+    assert int(head.train_batches[0].positions[0]) == first["head_pos"]
+    assert head.train_batches[0].inputs["input_ids"][0, first["head_pos"]] == 2000 + first["label"]
+
+
+def test_mlm_probe_fixed_masks_and_top_k():
+    dm = ToyMLMData()
+    dm.setup("fit")
+    a = _build(dm)
+    rebuilt = _build(dm, train_size=10, test_size=5, seed=99, state=a.state_dict())  # a resume
+    for x, y in zip(a.train_batches + a.test_batches, rebuilt.train_batches + rebuilt.test_batches):
+        assert torch.equal(x.inputs["input_ids"], y.inputs["input_ids"])
+        assert torch.equal(x.positions, y.positions) and torch.equal(x.labels, y.labels)
+    # top-K = the 5 tokens most often chosen for masking in probe-train, recounted by hand
+    counts = Counter()
+    gen = torch.Generator().manual_seed(a.seed + 1)
+    order = sorted(a.train_indices, key=lambda i: (len(dm.train_dataset[i]["input_ids"]), i))
+    for s in range(0, len(order), 8):
+        labels = dm.collate_fn([dm.train_dataset[i] for i in order[s:s + 8]], gen)["labels"]
+        counts.update(labels[labels != -100].tolist())
+    expected = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+    assert a.class_ids == expected
+    assert a.label_names == dm.tokenizer.convert_ids_to_tokens(expected)
+    # every example sits at a chosen position whose original token is one of the K classes
+    n_kept = sum(counts[t] for t in expected)
+    assert len(a.y_train) == n_kept and set(a.y_train.tolist()) == set(range(5))
+    batch = a.train_batches[0]
+    seen = batch.inputs["input_ids"][batch.rows, batch.positions]
+    assert (seen == MASK).float().mean() > 0.5  # most chosen positions show [MASK] (80% rule)
+    everything = _build(dm, top_k="all")
+    assert everything.num_classes == len(counts) and len(everything.y_train) == sum(counts.values())
