@@ -116,15 +116,15 @@ def crossover(rows: list[dict], title: str) -> Figure:
     ms = np.array([r["m"] for r in rows], dtype=float)
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
-    for key, style in (("accuracy", "o-"), ("guess", "s--")):
+    for key, label, style in (("acc_mean", "accuracy acc(S)", "o-"), ("guess_level", "guess 1/|R_S|", "s--")):
         if rows and key in rows[0]:
-            ax.plot(ms, [r[key] for r in rows], style, label=key)
+            ax.plot(ms, [r[key] for r in rows], style, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("nodes m")
     ax.set_ylabel("accuracy")
-    if rows and "cooperation" in rows[0]:
+    if rows and "cooperation_mean" in rows[0]:
         ax2 = ax.twinx()
-        ax2.plot(ms, [r["cooperation"] for r in rows], "^:", color="tab:red", label="cooperation")
+        ax2.plot(ms, [r["cooperation_mean"] for r in rows], "^:", color="tab:red", label="cooperation")
         ax2.set_ylabel("cooperation ratio", color="tab:red")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title, fontsize=9)

@@ -9,7 +9,8 @@ stores in its checkpoint state, so a resumed run analyses exactly the same examp
 - MLM: probe-train is a seeded subset of ``train_dataset``, probe-test of ``val_dataset``;
   masks are drawn once by ``collate_fn(examples, generator)`` with a seeded generator; every
   masked (chosen) position is one example labelled by its original token, restricted to the
-  ``top_k`` tokens most frequently masked in probe-train (``"all"``: every token masked there).
+  ``top_k`` tokens most frequently masked in probe-train among those also masked in probe-test
+  (``"all"``: every such token), since every class needs test examples for its recall.
 """
 
 from __future__ import annotations
@@ -94,12 +95,24 @@ def _select(batch: dict, rule: str, class_of_token: torch.Tensor | None) -> Prob
     return ProbeBatch(inputs, rows, positions, labels.long())
 
 
-def top_k_tokens(batches: list[dict], k: int | str) -> list[int]:
-    """Token ids most often masked in ``batches`` (ties broken by smaller id), ``k`` of them or all."""
+def _masked_counts(batches: list[dict]) -> Counter:
     counts = Counter()
     for batch in batches:
         labels = batch["labels"]
         counts.update(labels[labels != -100].tolist())
+    return counts
+
+
+def top_k_tokens(batches: list[dict], k: int | str, test_batches: list[dict] | None = None) -> list[int]:
+    """Token ids most often masked in ``batches`` (ties broken by smaller id), ``k`` of them or all.
+
+    With ``test_batches``, only tokens also masked there count: every class needs probe-test
+    examples for its recall.
+    """
+    counts = _masked_counts(batches)
+    if test_batches is not None:
+        in_test = _masked_counts(test_batches)
+        counts = Counter({t: c for t, c in counts.items() if t in in_test})
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     if k != "all":
         ranked = ranked[: int(k)]
@@ -139,7 +152,7 @@ def build_probe_set(
 
     class_ids = None
     if task == "mlm":
-        class_ids = state["class_ids"] if state is not None and state.get("class_ids") else top_k_tokens(train_raw, top_k)
+        class_ids = state["class_ids"] if state is not None and state.get("class_ids") else top_k_tokens(train_raw, top_k, test_raw)
         vocab = int(datamodule.vocab_size)
         class_of_token = torch.full((vocab,), -1, dtype=torch.long)
         class_of_token[torch.tensor(class_ids, dtype=torch.long)] = torch.arange(len(class_ids))

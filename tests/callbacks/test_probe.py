@@ -39,13 +39,17 @@ def test_mlm_probe_fixed_masks_and_top_k():
     for x, y in zip(a.train_batches + a.test_batches, rebuilt.train_batches + rebuilt.test_batches):
         assert torch.equal(x.inputs["input_ids"], y.inputs["input_ids"])
         assert torch.equal(x.positions, y.positions) and torch.equal(x.labels, y.labels)
-    # top-K = the 5 tokens most often chosen for masking in probe-train, recounted by hand
-    counts = Counter()
+    # top-K = the 5 tokens most often chosen for masking in probe-train among those also chosen
+    # in probe-test, recounted by hand (the masks are drawn train batches first, then test)
     gen = torch.Generator().manual_seed(a.seed + 1)
-    order = sorted(a.train_indices, key=lambda i: (len(dm.train_dataset[i]["input_ids"]), i))
-    for s in range(0, len(order), 8):
-        labels = dm.collate_fn([dm.train_dataset[i] for i in order[s:s + 8]], gen)["labels"]
-        counts.update(labels[labels != -100].tolist())
+    counts, in_test = Counter(), set()
+    for ds, idx, target in ((dm.train_dataset, a.train_indices, "train"), (dm.val_dataset, a.test_indices, "test")):
+        order = sorted(idx, key=lambda i: (len(ds[i]["input_ids"]), i))
+        for s in range(0, len(order), 8):
+            labels = dm.collate_fn([ds[i] for i in order[s:s + 8]], gen)["labels"]
+            tokens = labels[labels != -100].tolist()
+            counts.update(tokens) if target == "train" else in_test.update(tokens)
+    counts = Counter({t: c for t, c in counts.items() if t in in_test})
     expected = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
     assert a.class_ids == expected
     assert a.label_names == dm.tokenizer.convert_ids_to_tokens(expected)
