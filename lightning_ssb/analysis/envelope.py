@@ -185,17 +185,22 @@ def envelope_predict(env: PackedEnvelopes, x: Tensor, w: Tensor, b: Tensor) -> T
         sl = slice(s, s + _NODE_CHUNK)
         xt = x[:, sl].T.contiguous()
         idx = torch.searchsorted(env.breaks[sl], xt.double(), right=False)
-        labels = env.labels[sl]
-        cand = [labels.gather(1, idx), labels.gather(1, (idx - 1).clamp_min(0)),
-                labels.gather(1, (idx + 1).clamp_max(m - 1))]
+        # Candidate slots: the piece, its two neighbours, and the tie winners at its two ends.
+        tables = [(env.labels[sl], [idx, (idx - 1).clamp_min(0), (idx + 1).clamp_max(m - 1)])]
         if m > 1:
-            ties = env.tie_labels[sl]
-            cand += [ties.gather(1, idx.clamp_max(m - 2)), ties.gather(1, (idx - 1).clamp(0, m - 2))]
-        cand = torch.stack(cand, -1)                                  # [chunk, N, C]
-        flat = cand.flatten(1)
-        z = xt.unsqueeze(-1) * w[sl].gather(1, flat).view_as(cand) + b[sl].gather(1, flat).view_as(cand)
-        best = z.max(-1, keepdim=True).values
-        out[sl] = torch.where(z == best, cand, w.shape[1]).min(-1).values
+            tables.append((env.tie_labels[sl], [idx.clamp_max(m - 2), (idx - 1).clamp(0, m - 2)]))
+        best_z = best_l = None
+        for labels, slots in tables:
+            wl, bl = w[sl].gather(1, labels), b[sl].gather(1, labels)   # small [chunk, M] tables
+            for slot in slots:
+                lab = labels.gather(1, slot)
+                z = xt * wl.gather(1, slot) + bl.gather(1, slot)
+                if best_z is None:
+                    best_z, best_l = z, lab
+                    continue
+                better = (z > best_z) | ((z == best_z) & (lab < best_l))
+                best_z, best_l = torch.where(better, z, best_z), torch.where(better, lab, best_l)
+        out[sl] = best_l
     return out
 
 

@@ -1,0 +1,125 @@
+"""Envelopes against brute-force argmax, on hand-worked cases and random lines."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_ssb.analysis import Readout, node_accuracies, node_predictions, upper_envelope
+from lightning_ssb.analysis.envelope import envelope_label_mask, node_envelopes
+
+
+def brute(x, w, b):
+    return (x.unsqueeze(-1) * w + b).argmax(-1)
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_three_lines_by_hand():
+    # z0 = -x, z1 = 0, z2 = x - 1: 0 wins left of 0, 1 on (0, 1), 2 right of 1.
+    env = upper_envelope(t(-1, 0, 1), t(0, 0, -1))
+    assert env.labels.tolist() == [0, 1, 2]
+    assert env.breaks.tolist() == [0.0, 1.0]
+    assert env.tie_labels.tolist() == [0, 1]  # at a crossing the lower index wins, as in argmax
+    x = t(-2, 0, 0.5, 1, 3)
+    assert env.predict(x).tolist() == brute(x, t(-1, 0, 1), t(0, 0, -1)).tolist() == [0, 0, 1, 1, 2]
+
+
+def test_third_line_through_a_crossing_wins_the_tie():
+    # Lines 1 (x) and 2 (-x) cross at 0, where line 0 (z = 0, never strictly on top) ties them.
+    w, b = t(0, 1, -1), t(0, 0, 0)
+    env = upper_envelope(w, b)
+    assert env.labels.tolist() == [2, 1]
+    assert env.tie_labels.tolist() == [0]
+    assert env.predict(t(-1, 0, 1)).tolist() == [2, 0, 1]
+    assert brute(t(0), w, b).item() == 0
+
+
+def test_parallel_and_duplicate_lines():
+    # Same slope: the highest intercept wins everywhere; exact duplicates: the lowest index.
+    env = upper_envelope(t(1, 1, 1), t(0, 2, 2))
+    assert env.labels.tolist() == [1] and len(env.breaks) == 0
+    env = upper_envelope(t(0, 0), t(3, 3))
+    assert env.labels.tolist() == [0]
+
+
+def test_single_label_and_k1():
+    assert upper_envelope(t(0.5), t(-1)).labels.tolist() == [0]
+    # Line 0 dominates line 1 on the whole real line only if parallel; otherwise both appear.
+    env = upper_envelope(t(2, 2), t(1, 0))
+    assert env.labels.tolist() == [0]
+
+
+def test_restriction_to_a_range():
+    w, b = t(-1, 0, 1), t(0, 0, -1)
+    assert upper_envelope(w, b, 0.2, 0.8).labels.tolist() == [1]
+    env = upper_envelope(w, b, -1, 0.5)
+    assert env.labels.tolist() == [0, 1] and env.breaks.tolist() == [0.0]
+    assert upper_envelope(w, b, 1.0, 1.0).labels.tolist() == [1]   # a point on a break: its tie winner
+    mask = envelope_label_mask(node_envelopes(w[None], b[None]), t(1.0), t(5.0), 3)
+    assert mask.tolist() == [[False, True, True]]  # 1 wins at x = 1 exactly (tie, lower index)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 40])
+def test_random_integer_lines_with_many_ties(k):
+    gen = torch.Generator().manual_seed(k)
+    x = torch.arange(-40, 41, dtype=torch.float64) / 4  # hits many integer/half-integer crossings exactly
+    for _ in range(100):
+        w = torch.randint(-3, 4, (k,), generator=gen).double()
+        b = 2.0 * torch.randint(-3, 4, (k,), generator=gen).double()
+        env = upper_envelope(w, b)
+        assert env.predict(x).tolist() == brute(x, w, b).tolist()
+        assert (env.breaks[1:] > env.breaks[:-1]).all()
+
+
+@pytest.mark.parametrize("shape", [(50, 5, 3), (300, 17, 64), (200, 9, 1000)])
+def test_node_predictions_match_brute_force(shape):
+    n, d, k = shape
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=gen)
+    x[:, 0] = 0.7                                                   # a constant node
+    w = torch.randn(k, d, generator=gen)
+    w[:, 1] = 0.0                                                   # a node with only parallel lines
+    readout = Readout(w, torch.randn(k, generator=gen), x.mean(0))
+    for ablation in ("zero", "mean"):
+        b = readout.node_bias(ablation)                             # [D, K]
+        expected = brute(x.T, readout.weight.T.unsqueeze(1), b.unsqueeze(1))
+        assert torch.equal(node_predictions(x, readout, ablation), expected)
+    y = torch.randint(k, (n,), generator=gen)
+    acc = node_accuracies(x, y, readout)
+    assert torch.allclose(acc, (brute(x.T, w.T.unsqueeze(1), readout.bias) == y).double().mean(1))
+
+
+def test_mean_ablation_bias_is_the_silenced_mean():
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(20, 4, generator=gen), torch.randn(3, 4, generator=gen), torch.randn(3, generator=gen)
+    r = Readout(w, b, x.mean(0))
+    full = x.mean(0).repeat(20, 1)
+    full[:, 2] = x[:, 2]
+    assert torch.allclose(x[:, 2:3] * w[:, 2] + r.node_bias("mean")[2], full @ w.T + b, atol=1e-6)
+
+
+def test_float_breakpoints_agree_with_argmax_at_vocabulary_size():
+    gen = torch.Generator().manual_seed(1)
+    k, d, n = 5000, 4, 3000
+    readout = Readout(torch.randn(k, d, generator=gen), torch.randn(k, generator=gen))
+    x = torch.randn(n, d, generator=gen) * 3
+    expected = brute(x.T, readout.weight.T.unsqueeze(1), readout.bias)
+    assert torch.equal(node_predictions(x, readout), expected)
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="w and b"):
+        upper_envelope(t(1, 2), t(1))
+    with pytest.raises(ValueError, match="b contains"):
+        upper_envelope(t(1, 2), t(1, math.nan))
+    with pytest.raises(ValueError, match="x contains"):
+        node_predictions(torch.tensor([[math.inf]]), Readout(torch.ones(2, 1), torch.zeros(2)))
+    with pytest.raises(ValueError, match="readout.weight has 1 input nodes"):
+        node_predictions(torch.zeros(3, 2), Readout(torch.ones(2, 1), torch.zeros(2)))
+    with pytest.raises(ValueError, match="y has labels"):
+        node_accuracies(torch.zeros(3, 1), torch.tensor([0, 1, 2]), Readout(torch.ones(2, 1), torch.zeros(2)))
+    with pytest.raises(ValueError, match="readout.mean is None"):
+        node_predictions(torch.zeros(3, 1), Readout(torch.ones(2, 1), torch.zeros(2)), "mean")
