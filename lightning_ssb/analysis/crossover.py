@@ -32,15 +32,18 @@ def crossover(x: Tensor, y: Tensor, readout: Readout, node_labels: Tensor, num_h
               theta: float = 0.5, exact_max_m: int = 3) -> list[dict]:
     """One row per subset size m over `draws` seeded subsets, on x `[N, D]`, y `[N]`.
 
-    Row keys: m, acc_mean, acc_std (over draws), reachable_mean (|R_S|: exact via the hull for
+    Sizes larger than D are dropped. Row keys: m, acc_mean, acc_std (over draws), reachable_mean (|R_S|: exact via the hull for
     m <= exact_max_m, else the count of distinct predictions on x, a lower bound), reach_exact,
     guess_level (mean of 1/|R_S|), learned_mean (|L_S|), cooperation_mean (|L_S| / sum_n |L_n| over
     the draws where the denominator is non-zero; NaN if none). node_labels `[D, K]` are the L_n.
     """
     num_nodes, k = x.shape[1], readout.num_classes
-    sizes = default_sizes(num_nodes) if sizes is None else sorted(set(int(s) for s in sizes))
-    if not sizes or sizes[0] < 1 or sizes[-1] > num_nodes:
-        raise ValueError(f"crossover sizes must lie in 1..{num_nodes}, got {sizes}")
+    if sizes is None:
+        sizes = default_sizes(num_nodes)
+    else:  # sizes above D are dropped, so that one list serves sites of different widths
+        if any(int(s) < 1 for s in sizes):
+            raise ValueError(f"crossover sizes must be >= 1, got {sizes}")
+        sizes = sorted(set(int(s) for s in sizes if int(s) <= num_nodes))
     if draws < 1:
         raise ValueError(f"crossover draws must be >= 1, got {draws}")
     gen = torch.Generator().manual_seed(seed)
