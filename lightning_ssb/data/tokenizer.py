@@ -8,6 +8,7 @@ vocabulary without ``[unused0..3]`` gets four new ids appended instead.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -145,5 +146,12 @@ def _add_markers(tokenizer: PreTrainedTokenizerFast) -> None:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """A string that changes whenever the tokenizer's output could change (for cache keys)."""
-    return tokenizer.backend_tokenizer.to_str()
+    """A hash that changes whenever the tokenizer's output could change (for cache keys).
+
+    It covers vocabulary, normaliser, pre-tokeniser and added tokens, but not the
+    truncation/padding state, which each call sets anew.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()

@@ -1,0 +1,26 @@
+"""Fixtures shared by all test folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA_ENV = "LIGHTNING_SSB_SHARED_DATA"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's shared data folder (``../shared/data`` beside the repository, or
+    ``$LIGHTNING_SSB_SHARED_DATA``). Missing data is a failure, not a skip: the tests
+    that need it are the ones that check the real files."""
+    override = os.environ.get(SHARED_DATA_ENV)
+    path = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.fail(
+            f"shared data folder not found at {path}: put the project's shared/data beside the repository "
+            f"or set {SHARED_DATA_ENV}",
+            pytrace=False,
+        )
+    return path

@@ -1,0 +1,122 @@
+"""WikipediaDataModule: the first-128-tokens rule, the seeded draw, formats, errors, caching."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pytest
+import torch
+
+from lightning_ssb.data import WikipediaDataModule
+from lightning_ssb.data.wikipedia import SAMPLE_FILE, read_articles
+
+
+def test_sample_articles_cut_to_first_128_tokens(wiki_sample):
+    dm = wiki_sample
+    assert (len(dm.train_dataset), len(dm.val_dataset)) == (2850, 150)  # 3,000 articles, 5% held out
+    lengths = dm.train_dataset.lengths
+    assert lengths.max() == 128 and (lengths == 128).mean() > 0.8
+    first = dm.train_dataset[0]["input_ids"]  # file order: "Anarchism" is the first article
+    assert first[0] == 101 and first[-1] == 102
+    text = next(read_articles(SAMPLE_FILE))  # the whole article, no character cut
+    assert first == dm.tokenizer(text)["input_ids"][:127] + [102]
+    assert dm.tokenizer.decode(first[1:6]) == "anarchism is a"  # title line dropped; ana ##rch ##ism
+
+
+def test_contract_attributes_and_batches(wiki_sample):
+    dm = wiki_sample
+    assert dm.task == "mlm" and dm.vocab_size == 30522 and len(dm.label_names) == 30522
+    assert dm.label_names[103] == "[MASK]" and dm.label_names[1996] == "the"
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].shape == batch["labels"].shape == (32, batch["attention_mask"].sum(1).max())
+    assert all(v.dtype == torch.long for v in batch.values())
+
+
+def _write_docs(path, texts):
+    docs = "".join(f'<doc id="{i}" url="http://x?curid={i}" title="T{i}">\nT{i}\n\n{t}\n</doc>\n' for i, t in enumerate(texts))
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(docs)
+    return path
+
+
+ARTICLES = [" ".join(["article", "number", str(i), "says"] + ["word"] * (i % 7) + ["end"]) for i in range(40)]
+
+
+def test_seeded_draw_and_split(tmp_path):
+    src = _write_docs(tmp_path / "w.txt.gz", ARTICLES)
+
+    def texts(seed):
+        dm = WikipediaDataModule(source=str(src), num_articles=20, seed=seed, val_fraction=0.25, cache_dir=str(tmp_path))
+        dm.setup("fit")
+        return [[dm.tokenizer.decode(e["input_ids"][1:-1]) for e in ds] for ds in (dm.train_dataset, dm.val_dataset)]
+
+    train, val = texts(0)
+    assert (len(train), len(val)) == (15, 5)
+    assert not set(train) & set(val) and set(train) | set(val) <= set(ARTICLES)
+    assert texts(0) == [train, val]
+    assert set(texts(1)[0]) != set(train)
+
+
+def test_formats_give_the_same_articles(tmp_path):
+    wikiextractor = _write_docs(tmp_path / "a.txt.gz", ARTICLES[:3])
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t, "title": "x"}) + "\n" for t in ARTICLES[:3]))
+    (tmp_path / "c.txt").write_text("\n\n".join(ARTICLES[:3]) + "\n")
+    for path in (wikiextractor, tmp_path / "b.jsonl", tmp_path / "c.txt"):
+        assert list(read_articles(path)) == ARTICLES[:3], path
+    dm = WikipediaDataModule(source=[str(tmp_path / "b.jsonl"), str(tmp_path / "c.txt")], val_fraction=0.0,
+                             cache_dir=str(tmp_path))
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 6 and len(dm.val_dataset) == 0
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("open.txt", '<doc id="1" title="A">\nA\n\ntext\n', "<doc> opened at line 1 is never closed"),
+        ("nested.txt", '<doc id="1">\nx\n<doc id="2">\ny\n</doc>\n', "line 3: <doc> opened before"),
+        ("bad.jsonl", '{"text": "ok"}\n{"title": 1}\n', "line 2: expected an object with a string 'text' field"),
+        ("notjson.jsonl", "hello\n", "line 1: not JSON"),
+        ("binary.txt.gz", "plain, not gzip", "cannot read as UTF-8 text"),
+    ],
+)
+def test_malformed_sources_name_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"^{path}: {message}"):
+        list(read_articles(path))
+
+
+def test_bad_arguments_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"^{tmp_path}/none.txt.gz: Wikipedia source file does not exist"):
+        WikipediaDataModule(source=str(tmp_path / "none.txt.gz"))
+    src = _write_docs(tmp_path / "w.txt.gz", ARTICLES[:5])
+    dm = WikipediaDataModule(source=str(src), num_articles=6, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=f"^{src}: num_articles=6 but only 5 non-empty articles"):
+        dm.prepare_data()
+
+
+def test_second_setup_reads_the_cache(tmp_path, monkeypatch):
+    src = _write_docs(tmp_path / "w.txt.gz", ARTICLES)
+    kwargs = dict(source=str(src), num_articles=10, cache_dir=str(tmp_path / "cache"))
+    first = WikipediaDataModule(**kwargs)
+    first.prepare_data()
+    first.setup("fit")
+    assert first.cache_hit is False and first.cache_path.exists()
+    second = WikipediaDataModule(**kwargs)
+    monkeypatch.setattr(second, "_build_splits", lambda: pytest.fail("tokenised again despite the cache"))
+    second.prepare_data()
+    second.setup("fit")
+    assert second.cache_hit is True and list(second.train_dataset) == list(first.train_dataset)
+    # Another option, or an edited source file, is another cache entry.
+    before = first.cache_path
+    assert WikipediaDataModule(**{**kwargs, "max_length": 64}).cache_path != before
+    os.utime(src, ns=(0, 12345))
+    assert WikipediaDataModule(**kwargs).cache_path != before
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(tmp_path / "env"))
+    assert WikipediaDataModule().cache_path.parent == tmp_path / "env"
