@@ -120,3 +120,16 @@ def test_second_setup_reads_the_cache(tmp_path, monkeypatch):
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(tmp_path / "env"))
     assert WikipediaDataModule().cache_path.parent == tmp_path / "env"
+
+
+def test_long_characters_per_token_still_exact(tmp_path):
+    """A 150-character word is one [UNK]: the quick 8-characters-per-token cut comes out
+    short, and the article is tokenised again from its full text."""
+    text = "a" * 150 + " the" * 40
+    src = tmp_path / "long.jsonl"
+    src.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": "short one"}) + "\n")
+    dm = WikipediaDataModule(source=str(src), max_length=16, val_fraction=0.0, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    got = sorted((e["input_ids"] for e in dm.train_dataset), key=len)
+    assert got[1] == dm.tokenizer(text, truncation=True, max_length=16)["input_ids"]
+    assert got[1][:3] == [101, 100, 1996] and len(got[1]) == 16
