@@ -162,7 +162,7 @@ class WikipediaDataModule(TokenizedDataModule):
             paths, to WikiExtractor ``<doc>`` files, ``.jsonl`` files with a ``"text"``
             field, or plain-text files with blank-line-separated articles (each
             optionally ``.gz``); or ``"hub"`` to stream Hugging Face ``wikimedia/wikipedia``
-            (needs internet).
+            (needs internet; set ``num_articles``).
         num_articles: how many articles to draw (the paper: 20000, 40000, 90000); None for all.
         seed: which articles are drawn and how they split into train/val; independent
             of the training seed, so runs with different training seeds see the same data.
@@ -211,6 +211,8 @@ class WikipediaDataModule(TokenizedDataModule):
         self.source = source
         self.is_hub = source == "hub"
         if self.is_hub:
+            if num_articles is None:
+                raise ValueError("source='hub': set num_articles (the full corpus has millions of articles)")
             self.files: list[Path] = []
         else:
             paths = [SAMPLE_FILE] if source == "sample" else [source] if isinstance(source, (str, os.PathLike)) else source

@@ -92,6 +92,8 @@ def test_malformed_sources_name_the_file(tmp_path, name, content, message):
 def test_bad_arguments_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"^{tmp_path}/none.txt.gz: Wikipedia source file does not exist"):
         WikipediaDataModule(source=str(tmp_path / "none.txt.gz"))
+    with pytest.raises(ValueError, match="source='hub': set num_articles"):
+        WikipediaDataModule(source="hub")  # checked before any download
     src = _write_docs(tmp_path / "w.txt.gz", ARTICLES[:5])
     dm = WikipediaDataModule(source=str(src), num_articles=6, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match=f"^{src}: num_articles=6 but only 5 non-empty articles"):
