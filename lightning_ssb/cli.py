@@ -10,12 +10,15 @@ pre-training and fine-tuning. Additions to the stock CLI:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pydoc
+import re
 import sys
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -78,11 +81,45 @@ class SaveAndLogConfig(SaveConfigCallback):
         path.write_text(text)
 
 
+def summarize_parser_error(message: str) -> str:
+    """One line out of jsonargparse's nested report: the full dotted key and what is wrong with it."""
+    keys: list[str] = []
+    owner = ""
+    for line in (raw.strip() for raw in message.splitlines()):
+        if m := re.match(r'(?:error: )?Parser key "([^"]+)"', line):
+            keys.append(m.group(1))
+        elif m := re.match(r"- Problem with given class_path '([^']+)'", line):
+            owner = m.group(1)
+            cls = pydoc.locate(owner)
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+                keys.append("init_args")  # a class_path object: its options live under init_args
+        elif m := re.match(r"Option '([^']+)' is not accepted", line):
+            return f"unknown key '{'.'.join(keys + [m.group(1)])}'" + (f" (not an option of {owner})" if owner else "")
+        elif (m := re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", line)) and m.group(1) != "NoneType":
+            return f"key '{'.'.join(keys)}': expected {m.group(1)}, got {m.group(2)}"
+        elif "unrecognized arguments" in line or "does not exist" in line.lower():
+            return line.removeprefix("error: ")
+    first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    return first.removeprefix("error: ")
+
+
+class SSBArgumentParser(LightningArgumentParser):
+    """Parse errors end in one line naming the key (``LIGHTNING_SSB_DEBUG=1`` for jsonargparse's full report)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        # nested parsers (class_path objects) raise for their parent to wrap: only the top one reports
+        if os.environ.get("LIGHTNING_SSB_DEBUG") or not getattr(self, "exit_on_error", True):
+            return super().error(message, ex)
+        print(f"lightning_ssb: error: {summarize_parser_error(message)} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 class SSBCLI(LightningCLI):
     """LightningCLI with model and data chosen by ``class_path``."""
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", SaveAndLogConfig)
+        kwargs.setdefault("parser_class", SSBArgumentParser)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          auto_configure_optimizers=False, **kwargs)
@@ -91,13 +128,23 @@ class SSBCLI(LightningCLI):
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError)
 
 
+def one_line(err: Exception) -> str:
+    """The message of ``err``; for jsonargparse's wrapped instantiation errors, the inner one."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    inner = [ln.strip()[2:] for ln in lines if ln.strip().startswith("- ") and "NoneType" not in ln]
+    return inner[0] if len(lines) > 1 and inner else lines[0]
+
+
 def main(args: list[str] | None = None) -> SSBCLI | None:
     """Entry point of ``python -m lightning_ssb`` and the ``lightning-ssb`` script."""
-    argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
+    if args is None:  # from the command line: rewrite sys.argv, as LightningCLI reads it
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    else:
+        args = resolve_config_args(list(args))
     try:
-        return SSBCLI(args=argv)
+        return SSBCLI(args=args)
     except USER_ERRORS as err:
         if os.environ.get("LIGHTNING_SSB_DEBUG"):
             raise
-        print(f"lightning_ssb: error: {err}", file=sys.stderr)
+        print(f"lightning_ssb: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None

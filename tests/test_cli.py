@@ -1,0 +1,96 @@
+"""The command line: every shipped config parses against the real CLI; lookup, overrides, errors."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lightning_ssb.cli import main, resolve_config, shipped_configs, summarize_parser_error
+
+CONFIGS = shipped_configs()
+
+
+def print_config(capsys, *args) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_the_expected_configs_are_shipped():
+    assert {"bert6.yaml", "bert6_fewrel.yaml", "quickstart_mlm.yaml", "quickstart_fewrel.yaml"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_parses(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a bare name must work from any directory
+    cfg = print_config(capsys, "--config", name)
+    assert cfg["model"]["class_path"].startswith("lightning_ssb.models.")
+    assert cfg["data"]["class_path"].startswith("lightning_ssb.data.")
+    assert cfg["trainer"]["logger"]["class_path"] == "lightning_ssb.loggers.WandbLogger"
+    # every key of the shipped file survives into the resolved config (nothing silently dropped)
+    raw = yaml.safe_load(resolve_config_path(name).read_text())
+    for key, value in raw["model"]["init_args"].items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                assert cfg["model"]["init_args"][key][k] == v, (key, k)
+        else:
+            assert cfg["model"]["init_args"][key] == value, key
+
+
+def resolve_config_path(name):
+    from pathlib import Path
+
+    return Path(resolve_config(name))
+
+
+def test_local_file_wins_over_shipped_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    local = yaml.safe_load(resolve_config_path("quickstart_mlm.yaml").read_text())
+    local["trainer"]["max_epochs"] = 11
+    (tmp_path / "quickstart_mlm.yaml").write_text(yaml.safe_dump(local))
+    assert print_config(capsys, "--config", "quickstart_mlm.yaml")["trainer"]["max_epochs"] == 11
+    assert resolve_config("quickstart_mlm") .endswith("configs/quickstart_mlm.yaml")  # name without suffix
+
+
+def test_several_configs_and_dotted_overrides(tmp_path, capsys):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("trainer:\n  max_epochs: 9\nmodel:\n  init_args:\n    optimizer:\n      lr: 0.25\n")
+    cfg = print_config(capsys, "--config", "quickstart_mlm.yaml", "--config", str(extra),
+                       "--model.init_args.architecture.num_hidden_layers", "3", "--trainer.max_epochs", "4")
+    assert cfg["trainer"]["max_epochs"] == 4  # command line beats the later file
+    assert cfg["model"]["init_args"]["optimizer"]["lr"] == 0.25  # later file beats the earlier one
+    assert cfg["model"]["init_args"]["optimizer"]["weight_decay"] == 0.01  # untouched keys kept
+    assert cfg["model"]["init_args"]["architecture"]["num_hidden_layers"] == 3
+    assert cfg["model"]["init_args"]["architecture"]["hidden_size"] == 192
+
+
+def test_unknown_key_is_one_line_naming_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    optimiser:\n      lr: 1\n")
+    res = subprocess.run([sys.executable, "-m", "lightning_ssb", "fit", "--config", "quickstart_mlm.yaml",
+                          "--config", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if "error" in line]
+    assert lines == ["lightning_ssb: error: unknown key 'model.init_args.optimiser.lr' "
+                     "(not an option of lightning_ssb.models.MLMModule) (see --help)"]
+
+
+def test_parser_error_summaries():
+    nested = ('Parser key "data":\n  Does not validate\n  Errors:\n'
+              "    - Problem with given class_path 'lightning_ssb.data.FewRelDataModule':\n"
+              '        Parser key "batch_size":\n          Expected a <class \'int\'>. Got value: abc\n'
+              "    - Expected a <class 'NoneType'>\n")
+    assert summarize_parser_error(nested) == "key 'data.init_args.batch_size': expected int, got abc"
+    assert summarize_parser_error("unrecognized arguments: --x 1") == "unrecognized arguments: --x 1"
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "lightning_ssb", "fit", "--config", "quickstart_fewrel.yaml",
+                          "--model.init_args.pretrained", "runs/none/last.ckpt"],
+                         capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ,
+                                                                             "WANDB_MODE": "offline"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        "lightning_ssb: error: model.pretrained: runs/none/last.ckpt: no such file or directory")
