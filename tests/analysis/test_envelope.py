@@ -47,7 +47,7 @@ def test_parallel_and_duplicate_lines():
 
 def test_single_label_and_k1():
     assert upper_envelope(t(0.5), t(-1)).labels.tolist() == [0]
-    # Line 0 dominates line 1 on the whole real line only if parallel; otherwise both appear.
+    # Parallel lines: the higher one (label 0) wins for every x, so the envelope has one label.
     env = upper_envelope(t(2, 2), t(1, 0))
     assert env.labels.tolist() == [0]
 
