@@ -10,7 +10,10 @@ Timeline of one run:
   (the main thread waits only for this eval pass) and the analysis runs, by default on a
   background worker thread while training goes on.
 - Results are handed to the sinks from the main thread, as soon as they are ready (checked at
-  every training batch), and at the latest before a checkpoint is saved and at the end of fit.
+  every training batch and when a checkpoint is saved), and at the latest at the end of fit.
+- Checkpoints hold the probe's seed and indices and the epochs already logged; a resumed run
+  rebuilds the same probe set and analyses the checkpoint's epoch if its result was not logged
+  yet (the weights are exactly that epoch's), then continues.
 
 Under DDP every rank captures its share of the probe batches (every ``world_size``-th batch;
 shares may be uneven), rank 0 gathers them back into the single-process order, analyses and
@@ -238,7 +241,19 @@ class SSBMonitor(Callback):
                 batch_size=self.probe_batch_size, top_k=self.top_k_tokens, state=self._probe_state)
             _check_probe(self.probe)
         if self.reference and REFERENCE_EPOCH not in self._captured:
-            self._analyse_epoch(trainer, pl_module, REFERENCE_EPOCH)
+            if trainer.global_step == 0:
+                self._analyse_epoch(trainer, pl_module, REFERENCE_EPOCH)
+            else:
+                warnings.warn("SSBMonitor: resumed from a checkpoint saved before the reference analysis was "
+                              "logged; the reference cannot be redone on trained weights and is missing")
+        # After a resume the weights are those at the end of the checkpoint's epoch; if that epoch's
+        # result had not been logged when the checkpoint was written, analyse it now (same weights).
+        last = trainer.current_epoch - 1
+        if last >= 0 and self._due(last) and last not in self._captured:
+            self._analyse_epoch(trainer, pl_module, last)
+
+    def _due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.every_n_epochs == 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending and self._pending[0].done():
@@ -246,11 +261,8 @@ class SSBMonitor(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs == 0 and epoch not in self._captured:
+        if self._due(epoch) and epoch not in self._captured:
             self._analyse_epoch(trainer, pl_module, epoch)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self._drain(wait=True)  # the saved state then lists only epochs whose results are logged
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._drain(wait=True)
@@ -264,12 +276,18 @@ class SSBMonitor(Callback):
         self._shutdown()
 
     def state_dict(self) -> dict:
+        """The probe's seed and indices, and the epochs whose results are logged (``history``).
+
+        A checkpoint never waits for a running analysis: what is finished is logged first, an
+        epoch still being analysed is left out and analysed again after a resume from it.
+        """
+        self._drain(wait=False)
         probe_state = self.probe.state_dict() if self.probe is not None else self._probe_state
-        return {"captured": list(self._captured), "history": list(self.history), "probe": probe_state}
+        return {"history": [dict(h) for h in self.history], "probe": probe_state}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._captured = list(state_dict.get("captured", []))
-        self.history = list(state_dict.get("history", []))
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self._captured = [h["epoch"] for h in self.history]
         self._probe_state = state_dict.get("probe")
         self.probe = None  # rebuilt from the saved indices and seed at on_train_start
 

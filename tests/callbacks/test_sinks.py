@@ -54,7 +54,7 @@ def test_wandb_sink_offline_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     import wandb
 
-    run = wandb.init(project="ssb-test")
+    run = wandb.init(project="ssb-test", dir=str(tmp_path), mode="offline")
     sink = WandbSink(run)
     _emit(sink, -1, 0, 0.25)
     _emit(sink, 0, 12, 0.5)
