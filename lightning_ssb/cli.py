@@ -124,6 +124,22 @@ class SSBCLI(LightningCLI):
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          auto_configure_optimizers=False, **kwargs)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        # close the W&B run when the subcommand ends, so its file is complete (also after an error:
+        # what was logged so far is kept, and the run is marked failed)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            finish_wandb(self.trainer, exit_code=1)
+            raise
+        finish_wandb(self.trainer, exit_code=0)
+
+
+def finish_wandb(trainer: Trainer, exit_code: int) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, _LightningWandbLogger) and logger._experiment is not None:
+            logger._experiment.finish(exit_code=exit_code)
+
 
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError)
 
