@@ -150,6 +150,7 @@ class SSBMonitor(Callback):
         self.sinks: list[BaseSink] = []
         self.history: list[dict] = []  # one entry per logged epoch: epoch, step, seconds
         self.blocking_seconds: list[float] = []  # main-thread time per analysed epoch (capture + gather)
+        self.log_seconds: list[float] = []  # main-thread time handing each result to the sinks
         self._captured: list[int] = []  # epochs whose probe was captured (same on every rank)
         self._probe_state: dict | None = None
         self._pending: list[Future] = []
@@ -396,7 +397,9 @@ class SSBMonitor(Callback):
                     raise
                 warnings.warn(f"SSBMonitor: the analysis failed and is skipped: {err!r}")
                 continue
+            start = time.perf_counter()
             self._log(result)
+            self.log_seconds.append(time.perf_counter() - start)
 
     def _log(self, result: EpochResult) -> None:
         for sink in self.sinks:
