@@ -73,6 +73,34 @@ def seeded_subset(n_total: int, size: int | None, generator: torch.Generator) ->
     return sorted(torch.randperm(n_total, generator=generator)[:size].tolist())
 
 
+def stratified_subset(labels: list[int], size: int | None, generator: torch.Generator) -> list[int]:
+    """``size`` indices with every class represented as evenly as possible (seeded), sorted.
+
+    A plain random subset of a few examples per class misses some classes, and a read-out cannot be
+    scored on a class it never saw: each class gets ``size // K`` examples (all it has when fewer),
+    the remainder goes to randomly chosen classes.
+    """
+    n_total = len(labels)
+    if size is None or size >= n_total:
+        return list(range(n_total))
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    classes = sorted(by_class)
+    pools = {c: [by_class[c][j] for j in torch.randperm(len(by_class[c]), generator=generator).tolist()]
+             for c in classes}
+    quota = {c: size // len(classes) for c in classes}
+    for j in torch.randperm(len(classes), generator=generator)[: size % len(classes)].tolist():
+        quota[classes[j]] += 1
+    return sorted(i for c in classes for i in pools[c][: quota[c]])
+
+
+def _subset(dataset, size: int | None, generator: torch.Generator, task: str) -> list[int]:
+    if task != "mlm" and len(dataset) and "label" in dataset[0]:
+        return stratified_subset([dataset[i]["label"] for i in range(len(dataset))], size, generator)
+    return seeded_subset(len(dataset), size, generator)
+
+
 def _collate(datamodule, examples: list[dict], generator: torch.Generator) -> dict:
     try:
         return datamodule.collate_fn(examples, generator=generator)
@@ -143,8 +171,8 @@ def build_probe_set(
     if state is not None:
         train_idx, test_idx = list(state["train_indices"]), list(state["test_indices"])
     else:
-        train_idx = seeded_subset(len(train_ds), train_size, generator)
-        test_idx = seeded_subset(len(test_ds), test_size, generator)
+        train_idx = _subset(train_ds, train_size, generator, task)
+        test_idx = _subset(test_ds, test_size, generator, task)
     # one generator, drawn in a fixed order: the masks are a function of the seed and indices only
     mask_gen = torch.Generator().manual_seed(seed + 1)
     train_raw = _batches(datamodule, train_ds, train_idx, batch_size, mask_gen)

@@ -93,7 +93,7 @@ class MLMModule(BertTask):
         # torchmetrics syncs the states across DDP ranks in compute()
         loss = self.val_loss.compute()
         self.log_dict({f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss), f"{stage}/acc": self.val_acc.compute()},
-                      prog_bar=stage == "val")
+                      prog_bar=stage == "val", sync_dist=True)  # already reduced by torchmetrics
         self.val_loss.reset()
         self.val_acc.reset()
 

@@ -61,3 +61,21 @@ def test_mlm_probe_fixed_masks_and_top_k():
     assert (seen == MASK).float().mean() > 0.5  # most chosen positions show [MASK] (80% rule)
     everything = _build(dm, top_k="all")
     assert everything.num_classes == len(counts) and len(everything.y_train) == sum(counts.values())
+
+
+def test_stratified_subset_covers_every_class_evenly():
+    import torch
+
+    from lightning_ssb.callbacks.probe import stratified_subset
+
+    labels = [i % 64 for i in range(2560)]  # 40 per class, like the quick-start FewRel split
+    idx = stratified_subset(labels, 256, torch.Generator().manual_seed(0))
+    assert len(idx) == len(set(idx)) == 256
+    counts = [sum(labels[i] == c for i in idx) for c in range(64)]
+    assert counts == [4] * 64  # 256 / 64, no class missed
+    odd = stratified_subset(labels, 100, torch.Generator().manual_seed(1))
+    counts = sorted(sum(labels[i] == c for i in odd) for c in range(64))
+    assert len(odd) == 100 and counts[0] == 1 and counts[-1] == 2 and sum(counts) == 100
+    assert odd == stratified_subset(labels, 100, torch.Generator().manual_seed(1))  # seeded
+    # a class smaller than its quota gives all it has
+    assert sorted(stratified_subset([0] * 10 + [1], 6, torch.Generator().manual_seed(0)))[-1] == 10
