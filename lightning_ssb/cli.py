@@ -124,6 +124,12 @@ class SSBCLI(LightningCLI):
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          auto_configure_optimizers=False, **kwargs)
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        bind = getattr(self.model, "bind_data", None)
+        if callable(bind) and self.datamodule is not None:
+            bind(self.datamodule)
+
     def _run_subcommand(self, subcommand: str) -> None:
         # close the W&B run when the subcommand ends, so its file is complete (also after an error:
         # what was logged so far is kept, and the run is marked failed)

@@ -37,6 +37,16 @@ def only_run(save_dir: Path) -> Path:
     return runs[0]
 
 
+def assert_monitor_logged(save: Path, run, epochs: int) -> None:
+    """The quick-start monitor: the reference and one analysis per epoch, in W&B and on disk."""
+    assert run.series("ssb/epoch") == [-1, *range(epochs)]
+    assert any(k.startswith("ssb/blocks.0.attn.heads/node/") for k in run.keys())
+    disk = [p for p in (save / "ssb").glob("*/*") if p.is_dir()]
+    assert sorted(p.name for p in disk) == sorted(["reference", *(f"epoch_{e:03d}" for e in range(epochs))])
+    for folder in disk:
+        assert (folder / "scalars.json").is_file()
+
+
 def assert_loss_fell(series: list[float]) -> None:
     assert len(series) >= 3, series
     assert sum(series[-2:]) / 2 < series[0] - 0.05, series
@@ -68,6 +78,7 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     saved = yaml.safe_load((save / "config.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2
     assert (only_run(save) / "files/lightning_config.yaml").is_file()
+    assert_monitor_logged(save, run, epochs=2)
 
 
 def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
@@ -84,4 +95,5 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
         assert len(run.series(key)) == 3, key
     assert run.config["model"]["class_path"] == "lightning_ssb.models.SequenceClassifier"
     assert run.config["data"]["init_args"]["train_per_relation"] == 40
+    assert_monitor_logged(save, run, epochs=3)
 

@@ -83,7 +83,12 @@ class SequenceClassifier(BertTask):
         self.val_loss = MeanMetric()
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
+        self.bind_data(getattr(self.trainer, "datamodule", None))
+        self.check_vocabulary()
+
+    def bind_data(self, dm) -> None:
+        """Build the model now if ``num_labels`` was left to the data module (the CLI calls this right
+        after instantiation, so that callbacks see the model in their own ``setup``)."""
         k = getattr(dm, "num_labels", None)
         if self.model is None:
             if k is None:
@@ -91,7 +96,6 @@ class SequenceClassifier(BertTask):
             self._build(int(k))
         elif k is not None and k != self.num_labels:
             raise ValueError(f"model.num_labels={self.num_labels} but the data module has {k} labels")
-        self.check_vocabulary()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Class logits ``[B, K]``."""
