@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from lightning_ssb.data import FewRelDataModule, WikipediaDataModule
 from lightning_ssb.models import BertArchitecture, MLMModule, OptimizerConfig, SequenceClassifier
-from lightning_ssb.models.optim import configure_adamw
+from lightning_ssb.models.optim import linear_schedule
 
 REF_LEN = 128
 
@@ -46,8 +46,12 @@ def pad_to(batch: dict, length: int) -> dict:
 
 def reference_loop(model, batches, optim_cfg, task, clip=1.0):
     """The plain loop: HF forward with labels (decoder at every position for MLM), AdamW, clipping."""
-    opt = configure_adamw(model, optim_cfg, len(batches))
-    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim_cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim_cfg.lr,
+                                  betas=optim_cfg.betas, eps=optim_cfg.eps)  # PyTorch's default implementation
+    scheduler = linear_schedule(optimizer, optim_cfg, len(batches))
     model.train()
     losses, times = [], []
     for batch in batches:

@@ -48,4 +48,5 @@ class BertTask(L.LightningModule):
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
         total = total if math.isfinite(total) else 10_000
-        return configure_adamw(self.model, self.optim_cfg, int(total))
+        mixed = "mixed" in str(self.trainer.precision)  # bf16-mixed / 16-mixed: no fused kernel with clipping
+        return configure_adamw(self.model, self.optim_cfg, int(total), fused=not mixed)
