@@ -121,3 +121,15 @@ def test_nan_loss_stops_with_one_line():
     module = MLMModule(architecture=TINY)
     with pytest.raises(FloatingPointError, match="train loss is nan"):
         module.check_finite(torch.tensor(math.nan), "train")
+
+
+def test_vocabulary_that_does_not_match_the_model_stops_before_training(tmp_path):
+    from lightning_ssb.data import FewRelDataModule
+
+    dm = FewRelDataModule(train_per_relation=40, test_per_relation=10, cache_dir=str(tmp_path))
+    clf = SequenceClassifier(architecture=TINY)  # a 120-token vocabulary against bert-base-uncased's 30522
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", max_steps=1,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="data.tokenizer has 30522 tokens but model vocab_size is 120"):
+        trainer.fit(clf, datamodule=dm)
+    assert trainer.global_step == 0
