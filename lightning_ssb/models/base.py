@@ -45,6 +45,19 @@ class BertTask(L.LightningModule):
                 "set trainer.gradient_clip_val, or check the data (already logged results are kept)"
             )
 
+    # validation and test share one metric set; subclasses log it in _log_eval(stage)
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, stage: str) -> None:
+        raise NotImplementedError
+
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
         total = total if math.isfinite(total) else 10_000

@@ -121,14 +121,6 @@ class SequenceClassifier(BertTask):
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    test_step = validation_step
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
-
     def _log_eval(self, stage: str) -> None:
         self.log_dict({f"{stage}/loss": self.val_loss.compute(), f"{stage}/acc": self.val_acc.compute(),
                        f"{stage}/f1_macro": self.val_f1.compute()}, prog_bar=stage == "val", sync_dist=True)  # already reduced by torchmetrics

@@ -81,14 +81,6 @@ class MLMModule(BertTask):
         self.val_loss.update(loss / max(target.numel(), 1), weight=target.numel())
         self.val_acc.update(logits, target)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    test_step = validation_step
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
-
     def _log_eval(self, stage: str) -> None:
         # torchmetrics syncs the states across DDP ranks in compute()
         loss = self.val_loss.compute()
