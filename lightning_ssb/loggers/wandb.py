@@ -44,6 +44,9 @@ class WandbLogger(_LightningWandbLogger):
         mode = os.environ.get("WANDB_MODE", "").lower()
         if offline is None:
             offline = mode in ("offline", "dryrun") or (mode != "online" and not has_wandb_credentials())
+        # absolute: the wandb-core service may have been started (by this process or a parent, via
+        # WANDB_SERVICE) in another working directory, and resolves relative paths against its own
+        save_dir = str(Path(save_dir).expanduser().resolve())
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
                          **kwargs)
