@@ -122,7 +122,15 @@ class SSBCLI(LightningCLI):
         kwargs.setdefault("parser_class", SSBArgumentParser)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         auto_configure_optimizers=False, **kwargs)
+                         auto_configure_optimizers=False, load_from_checkpoint_support=False, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` restores the state of the model the config builds; Lightning's default would
+        also merge the checkpoint's hyper-parameters into the config, which cannot parse modules chosen
+        by class_path (and would override what the user wrote)."""
+        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path: {ckpt_path}: no such file")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

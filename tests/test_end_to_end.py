@@ -97,3 +97,22 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
     assert run.config["data"]["init_args"]["train_per_relation"] == 40
     assert_monitor_logged(save, run, epochs=3)
 
+
+
+def test_validate_subcommand_restores_the_checkpoint(mlm_stage, workdir):
+    import torch
+
+    ckpt = workdir / "runs/quickstart/mlm/checkpoints/last.ckpt"
+    cli = main(["validate", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
+                "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    ours = cli.model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in state.items() if k.startswith("model."))
+    assert "val/loss" in cli.trainer.callback_metrics and "val/ppl" in cli.trainer.callback_metrics
+
+
+def test_missing_ckpt_path_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", "quickstart_mlm.yaml", "--ckpt_path", "nothere.ckpt"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "lightning_ssb: error: ckpt_path: nothere.ckpt: no such file"
