@@ -94,3 +94,25 @@ def test_missing_checkpoint_is_one_line(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == (
         "lightning_ssb: error: model.pretrained: runs/none/last.ckpt: no such file or directory")
+
+
+def test_wandb_record_reader_on_a_real_offline_run(tmp_path, monkeypatch):
+    """Values logged through the real W&B client come back from the offline run file."""
+    import wandb
+
+    from lightning_ssb.loggers import read_wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="t", dir=str(tmp_path), config={"a": {"b": 3}, "lr": 0.5})
+    big = "x" * 40000  # one record longer than a 32 KiB block: split into first/middle/last chunks
+    for step in range(3):
+        run.log({"loss": 1.0 / (step + 1), "note": big if step == 1 else "s"})
+    run.finish()
+    folder = next((tmp_path / "wandb").glob("offline-run-*"))
+    rec = read_wandb_run(folder, wait=60)
+    assert rec.finished
+    assert rec.series("loss") == [1.0, 0.5, 1.0 / 3]
+    assert rec.series("note")[1] == big
+    assert rec.config["a"] == {"b": 3} and rec.config["lr"] == 0.5
+    assert rec.summary["loss"] == 1.0 / 3

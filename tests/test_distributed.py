@@ -31,7 +31,7 @@ def test_torchrun_two_gloo_processes_on_the_quickstart_config(tmp_path):
     save = tmp_path / "runs/quickstart/mlm"
     runs = list((save / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # one W&B run, written by rank 0, never one per rank
-    run = read_wandb_run(runs[0])
+    run = read_wandb_run(runs[0], wait=60)
     # 256 articles, 10% validation -> 230 train; 2 ranks x batch 32 -> ceil(115 / 32) = 4 steps
     assert run.series("trainer/global_step")[-1] in (3, 4)
     assert len(run.series("val/loss")) == 1

@@ -66,7 +66,8 @@ def mlm_stage(workdir):
 def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     save = workdir / "runs/quickstart/mlm"
     assert (save / "checkpoints/last.ckpt").is_file()
-    run = read_wandb_run(only_run(save))
+    run = read_wandb_run(only_run(save), wait=60)
+    assert run.finished  # the CLI closed the W&B run: its exit record is in the file
     assert_loss_fell(run.series("train/loss"))
     for key in ("val/loss", "val/ppl", "val/acc", "lr-AdamW/pg1"):
         assert len(run.series(key)) >= 1, (key, sorted(run.keys()))
@@ -89,7 +90,7 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
     assert clf.model.config.hidden_size == 48 and clf.model.config.num_labels == 64
     assert clf.hparams["pretrained"] is None  # the classifier's own checkpoints stand alone
     save = workdir / "runs/quickstart/fewrel"
-    run = read_wandb_run(only_run(save))
+    run = read_wandb_run(only_run(save), wait=60)
     assert_loss_fell(run.series("train/loss"))
     for key in ("val/loss", "val/acc", "val/f1_macro"):
         assert len(run.series(key)) == 3, key

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class WandbRunRecords:
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    finished: bool = False  # the run's exit record is in the file
 
     def series(self, key: str) -> list:
         """The values logged under ``key``, in order."""
@@ -63,8 +65,22 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def read_wandb_run(path: str | Path) -> WandbRunRecords:
-    """Parse ``run-*.wandb`` (or the run folder containing it) into :class:`WandbRunRecords`."""
+def read_wandb_run(path: str | Path, wait: float = 0.0) -> WandbRunRecords:
+    """Parse ``run-*.wandb`` (or the run folder containing it) into :class:`WandbRunRecords`.
+
+    The wandb-core service writes the file asynchronously, also after ``run.finish()`` returns:
+    ``wait`` seconds (polled) lets a finished run's last records arrive (until its exit record is
+    there). ``wait=0`` reads whatever is there now, e.g. from a run still in progress.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        records = _read_once(path)
+        if records.finished or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _read_once(path: str | Path) -> WandbRunRecords:
     from wandb.proto import wandb_internal_pb2 as pb  # wandb is only needed when reading
 
     path = Path(path)
@@ -80,10 +96,14 @@ def read_wandb_run(path: str | Path) -> WandbRunRecords:
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             out.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
-        elif kind == "config":
-            for i in rec.config.update:
-                out.config[_key(i)] = json.loads(i.value_json)
+        elif kind in ("config", "run"):  # config given to wandb.init travels in the run record
+            updates = rec.config.update if kind == "config" else rec.run.config.update
+            for i in updates:
+                if _key(i) != "_wandb":
+                    out.config[_key(i)] = json.loads(i.value_json)
         elif kind == "summary":
             for i in rec.summary.update:
                 out.summary[_key(i)] = json.loads(i.value_json)
+        elif kind == "exit":
+            out.finished = True
     return out

@@ -77,7 +77,7 @@ def test_fewrel_fit_logs_reference_and_epochs_to_wandb_and_disk(tmp_path, monkey
 
     # W&B offline run: one history row per analysis, epoch -1 first, images and tables on disk
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
-    records = read_wandb_run(run_dir)
+    records = read_wandb_run(run_dir, wait=60)
     assert records.series("ssb/epoch") == [-1.0, 0.0, 1.0]
     keys = {k for k in records.keys() if k.startswith("ssb/") and "/" not in k[len("ssb/"):].split("/", 1)[-1]
             or k.startswith("ssb/")}

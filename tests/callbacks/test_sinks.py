@@ -60,7 +60,7 @@ def test_wandb_sink_offline_files(tmp_path, monkeypatch):
     _emit(sink, 0, 12, 0.5)
     run.finish()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    records = read_wandb_run(run_dir)
+    records = read_wandb_run(run_dir, wait=60)
     assert records.series("ssb/blocks.0.attn.heads/node/phi") == [0.25, 0.5]
     assert records.series("trainer/global_step") == [0, 12]  # one history row per epoch result
     assert records.series("ssb/epoch") == [-1.0, 0.0]
