@@ -114,6 +114,22 @@ class SSBArgumentParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
+def resolve_precision(precision: str | None, accelerator: str | None, cuda: bool, cuda_bf16: bool) -> tuple[str | None, str]:
+    """Mixed precision where the hardware has it: the precision to use and why it changed ('' if not).
+
+    The paper configs ask for ``bf16-mixed``. On a CPU run that becomes ``32-true`` (bf16 matmuls are
+    far slower than fp32 on most CPUs), on a GPU without bf16 (pre-Ampere) ``16-mixed``.
+    """
+    if precision not in ("bf16-mixed", "bf16"):
+        return precision, ""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and cuda)
+    if not on_gpu:
+        return "32-true", f"trainer.precision {precision} -> 32-true: this run is on the CPU"
+    if not cuda_bf16:
+        return "16-mixed", f"trainer.precision {precision} -> 16-mixed: this GPU has no bf16"
+    return precision, ""
+
+
 class SSBCLI(LightningCLI):
     """LightningCLI with model and data chosen by ``class_path``."""
 
@@ -131,6 +147,17 @@ class SSBCLI(LightningCLI):
         ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path: {ckpt_path}: no such file")
+
+    def before_instantiate_classes(self) -> None:
+        import torch
+
+        trainer = self.config[self.config.subcommand].trainer if self.config.get("subcommand") else self.config.trainer
+        cuda = torch.cuda.is_available()
+        precision, why = resolve_precision(trainer.get("precision"), trainer.get("accelerator"), cuda,
+                                           cuda and torch.cuda.is_bf16_supported())
+        if why:
+            print(f"lightning_ssb: {why}", file=sys.stderr)
+            trainer.precision = precision
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -116,3 +116,36 @@ def test_wandb_record_reader_on_a_real_offline_run(tmp_path, monkeypatch):
     assert rec.series("note")[1] == big
     assert rec.config["a"] == {"b": 3} and rec.config["lr"] == 0.5
     assert rec.summary["loss"] == 1.0 / 3
+
+
+@pytest.mark.parametrize("precision, accelerator, cuda, bf16, expected", [
+    ("bf16-mixed", "auto", False, False, "32-true"),     # paper config on a CPU-only machine
+    ("bf16-mixed", "cpu", True, True, "32-true"),        # CPU asked for explicitly
+    ("bf16-mixed", "auto", True, True, "bf16-mixed"),    # Ampere or newer
+    ("bf16-mixed", "gpu", True, False, "16-mixed"),      # a GPU without bf16
+    ("32-true", "auto", True, True, "32-true"),          # anything else is left alone
+    ("16-mixed", "cpu", False, False, "16-mixed"),
+])
+def test_mixed_precision_where_the_hardware_has_it(precision, accelerator, cuda, bf16, expected):
+    from lightning_ssb.cli import resolve_precision
+
+    got, why = resolve_precision(precision, accelerator, cuda, bf16)
+    assert got == expected
+    assert bool(why) == (got != precision)
+
+
+def test_paper_config_on_this_cpu_runs_in_fp32(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(tmp_path / "cache"))
+    cli = main(["fit", "--config", "bert6_fewrel.yaml", "--data.init_args.train_file", "null",
+                "--data.init_args.train_per_relation", "40", "--data.init_args.test_per_relation", "10",
+                "--data.init_args.num_workers", "0", "--model.init_args.pretrained", "null",
+                "--model.init_args.architecture.num_hidden_layers", "1", "--model.init_args.architecture.hidden_size", "24",
+                "--model.init_args.architecture.num_attention_heads", "2",
+                "--model.init_args.architecture.intermediate_size", "24",
+                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.max_steps", "1",
+                "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.precision == "32-true"
+    assert "trainer.precision bf16-mixed -> 32-true: this run is on the CPU" in capfd.readouterr().err
+    assert cli.trainer.global_step == 1
