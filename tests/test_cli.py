@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +10,10 @@ import yaml
 from lightning_ssb.cli import main, resolve_config, shipped_configs, summarize_parser_error
 
 CONFIGS = shipped_configs()
+
+
+def resolve_config_path(name: str) -> Path:
+    return Path(resolve_config(name))
 
 
 def print_config(capsys, *args) -> dict:
@@ -37,12 +42,6 @@ def test_every_shipped_config_parses(name, capsys, tmp_path, monkeypatch):
                 assert cfg["model"]["init_args"][key][k] == v, (key, k)
         else:
             assert cfg["model"]["init_args"][key] == value, key
-
-
-def resolve_config_path(name):
-    from pathlib import Path
-
-    return Path(resolve_config(name))
 
 
 def test_local_file_wins_over_shipped_name(tmp_path, monkeypatch, capsys):

@@ -83,6 +83,15 @@ def as_architecture(value: BertArchitecture | dict | None) -> BertArchitecture:
     raise TypeError(f"model.architecture: expected a mapping of BertConfig fields, got {type(value).__name__}")
 
 
+def architecture_of(model) -> dict:
+    """The :class:`BertArchitecture` fields of a built HF model, as a plain dict (for hparams)."""
+    c = model.config
+    fields = BertArchitecture.__dataclass_fields__
+    arch = {k: getattr(c, k) for k in fields if k != "attn_implementation" and hasattr(c, k)}
+    arch["attn_implementation"] = c._attn_implementation or "sdpa"
+    return arch
+
+
 def is_lightning_checkpoint(path: str | None) -> bool:
     return path is not None and str(path).endswith(".ckpt")
 

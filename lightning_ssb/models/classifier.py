@@ -10,13 +10,13 @@ from transformers import BertForSequenceClassification
 
 from lightning_ssb.models.architecture import (
     BertArchitecture,
+    architecture_of,
     as_architecture,
     check_pretrained_path,
     is_lightning_checkpoint,
     load_mlm_checkpoint,
 )
 from lightning_ssb.models.base import BertTask
-from lightning_ssb.models.mlm import _architecture_of
 from lightning_ssb.models.optim import OptimizerConfig
 
 
@@ -72,7 +72,7 @@ class SequenceClassifier(BertTask):
                 pretrained, num_labels=num_labels, attn_implementation=self._arch.attn_implementation)
         else:
             self.model = BertForSequenceClassification(self._arch.to_config(num_labels=num_labels))
-        self.save_hyperparameters({"num_labels": num_labels, "architecture": _architecture_of(self.model),
+        self.save_hyperparameters({"num_labels": num_labels, "architecture": architecture_of(self.model),
                                    "task": self.task, "pretrained": pretrained,
                                    "optimizer": self.optim_cfg.__dict__})
         # once built, the architecture in hparams is complete: a checkpoint rebuilds without the .ckpt it came from

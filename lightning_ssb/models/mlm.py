@@ -8,7 +8,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import BertForMaskedLM
 
-from lightning_ssb.models.architecture import BertArchitecture, as_architecture, check_pretrained_path
+from lightning_ssb.models.architecture import BertArchitecture, architecture_of, as_architecture, check_pretrained_path
 from lightning_ssb.models.base import BertTask
 from lightning_ssb.models.optim import OptimizerConfig
 
@@ -43,7 +43,7 @@ class MLMModule(BertTask):
             self.model = BertForMaskedLM(arch.to_config())
         # the architecture actually built (from the checkpoint when pretrained) travels in hparams,
         # so that a classifier can be built from this module's checkpoint alone
-        self.save_hyperparameters({"architecture": _architecture_of(self.model), "task": self.task,
+        self.save_hyperparameters({"architecture": architecture_of(self.model), "task": self.task,
                                    "pretrained": pretrained, "optimizer": self.optim_cfg.__dict__})
         vocab = self.model.config.vocab_size
         self.train_acc = MulticlassAccuracy(num_classes=vocab, average="micro")
@@ -89,10 +89,3 @@ class MLMModule(BertTask):
         self.val_loss.reset()
         self.val_acc.reset()
 
-
-def _architecture_of(model) -> dict:
-    c = model.config
-    fields = BertArchitecture.__dataclass_fields__
-    arch = {k: getattr(c, k) for k in fields if k != "attn_implementation" and hasattr(c, k)}
-    arch["attn_implementation"] = c._attn_implementation or "sdpa"
-    return arch

@@ -48,7 +48,26 @@ def mask_tokens(batch: dict, generator: torch.Generator | None, vocab: int, p: f
     return {**batch, "input_ids": new, "labels": labels}
 
 
-class ToyClassificationData(L.LightningDataModule):
+class _ToyData(L.LightningDataModule):
+    """What both toy data modules share: seeded splits built by ``_make`` and plain loaders."""
+
+    sizes: tuple[int, int]
+    batch_size: int
+    seed: int
+
+    def setup(self, stage: str) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        self.train_dataset = self._make(self.sizes[0], g)
+        self.val_dataset = self._make(self.sizes[1], g)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_dataset, self.batch_size, shuffle=True, collate_fn=self.collate_fn)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_dataset, self.batch_size, collate_fn=self.collate_fn)
+
+
+class ToyClassificationData(_ToyData):
     """K classes; class k puts word FIRST_WORD+k at a random position (its ``head_pos``)."""
 
     task = "classification"
@@ -73,10 +92,6 @@ class ToyClassificationData(L.LightningDataModule):
                 out.append({"input_ids": [CLS, *words, SEP], "label": k, "head_pos": pos + 1})
         return out
 
-    def setup(self, stage: str) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        self.train_dataset = self._make(self.sizes[0], g)
-        self.val_dataset = self._make(self.sizes[1], g)
 
     def collate_fn(self, examples: list[dict], generator: torch.Generator | None = None) -> dict:
         batch = pad(examples)
@@ -84,14 +99,8 @@ class ToyClassificationData(L.LightningDataModule):
         batch["head_pos"] = torch.tensor([e["head_pos"] for e in examples])
         return batch
 
-    def train_dataloader(self):
-        return DataLoader(self.train_dataset, self.batch_size, shuffle=True, collate_fn=self.collate_fn)
 
-    def val_dataloader(self):
-        return DataLoader(self.val_dataset, self.batch_size, collate_fn=self.collate_fn)
-
-
-class ToyMLMData(L.LightningDataModule):
+class ToyMLMData(_ToyData):
     """Sequences of words drawn from a skewed distribution over 60 words; BERT masking in collate."""
 
     task = "mlm"
@@ -111,19 +120,9 @@ class ToyMLMData(L.LightningDataModule):
             out.append({"input_ids": [CLS, *words, SEP]})
         return out
 
-    def setup(self, stage: str) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        self.train_dataset = self._make(self.sizes[0], g)
-        self.val_dataset = self._make(self.sizes[1], g)
 
     def collate_fn(self, examples: list[dict], generator: torch.Generator | None = None) -> dict:
         return mask_tokens(pad(examples), generator, FIRST_WORD + 60)
-
-    def train_dataloader(self):
-        return DataLoader(self.train_dataset, self.batch_size, shuffle=True, collate_fn=self.collate_fn)
-
-    def val_dataloader(self):
-        return DataLoader(self.val_dataset, self.batch_size, collate_fn=self.collate_fn)
 
 
 def bert_config(layers: int = 2, hidden: int = 32, heads: int = 4, num_labels: int = 4, attn="sdpa") -> BertConfig:
