@@ -1,0 +1,76 @@
+"""The one place that builds a logged key, and the one place that parses it (docs/RESULTS.md).
+
+``ssb/<site>/<family>[/null]/<granularity>/<statistic>``, plus ``ssb/epoch``,
+``ssb/analysis_seconds`` and ``ssb/<custom name>/<key>`` for a user's analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "ssb"
+FAMILIES = ("own", "shared")
+GRANULARITIES = ("node", "head", "site")
+NULL = "null"
+RUN_KEYS = ("epoch", "analysis_seconds")
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    """A key split into its parts. ``kind`` is ``site`` (a built-in statistic of one site),
+    ``run`` (``ssb/epoch``, ``ssb/analysis_seconds``) or ``custom`` (a NodalAnalysis's key)."""
+
+    kind: str
+    statistic: str
+    site: str | None = None
+    family: str | None = None
+    granularity: str | None = None
+    null: bool = False
+    prefix: str = PREFIX
+
+
+def _is_site(name: str) -> bool:
+    return name.startswith("blocks.")
+
+
+def scalar_key(site: str, family: str, granularity: str, statistic: str, null: bool = False,
+               prefix: str = PREFIX) -> str:
+    """``ssb/<site>/<family>[/null]/<granularity>/<statistic>``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if not _is_site(site) or "/" in site or "/" in statistic:
+        raise ValueError(f"bad site or statistic name: {site!r}, {statistic!r}")
+    parts = [prefix, site, family] + ([NULL] if null else []) + [granularity, statistic]
+    return "/".join(parts)
+
+
+def run_key(name: str, prefix: str = PREFIX) -> str:
+    """``ssb/epoch`` or ``ssb/analysis_seconds``."""
+    if name not in RUN_KEYS:
+        raise ValueError(f"run key must be one of {RUN_KEYS}, got {name!r}")
+    return f"{prefix}/{name}"
+
+
+def custom_key(analysis: str, key: str, prefix: str = PREFIX) -> str:
+    """``ssb/<analysis name>/<key>`` for a user's NodalAnalysis."""
+    if _is_site(analysis) or analysis in RUN_KEYS:
+        raise ValueError(f"a custom analysis cannot be named {analysis!r}: it would clash with built-in keys")
+    return f"{prefix}/{analysis}/{key}"
+
+
+def parse_key(key: str, prefix: str = PREFIX) -> ParsedKey:
+    """Inverse of ``scalar_key`` / ``run_key`` / ``custom_key``; a ValueError names a key that is none."""
+    parts = key.split("/")
+    if len(parts) < 2 or parts[0] != prefix:
+        raise ValueError(f"not a {prefix}/ key: {key!r}")
+    rest = parts[1:]
+    if len(rest) == 1 and rest[0] in RUN_KEYS:
+        return ParsedKey("run", rest[0], prefix=prefix)
+    if not _is_site(rest[0]):
+        return ParsedKey("custom", "/".join(rest[1:]), site=rest[0], prefix=prefix)
+    null = len(rest) == 5 and rest[2] == NULL
+    if len(rest) != (5 if null else 4) or rest[1] not in FAMILIES or rest[-2] not in GRANULARITIES:
+        raise ValueError(f"not a site key ({prefix}/<site>/<family>[/null]/<granularity>/<statistic>): {key!r}")
+    return ParsedKey("site", rest[-1], site=rest[0], family=rest[1], granularity=rest[-2], null=null, prefix=prefix)
