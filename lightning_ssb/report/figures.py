@@ -1,0 +1,307 @@
+"""The report's figures, drawn from a loaded run (``report.load``) alone.
+
+Each function returns ``(figure, data)``: the matplotlib figure, and the numbers it plots (so a
+test can compare them with the files on disk), or ``(None, reason)``-style notes through
+``MissingData`` when there is nothing to draw. Axes carry a ``gid`` naming what they show and
+lines a ``gid`` naming the series (``node/real``, ``head/null``, ...), so the plotted values can be
+read back from the figure itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from lightning_ssb.callbacks.figures import (MAX_TICK_LABELS, crossover, matrices, new_figure, short_name,
+                                             tick_fontsize)
+from lightning_ssb.report.load import REFERENCE_EPOCH, RunResults, Stat
+
+# (statistic, panel title, y axis label, y range or None)
+EPOCH_STATISTICS = (
+    ("live_fraction", "live units", "fraction of units with a learned label", (0, 1.02)),
+    ("phi", "order parameter \u03a6 = 1 \u2212 overlap", "\u03a6 (0 symmetric, 1 broken)", (0, 1.02)),
+    ("coverage", "coverage", "|\u222a L_u| / K (fraction of labels)", (0, 1.02)),
+    ("mean_labels", "labels per unit", "mean |L_u| (labels)", None),
+    ("acc_mean", "mean unit accuracy", "accuracy on probe-test", None),
+    ("acc_max", "best unit accuracy", "accuracy on probe-test", None),
+)
+GRAN_NAMES = {"node": "nodes", "head": "heads"}
+GRAN_COLOURS = {"node": "tab:blue", "head": "tab:orange"}
+FAMILY_NAMES = {"own": "own read-out (one fitted per unit)", "shared": "shared read-out (the site's, silenced)"}
+
+
+class MissingData(Exception):
+    """Nothing to draw; the message says what is missing (shown as a note in the report)."""
+
+
+def layer_of(site: str) -> int | None:
+    m = re.match(r"blocks\.(\d+)\.", site)
+    return int(m.group(1)) if m else None
+
+
+def epoch_ticks(ax, epochs: list[int]) -> None:
+    """Integer epoch ticks, the reference (-1) labelled "before training"."""
+    ticks = sorted(set(epochs))
+    if len(ticks) > 12:  # keep the reference, the last epoch and about ten between
+        step = math.ceil(len(ticks) / 10)
+        ticks = sorted(set(ticks[::step]) | {ticks[0], ticks[-1]})
+    ax.set_xticks(ticks, ["before\ntraining" if e == REFERENCE_EPOCH else str(e) for e in ticks])
+    ax.set_xlabel("epoch")
+
+
+def unit_name(site_shape, unit: int, granularity: str) -> str:
+    if granularity == "head" or site_shape is None:
+        return f"{'head' if granularity == 'head' else 'node'} {unit}"
+    h, d = site_shape
+    return f"h{unit // d}.n{unit % d}" if h > 1 else f"n{unit}"
+
+
+def node_where(site_shape, node: int) -> str:
+    """``head 3, node 7`` for node 55 of a site of heads of 16 nodes."""
+    if site_shape is None or site_shape[0] <= 1:
+        return f"node {node}"
+    return f"head {node // site_shape[1]}, node {node % site_shape[1]}"
+
+
+def statistics_over_epochs(run: RunResults, site: str, family: str):
+    """Live units, Phi, coverage, labels per unit and accuracies against the epoch, per granularity,
+    the null (permuted labels) dashed beside each. Data: ``{statistic: {"node/real": (epochs, values)}}``."""
+    fig = new_figure(12, 6.5)
+    axes = fig.subplots(2, 3).flatten()
+    data, missing, handles = {}, [], {}
+    grans = [g for g in ("node", "head") if any(run.series(site, family, g, s)[0] for s, *_ in EPOCH_STATISTICS)]
+    if not grans:
+        raise MissingData(f"{site}, {family}: no node or head statistics in scalars.json")
+    for ax, (stat, title, ylabel, ylim) in zip(axes, EPOCH_STATISTICS):
+        ax.set_gid(stat)
+        data[stat] = {}
+        for gran in grans:
+            for null in (False, True):
+                epochs, values = run.series(site, family, gran, stat, null)
+                if not epochs:
+                    continue
+                series = f"{gran}/{'null' if null else 'real'}"
+                label = GRAN_NAMES[gran] + (", null (permuted labels)" if null else "")
+                (line,) = ax.plot(epochs, values, "o--" if null else "o-", color=GRAN_COLOURS[gran],
+                                  alpha=0.55 if null else 1.0, markersize=4 if null else 5,
+                                  markerfacecolor="none" if null else GRAN_COLOURS[gran], label=label, gid=series)
+                handles.setdefault(label, line)
+                data[stat][series] = (epochs, values)
+        if stat.startswith("acc") and run.num_classes:
+            handles.setdefault("chance 1/K", ax.axhline(1 / run.num_classes, color="0.3", linestyle=":",
+                                                        linewidth=1, label="chance 1/K"))
+        if not data[stat]:
+            missing.append(stat)
+            ax.text(0.5, 0.5, f"'{stat}' not in the results", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        if ylim:
+            ax.set_ylim(*ylim)
+        all_epochs = [e for s in data[stat].values() for e in s[0]] or [e.epoch for e in run.epochs]
+        epoch_ticks(ax, all_epochs)
+        ax.grid(alpha=0.3)
+        nan_phi = stat == "phi" and any(math.isnan(v) for s in data[stat].values() for v in s[1])
+        if nan_phi:
+            ax.text(0.02, 0.03, "missing points: undefined (< 2 live units)", transform=ax.transAxes, fontsize=7,
+                    color="0.35")
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=5, fontsize=9)
+    fig.suptitle(f"{site}, {FAMILY_NAMES.get(family, family)}: statistics by epoch", fontsize=11)
+    return fig, {"statistics": data, "missing": missing}
+
+
+def _pick_epochs(run: RunResults, available: list[int], most: int = 6) -> list[int]:
+    if len(available) <= most:
+        return available
+    idx = np.unique(np.linspace(0, len(available) - 1, most).round().astype(int))
+    return [available[i] for i in idx]
+
+
+def head_accuracy_grid(run: RunResults, family: str, most_epochs: int = 6):
+    """Single-head accuracy, layers x heads, one panel per epoch on one colour scale.
+
+    Data: ``{"epochs": [...], "layers": [...], "grids": [[L, H] arrays]}``."""
+    sites = sorted((s for s in run.sites if s.endswith("attn.heads") and layer_of(s) is not None), key=layer_of)
+    per_epoch = {}
+    for e in run.epochs:
+        rows = [e.arrays.get(Stat(s, family, "head", "accuracy")) for s in sites]
+        if any(r is not None for r in rows):
+            width = max(len(r) for r in rows if r is not None)
+            per_epoch[e.epoch] = np.array([r.float().numpy() if r is not None else np.full(width, np.nan)
+                                           for r in rows])
+    if not per_epoch:
+        raise MissingData(f"{family}: no head accuracy arrays (<site>/{family}/head/accuracy) for attention sites")
+    epochs = _pick_epochs(run, sorted(per_epoch), most_epochs)
+    grids = [per_epoch[e] for e in epochs]
+    vmax = max(float(np.nanmax(g)) for g in grids)
+    n = len(epochs)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    heads = grids[0].shape[1]
+    fig = new_figure(3.6 * cols + 1.2, (0.32 * len(sites) + 1.3) * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).flatten()
+    layers = [layer_of(s) for s in sites]
+    for ax, epoch, grid in zip(axes, epochs, grids):
+        im = ax.imshow(grid, aspect="auto", vmin=0.0, vmax=vmax, cmap="viridis", interpolation="nearest")
+        ax.set_gid(f"epoch {epoch}")
+        if grid.size <= 64:  # few cells: print the accuracy in each
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 0.6 * vmax else "black")
+        ax.set_title("before training" if epoch == REFERENCE_EPOCH else f"epoch {epoch}", fontsize=9)
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+        ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
+        ax.set_xlabel("head", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    cbar = fig.colorbar(im, ax=list(axes[:n]), shrink=0.9)
+    cbar.set_label("single-head accuracy")
+    chance = f"; chance 1/K = {1 / run.num_classes:.3f}" if run.num_classes else ""
+    shown = "" if len(epochs) == len(per_epoch) else f" ({len(epochs)} of {len(per_epoch)} epochs)"
+    fig.suptitle(f"Single-head accuracy, {FAMILY_NAMES.get(family, family)}{shown}{chance}", fontsize=10)
+    return fig, {"epochs": epochs, "layers": layers, "grids": grids}
+
+
+def block_order(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (live units only) and columns of a ``[U, K]`` learned-label matrix ordered so that its
+    blocks show: units by their first learned label, labels by the first unit that learned them
+    (labels no unit learned go last), repeated until stable."""
+    live = np.nonzero(labels.any(1))[0]
+    cols = np.arange(labels.shape[1])
+    rows = live
+    for _ in range(5):
+        sub = labels[rows][:, cols]
+        first = np.where(sub.any(1), sub.argmax(1), sub.shape[1])
+        order = np.lexsort((rows, -sub.sum(1), first))  # first label, then bigger sets first, then index
+        new_rows = rows[order]
+        sub = labels[new_rows][:, cols]
+        first_unit = np.where(sub.any(0), sub.argmax(0), sub.shape[0])
+        new_cols = cols[np.lexsort((cols, first_unit))]
+        if np.array_equal(new_rows, rows) and np.array_equal(new_cols, cols):
+            break
+        rows, cols = new_rows, new_cols
+    return rows, cols
+
+
+def learned_label_matrix(run: RunResults, site: str, family: str, granularity: str = "node"):
+    """The last epoch's learned label sets L_u as a units x labels matrix in block order (live units only).
+
+    Data: ``{"epoch", "units": row unit indices, "labels": column label indices, "matrix"}``."""
+    e = run.last
+    arr = e.arrays.get(Stat(site, family, granularity, "labels"))
+    if granularity == "head" and arr is not None and len(arr) < 2:
+        raise MissingData(f"{site}: a single head (the whole layer), no head matrix to order")
+    if arr is None:
+        raise MissingData(f"{site}, {family}: no {granularity} label sets in {e.name}'s arrays.pt")
+    labels = arr.bool().numpy()
+    units, cols = block_order(labels)
+    if len(units) == 0:
+        raise MissingData(f"{site}, {family}: no {GRAN_NAMES[granularity][:-1]} has a learned label in {e.name}")
+    mat = labels[units][:, cols].astype(float)
+    names = run.label_names
+    k = labels.shape[1]
+    named_cols = names is not None and k <= MAX_TICK_LABELS
+    named_rows = len(units) <= MAX_TICK_LABELS
+    width = min(16.0, max(7.0, 0.16 * k + 2.5))
+    height = min(14.0, max(2.6, 0.13 * len(units) + (2.2 if named_cols else 1.2)))
+    fig = new_figure(width, height)
+    ax = fig.subplots()
+    ax.set_gid("learned labels")
+    ax.imshow(mat, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    if named_cols:
+        ax.set_xticks(range(k), [short_name(names[c]) for c in cols], rotation=90, fontsize=tick_fontsize(k))
+    ax.set_xlabel("label (ordered by the first unit that learned it)" if named_cols
+                  else f"label index, reordered ({k} labels: too many to name)")
+    shape = run.site_shape(site)
+    if named_rows:
+        ax.set_yticks(range(len(units)), [unit_name(shape, u, granularity) for u in units],
+                      fontsize=tick_fontsize(len(units)))
+    ax.set_ylabel(f"live {GRAN_NAMES[granularity]}" + ("" if named_rows else " (sorted by first label)"))
+    total = labels.shape[0]
+    ax.set_title(f"{site}, {family} read-out, {e.name}\nlearned label sets L_u (black = learned): "
+                 f"{len(units)} of {total} {GRAN_NAMES[granularity]} live", fontsize=9)
+    return fig, {"epoch": e.epoch, "units": units, "labels": cols, "matrix": mat}
+
+
+def crossover_curve(run: RunResults, site: str, family: str):
+    """The last epoch's crossover (crossover.csv): accuracy, 1/|R_S| and cooperation against m.
+
+    Data: ``{"epoch", "rows": [crossover.csv rows of this site and family]}``."""
+    e = next((e for e in reversed(run.epochs) if e.crossover), None)
+    if e is None:
+        raise MissingData("no crossover.csv in any epoch")
+    rows = [r for r in e.crossover if r.get("site") == site and r.get("family", family) == family]
+    if not rows:
+        raise MissingData(f"{site}, {family}: no rows in {e.name}'s crossover.csv")
+    rows = sorted(rows, key=lambda r: r["m"])
+    fig = crossover(rows, f"{site}, {family} read-out, {e.name}: crossover in the number of nodes")
+    fig.axes[0].set_gid("crossover")
+    return fig, {"epoch": e.epoch, "rows": rows}
+
+
+def accuracy_vs_bound(run: RunResults, family: str):
+    """Every node's accuracy against its convex-hull bound (last epoch), one panel per site, y = x.
+
+    Data: ``{"epoch", "sites": {site: (bound, accuracy)}}``."""
+    e = run.last
+    pairs = {}
+    for site in run.sites:
+        acc = e.arrays.get(Stat(site, family, "node", "accuracy"))
+        bound = e.arrays.get(Stat(site, family, "node", "hull_bound"))
+        if acc is not None and bound is not None and len(acc) == len(bound):
+            pairs[site] = (bound.float().numpy(), acc.float().numpy())
+    if not pairs:
+        raise MissingData(f"{family}: no node accuracy with hull bound (<site>/{family}/node/hull_bound) "
+                          f"in {e.name}'s arrays.pt")
+    n = len(pairs)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = new_figure(3.8 * cols + 0.4, 3.5 * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).flatten()
+    for ax, (site, (bound, acc)) in zip(axes, pairs.items()):
+        top = max(float(bound.max()), float(acc.max())) * 1.05 or 1.0
+        ax.plot([0, top], [0, top], "--", color="0.5", linewidth=1, label="y = x (bound reached)")
+        ax.scatter(bound, acc, s=9, alpha=0.7, color="tab:blue", label="one node", gid="nodes")
+        violations = int((acc > bound + 1e-6).sum())
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_gid(site)
+        ax.set_title(f"{site}\n{len(acc)} nodes, {violations} above the bound", fontsize=9)
+        ax.set_xlabel("hull bound \u03a3_{k\u2208R_n} P(y=k)", fontsize=8)
+        ax.set_ylabel("node accuracy", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Node accuracy against its convex-hull bound, {family} read-out, {e.name} "
+                 f"(every point must lie on or below y = x)", fontsize=10)
+    return fig, {"epoch": e.epoch, "sites": pairs}
+
+
+def best_node_matrices(run: RunResults, site: str, family: str, rank: int = 0):
+    """Field and confusion matrices of the ``rank``-th most accurate node (last epoch), named labels.
+
+    Data: ``{"epoch", "node", "accuracy", "field", "confusion"}``."""
+    e = next((e for e in reversed(run.epochs) if (site, family) in e.best), None)
+    if e is None:
+        raise MissingData(f"{site}, {family}: no best-node matrices (<site>/{family}/best/...) in arrays.pt")
+    best = e.best[(site, family)]
+    if "field" not in best or "confusion" not in best or len(best["field"]) <= rank:
+        raise MissingData(f"{site}, {family}: best-node field or confusion matrix missing in {e.name}")
+    node = int(best["nodes"][rank]) if "nodes" in best else None
+    acc = float(best["accuracy"][rank]) if "accuracy" in best else math.nan
+    field, confusion = best["field"][rank].float().numpy(), best["confusion"][rank].float().numpy()
+    where = "node ?" if node is None else node_where(run.site_shape(site), node)
+    fig = matrices(field, confusion,
+                   f"{site}, {family} read-out, {e.name}: best node #{rank + 1} ({where}; accuracy {acc:.3f})",
+                   "field matrix F[i, k]: mean field of output k on examples of label i",
+                   "confusion matrix C[i, j]: examples of label i predicted j",
+                   run.label_names, left_cbar="mean field z_k", right_cbar="examples",
+                   xlabels=("output label k", "predicted label j"))
+    fig.axes[0].set_gid("field")
+    fig.axes[1].set_gid("confusion")
+    return fig, {"epoch": e.epoch, "node": node, "accuracy": acc, "field": field, "confusion": confusion}

@@ -1,0 +1,108 @@
+"""The report page: a ``Book`` saves each figure as PNG and SVG and embeds the PNG (base64) in one
+self-contained HTML file; sections (``report.sections``) only call ``book.draw`` and ``book.note``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lightning_ssb.report.figures import MissingData
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto;
+       max-width: 1400px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; } h3 { margin-top: 1.5em; }
+figure { margin: 1em 0 2em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; display: block; }
+figcaption { font-size: 0.9em; color: #444; margin-top: 0.3em; }
+.note { background: #fff8e0; border-left: 4px solid #e0b000; padding: 0.3em 0.8em; margin: 0.5em 0;
+        font-size: 0.92em; }
+.error { background: #fde8e8; border-left-color: #c00; }
+table { border-collapse: collapse; font-size: 0.92em; } td, th { border: 1px solid #ccc; padding: 0.25em 0.6em;
+        text-align: left; vertical-align: top; }
+.intro { max-width: 60em; }
+"""
+
+
+@dataclass
+class ReportFigure:
+    """One figure of the report: where its files are and the numbers it plots."""
+
+    name: str
+    title: str
+    png: Path
+    svg: Path
+    data: Any
+    figure: Any = None  # the matplotlib Figure, kept only when the book is asked to (tests)
+
+
+@dataclass
+class Book:
+    """Collects the figures and notes of one report; ``figures_dir`` receives the PNG and SVG files."""
+
+    out: Path
+    figures_dir: Path
+    dpi: int = 110
+    keep_figures: bool = False
+    figures: list[ReportFigure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def _stem(self, name: str) -> str:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "figure"
+        taken = {f.png.stem for f in self.figures}
+        base, n = stem, 1
+        while stem in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        return stem
+
+    def add(self, name: str, fig, data: Any, title: str, caption: str = "") -> str:
+        """Save ``fig`` as PNG and SVG beside the page and return its ``<figure>`` HTML (PNG embedded)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        stem = self._stem(name)
+        png, svg = self.figures_dir / f"{stem}.png", self.figures_dir / f"{stem}.svg"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=self.dpi)
+        png.write_bytes(buf.getvalue())
+        fig.set_layout_engine("none")  # the PNG's draw placed everything; the SVG reuses that layout (2x faster)
+        fig.savefig(svg, format="svg")
+        self.figures.append(ReportFigure(name, title, png, svg, data, fig if self.keep_figures else None))
+        rel = self.figures_dir.name
+        b64 = base64.b64encode(buf.getvalue()).decode("ascii")
+        links = f'<a href="{rel}/{png.name}">PNG</a> \u00b7 <a href="{rel}/{svg.name}">SVG</a>'
+        text = f"{html.escape(caption)} " if caption else ""
+        return (f'<figure id="{stem}"><img src="data:image/png;base64,{b64}" alt="{html.escape(title)}">'
+                f"<figcaption>{text}({links})</figcaption></figure>\n")
+
+    def note(self, text: str, error: bool = False) -> str:
+        """A visible note: something missing from the results (or, with ``error``, a figure that failed)."""
+        (self.errors if error else self.notes).append(text)
+        cls = "note error" if error else "note"
+        return f'<p class="{cls}">{html.escape(text)}</p>\n'
+
+    def draw(self, name: str, make: Callable, *args, title: str = "", caption: str = "", **kwargs) -> str:
+        """Call a figure function of ``report.figures``; what it cannot draw becomes a note, never a crash."""
+        try:
+            fig, data = make(*args, **kwargs)
+        except MissingData as missing:
+            return self.note(f"Not shown: {missing}.")
+        except Exception as err:  # noqa: BLE001 - one broken figure must not cost the whole report
+            return self.note(f"Could not draw {title or name}: {type(err).__name__}: {err}", error=True)
+        return self.add(name, fig, data, title or name, caption)
+
+
+def page(title: str, intro: str, sections: list[tuple[str, str, str]]) -> str:
+    """The whole HTML page; ``sections`` are ``(anchor, heading, body html)``."""
+    toc = "".join(f'<li><a href="#{a}">{html.escape(h)}</a></li>' for a, h, _ in sections)
+    body = "".join(f'<section id="{a}"><h2>{html.escape(h)}</h2>\n{b}</section>\n' for a, h, b in sections)
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n<div class=\"intro\">{intro}</div>\n<nav><ul>{toc}</ul></nav>\n"
+            f"{body}</body></html>\n")
