@@ -14,9 +14,8 @@ import re
 
 import numpy as np
 
-from lightning_ssb.callbacks.figures import (MAX_TICK_LABELS, crossover, matrices, new_figure, short_name,
-                                             tick_fontsize)
 from lightning_ssb.report.load import REFERENCE_EPOCH, RunResults, Stat
+from lightning_ssb.report.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
 
 # (statistic, panel title, y axis label, y range or None)
 EPOCH_STATISTICS = (
@@ -109,7 +108,7 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
                     color="0.35")
     fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=5, fontsize=9)
     fig.suptitle(f"{site}, {FAMILY_NAMES.get(family, family)}: statistics by epoch", fontsize=11)
-    return fig, {"statistics": data, "missing": missing}
+    return fig, {"site": site, "family": family, "statistics": data, "missing": missing}
 
 
 def _pick_epochs(run: RunResults, available: list[int], most: int = 6) -> list[int]:
@@ -163,7 +162,7 @@ def head_accuracy_grid(run: RunResults, family: str, most_epochs: int = 6):
     chance = f"; chance 1/K = {1 / run.num_classes:.3f}" if run.num_classes else ""
     shown = "" if len(epochs) == len(per_epoch) else f" ({len(epochs)} of {len(per_epoch)} epochs)"
     fig.suptitle(f"Single-head accuracy, {FAMILY_NAMES.get(family, family)}{shown}{chance}", fontsize=10)
-    return fig, {"epochs": epochs, "layers": layers, "grids": grids}
+    return fig, {"family": family, "epochs": epochs, "sites": sites, "layers": layers, "grids": grids}
 
 
 def block_order(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +223,8 @@ def learned_label_matrix(run: RunResults, site: str, family: str, granularity: s
     total = labels.shape[0]
     ax.set_title(f"{site}, {family} read-out, {e.name}\nlearned label sets L_u (black = learned): "
                  f"{len(units)} of {total} {GRAN_NAMES[granularity]} live", fontsize=9)
-    return fig, {"epoch": e.epoch, "units": units, "labels": cols, "matrix": mat}
+    return fig, {"site": site, "family": family, "granularity": granularity, "epoch": e.epoch, "units": units,
+                 "labels": cols, "matrix": mat}
 
 
 def crossover_curve(run: RunResults, site: str, family: str):
@@ -240,7 +240,7 @@ def crossover_curve(run: RunResults, site: str, family: str):
     rows = sorted(rows, key=lambda r: r["m"])
     fig = crossover(rows, f"{site}, {family} read-out, {e.name}: crossover in the number of nodes")
     fig.axes[0].set_gid("crossover")
-    return fig, {"epoch": e.epoch, "rows": rows}
+    return fig, {"site": site, "family": family, "epoch": e.epoch, "rows": rows}
 
 
 def accuracy_vs_bound(run: RunResults, family: str):
@@ -279,7 +279,7 @@ def accuracy_vs_bound(run: RunResults, family: str):
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Node accuracy against its convex-hull bound, {family} read-out, {e.name} "
                  f"(every point must lie on or below y = x)", fontsize=10)
-    return fig, {"epoch": e.epoch, "sites": pairs}
+    return fig, {"family": family, "epoch": e.epoch, "sites": pairs}
 
 
 def best_node_matrices(run: RunResults, site: str, family: str, rank: int = 0):
@@ -304,4 +304,5 @@ def best_node_matrices(run: RunResults, site: str, family: str, rank: int = 0):
                    xlabels=("output label k", "predicted label j"))
     fig.axes[0].set_gid("field")
     fig.axes[1].set_gid("confusion")
-    return fig, {"epoch": e.epoch, "node": node, "accuracy": acc, "field": field, "confusion": confusion}
+    return fig, {"site": site, "family": family, "epoch": e.epoch, "node": node, "accuracy": acc, "field": field,
+                 "confusion": confusion}
