@@ -215,14 +215,21 @@ def learned_label_matrix(run: RunResults, site: str, family: str, granularity: s
         ax.set_xticks(range(k), [short_name(names[c]) for c in cols], rotation=90, fontsize=tick_fontsize(k))
     ax.set_xlabel("label (ordered by the first unit that learned it)" if named_cols
                   else f"label index, reordered ({k} labels: too many to name)")
+    learned_cols = int(labels.any(0).sum())
+    if learned_cols < k:  # labels right of the line: learned by no unit
+        ax.axvline(learned_cols - 0.5, color="tab:red", linewidth=1)
     shape = run.site_shape(site)
     if named_rows:
         ax.set_yticks(range(len(units)), [unit_name(shape, u, granularity) for u in units],
                       fontsize=tick_fontsize(len(units)))
-    ax.set_ylabel(f"live {GRAN_NAMES[granularity]}" + ("" if named_rows else " (sorted by first label)"))
+    else:  # row numbers would read as unit ids: leave them out
+        ax.set_yticks([])
+    ax.set_ylabel(f"live {GRAN_NAMES[granularity]}" + ("" if named_rows else ", one row each (too many to name)"))
     total = labels.shape[0]
     ax.set_title(f"{site}, {family} read-out, {e.name}\nlearned label sets L_u (black = learned): "
-                 f"{len(units)} of {total} {GRAN_NAMES[granularity]} live", fontsize=9)
+                 f"{len(units)} of {total} {GRAN_NAMES[granularity]} live"
+                 + (f"; {k - learned_cols} labels (right of the red line) learned by none" if learned_cols < k else ""),
+                 fontsize=9)
     return fig, {"site": site, "family": family, "granularity": granularity, "epoch": e.epoch, "units": units,
                  "labels": cols, "matrix": mat}
 
