@@ -2,8 +2,9 @@
 
 1. Single-node prediction at K = 30522 (the whole vocabulary), N = 20,000, 64 nodes: the envelope path
    against brute-force argmax over all K fields; checks that the predictions are identical.
-2. A full `analyze_site` at the FewRel scale: N = 4,480 probe-test, 40,320 probe-train (or --train),
-   D = 768 as 12 x 64, K = 64, crossover with 5 draws per size: wall time and peak memory.
+2. A full analysis (`analyze_all`: both read-out families, the null, crossover 11 sizes x 5 draws with
+   exact reachability) at the FewRel scale: N = 4,480 probe-test, 40,320 probe-train (or --train),
+   D = 768 as 12 x 64, K = 64: the time of each part and the peak memory.
 
     python benchmarks/bench_analysis.py [--bf-nodes 64] [--train 40320] [--threads 0]
 """
@@ -13,11 +14,10 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-import tracemalloc
 
 import torch
 
-from lightning_ssb.analysis import AnalysisConfig, Readout, analyze_site, fit_readout, node_predictions
+from lightning_ssb.analysis import AnalysisConfig, Readout, analyze_site, node_predictions
 
 
 def brute_force(x: torch.Tensor, readout: Readout, nodes: int, chunk: int = 512) -> torch.Tensor:
@@ -54,27 +54,53 @@ def fewrel_like(n: int, gen: torch.Generator, centres: torch.Tensor) -> tuple[to
 
 
 def bench_site(n_train: int) -> None:
+    """analyze_all at FewRel scale, every part timed on its own; their sum is one full analysis."""
+    from dataclasses import replace
+
+    from lightning_ssb.analysis.crossover import crossover
+    from lightning_ssb.analysis.site import permuted
+
     gen = torch.Generator().manual_seed(1)
     centres = torch.randn(64, 12, 64, generator=gen) * 0.3
     x_train, y_train = fewrel_like(n_train, gen, centres)
     x_test, y_test = fewrel_like(4480, gen, centres)
     config = AnalysisConfig(crossover_draws=5)
-    tracemalloc.start()  # sees numpy/scipy allocations; torch tensors show in ru_maxrss
+    quiet = replace(config, crossover_sizes=[])
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    readout = fit_readout(x_train.flatten(1), y_train, 64, l2=config.l2, max_iter=config.max_iter)
-    t_fit = time.perf_counter() - t0
-    result = analyze_site(x_train, y_train, x_test, y_test, 64, config, readout=readout)
-    wall = time.perf_counter() - t0
-    _, py_peak = tracemalloc.get_traced_memory()
+    times, results = {}, {}
+    cpu0 = time.process_time()
+    for family in ("shared", "own"):
+        t0 = time.perf_counter()
+        results[family] = analyze_site(x_train, y_train, x_test, y_test, 64, replace(quiet, readout=family),
+                                       readout=results.get("shared", None) and results["shared"].readout)
+        times[f"{family} read-out fits + node/head statistics + hull"] = time.perf_counter() - t0
+    xte = x_test.flatten(1)
+    for family in ("shared", "own"):
+        r = results[family]
+        t0 = time.perf_counter()
+        rows = crossover(xte, y_test, r.readout, r.node_labels, 12, None, config.crossover_draws, config.seed,
+                         config.ablation, config.theta, config.q, family, x_train.flatten(1), y_train,
+                         config.fit_settings(), config.crossover_max_train)
+        times[f"{family} crossover ({len(rows)} sizes x {config.crossover_draws} draws, exact reachability)"] = \
+            time.perf_counter() - t0
+    g = torch.Generator().manual_seed(config.seed + 104729)
+    ytr, yte = permuted(y_train, g), permuted(y_test, g)
+    nulls = {}
+    for family in ("shared", "own"):
+        t0 = time.perf_counter()
+        nulls[family] = analyze_site(x_train, ytr, x_test, yte, 64, replace(quiet, readout=family, top_nodes=0))
+        times[f"{family} null (permuted labels)"] = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    s = result.scalars()
-    print(f"[site] N_train={n_train} N_test=4480 D=12x64 K=64 crossover {len(result.crossover)} sizes x 5 draws: "
-          f"wall {wall:.1f} s (read-out fit {t_fit:.1f} s, rest {wall - t_fit:.1f} s); "
-          f"peak RSS {rss / 2**20:.2f} GiB (inputs and process before: {base_rss / 2**20:.2f} GiB), "
-          f"python-heap peak {py_peak / 2**20:.0f} MiB")
-    print(f"[site] site/acc {s['site/acc']:.3f}, node/phi {s['node/phi']:.3f}, head/phi {s['head/phi']:.3f}, "
-          f"hull/tightness_mean {s['hull/tightness_mean']:.3f}")
+    wall = sum(times.values())
+    print(f"[site] N_train={n_train} N_test=4480 D=12x64 K=64, both families, the null on:")
+    for name, t in times.items():
+        print(f"[site]   {t:6.1f} s  {name}")
+    print(f"[site] total {wall:.1f} s wall, {time.process_time() - cpu0:.1f} s CPU; peak RSS {rss / 2**20:.2f} GiB "
+          f"(inputs and process before: {base_rss / 2**20:.2f} GiB)")
+    for family in ("own", "shared"):
+        s, n = results[family].scalars(), nulls[family].scalars()
+        print(f"[site] {family}: node live {s['node/live']:.0f}/768 (null {n['node/live']:.0f}), "
+              f"head live {s['head/live']:.0f}/12 (null {n['head/live']:.0f}), node acc max {s['node/acc_max']:.3f}")
 
 
 def main() -> None:

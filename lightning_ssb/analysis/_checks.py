@@ -60,3 +60,6 @@ def check_readout(readout, dim: int, name: str = "readout") -> None:
         raise ValueError(f"{name}: weight must be [K, D] and bias [K], got {tuple(w.shape)} and {tuple(b.shape)}")
     if w.shape[1] != dim:
         raise ValueError(f"{name}.weight has {w.shape[1]} input nodes but the features have {dim}")
+    for part, t in (("weight", w), ("bias", b)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}.{part} contains {(~torch.isfinite(t)).sum().item()} NaN or inf values")

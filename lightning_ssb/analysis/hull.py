@@ -1,11 +1,11 @@
 """The convex-hull bound (METHOD.md section 6): labels a node, or a set of m nodes, can ever output.
 
 A label k can be the argmax of the fields of a node set S only if the point (W[k, S], b_k) is a
-vertex of the upper convex hull of the K points in R^{m+1}: one exposed by a direction (a, 1).
-For one node this is the upper envelope of its K lines (`envelope.py`), exact with ties; for small m
-it is Qhull (`scipy.spatial.ConvexHull`), and one linear program per label when Qhull cannot be used
-(degenerate or too few points). For m >= 2 "reachable" means winning on an open set of directions:
-a label that only ties for the maximum is not counted.
+vertex of the upper convex hull of the K points in R^{m+1}: one exposed by a direction (x, 1).
+For one node this is the upper envelope of its K lines (`envelope.py`), exact with ties. For m nodes,
+`reachable_labels` solves one linear program per label (exact for every m, over the probe box of S
+or over all x); Qhull (`scipy.spatial.ConvexHull`) stays as a cross-check for small m. For m >= 2
+"reachable" means being the strictly largest field somewhere: a label that only ties is not counted.
 """
 
 from __future__ import annotations
@@ -39,53 +39,115 @@ def hull_bound(hull_labels: Tensor, prior: Tensor) -> Tensor:
     return hull_labels.double() @ prior.double()
 
 
-def _reachable_lp(points: np.ndarray) -> np.ndarray:
-    """Per label, is its point the unique maximiser of (a, 1) . p for some a?  max t subject to
-    (p_k - p_j) . (a, 1) >= t for all j != k, t <= 1; reachable iff t > 0."""
-    k, dims = points.shape
-    m = dims - 1
-    out = np.zeros(k, dtype=bool)
-    for i in range(k):
-        diff = np.delete(points[i] - points, i, axis=0)            # [K-1, m+1]
-        a_ub = np.hstack([-diff[:, :m], np.ones((k - 1, 1))])       # -(dw . a) + t <= db
-        res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=diff[:, m],
-                      bounds=[(None, None)] * m + [(None, 1.0)], method="highs")
-        out[i] = res.status == 0 and -res.fun > 1e-9
-    return out
+def _lp_wins(rows: np.ndarray, consts: np.ndarray, box: bool) -> bool:
+    """Is there u (in [0, 1]^m when `box`, else anywhere) with rows @ u + consts > 0 for every row?
+
+    max t subject to -(rows @ u) + t <= consts, t <= 1: the margin by which the label beats all others.
+    rows `[R, m]`, consts `[R]` are normalised by the caller, so the tolerance is scale-free."""
+    r, m = rows.shape
+    a_ub = np.hstack([-rows, np.ones((r, 1))])
+    bounds = [(0.0, 1.0) if box else (None, None)] * m + [(None, 1.0)]
+    res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=consts, bounds=bounds, method="highs")
+    return res.status == 0 and -res.fun > _LP_TOL
 
 
-def reachable_labels(w: Tensor, b: Tensor, method: str = "auto") -> Tensor:
-    """Labels `[K]` bool that the node set with read-out columns w `[K, m]` and biases b `[K]` can output
-    for some activation vector. method: "auto" (envelope for m = 1, else Qhull, else LP), "qhull", "lp".
-    Duplicate points count once, under the lowest label (the one argmax returns)."""
+_LP_TOL = 1e-9     # margin, relative to the largest coefficient, that counts as a strict win
+_SAMPLES = 256     # random points per call whose argmax labels need no program
+
+
+def _normalise(rows: np.ndarray, consts: np.ndarray, box: bool):
+    """Scale so that tiny or huge read-outs give the same answer. In a box only a common factor is
+    free; over all x the slopes' scale is absorbed by x, so slopes and constants scale separately."""
+    if box:
+        s = max(np.abs(rows).max(initial=0.0), np.abs(consts).max(initial=0.0))
+        return (rows / s, consts / s) if s > 0 else (rows, consts)
+    sa, sc = np.abs(rows).max(initial=0.0), np.abs(consts).max(initial=0.0)
+    return (rows / sa if sa > 0 else rows), (consts / sc if sc > 0 else consts)
+
+
+def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor | None = None,
+                     predicted: Tensor | None = None, method: str = "lp") -> Tensor:
+    """Labels `[K]` bool that the node set with read-out columns w `[K, m]` and constants b `[K]` outputs
+    as the strictly largest field for some activation x in the box [lo, hi] (`[m]` each; all x when
+    both are None). METHOD.md 6: one linear program per label, exact for every m.
+
+    Labels in `predicted` `[K]` (the data already produced them) need no program; nor do labels that
+    win at one of a few hundred seeded random points of the box, or that one other label beats
+    everywhere in it (closed form). Duplicate points count once, under the lowest label (the one argmax
+    returns). method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k) instead:
+    a cross-check for small m.
+    """
     check_features("w", w, 2)
     check_features("b", b, 1)
     if w.shape[0] != b.shape[0]:
         raise ValueError(f"w [K, m] and b [K] disagree on K: {tuple(w.shape)} and {tuple(b.shape)}")
-    if method not in ("auto", "qhull", "lp"):
-        raise ValueError(f"method must be 'auto', 'qhull' or 'lp', got {method!r}")
+    if method not in ("lp", "qhull"):
+        raise ValueError(f"method must be 'lp' or 'qhull', got {method!r}")
+    box = lo is not None or hi is not None
+    if box and (lo is None or hi is None):
+        raise ValueError("lo and hi must be given together (both None: all x)")
+    if method == "qhull" and box:
+        raise ValueError("method 'qhull' answers for all x only (lo = hi = None)")
     k, m = w.shape
     out = torch.zeros(k, dtype=torch.bool)
-    if method == "auto" and m == 1:
-        env = upper_envelope(w[:, 0].double(), b.double())
-        out[env.labels] = True
-        out[env.tie_labels] = True
-        return out
     points = torch.cat([w, b.unsqueeze(1)], 1).double().numpy()
     uniq, first = np.unique(points, axis=0, return_index=True)
     if len(uniq) == 1:
         out[int(first[0])] = True
         return out
-    reach = None
-    if method != "lp" and len(uniq) >= m + 2:
-        try:
-            hull = ConvexHull(uniq)
-            upper = hull.equations[:, m] > 1e-12                   # outward normal points up in b
-            reach = np.zeros(len(uniq), dtype=bool)
-            reach[np.unique(hull.simplices[upper])] = True
-        except QhullError:
-            reach = None
-    if reach is None:
-        reach = _reachable_lp(uniq)
+    if method == "qhull":
+        reach = _reachable_qhull(uniq)
+        out[torch.as_tensor(first[reach], dtype=torch.long)] = True
+        return out
+    a, c = uniq[:, :m], uniq[:, m]
+    if box:
+        lo_np, hi_np = lo.double().numpy().reshape(m), hi.double().numpy().reshape(m)
+        if (hi_np < lo_np).any():
+            raise ValueError("hi must be >= lo in every coordinate")
+        width = hi_np - lo_np
+        a_u, c_u = a * width, c + a @ lo_np          # fields in u in [0, 1]^m
+    else:
+        a_u, c_u = a, c
+    u = len(uniq)
+    reach = np.zeros(u, dtype=bool)
+    if predicted is not None:
+        pred_set = set(torch.as_tensor(predicted).nonzero().flatten().tolist())
+        reach |= np.array([int(f) in pred_set for f in first])
+    # Winners at seeded random points: in the box uniform u; over all x, far points in random directions.
+    rng = np.random.default_rng(0)
+    pts = rng.random((_SAMPLES, m)) if box else rng.standard_normal((_SAMPLES, m)) * 1e3
+    fields = pts @ a_u.T + c_u
+    top = fields.max(1, keepdims=True)
+    strict = (fields == top).sum(1) == 1
+    reach[np.unique(fields.argmax(1)[strict])] = True
+    # Beaten everywhere by one other label: min over the domain of (f_j - f_k) > 0.
+    da = a_u[None, :, :] - a_u[:, None, :]          # [k, j, m]: a_j - a_k
+    dc = c_u[None, :] - c_u[:, None]
+    if box:
+        worst = dc + np.minimum(da, 0).sum(2)       # min over u in [0, 1]^m
+        beaten = (worst > 0).any(1)
+    else:
+        beaten = ((np.abs(da).max(2) == 0) & (dc > 0)).any(1)
+    for i in np.nonzero(~reach & ~beaten)[0]:
+        rows, consts = np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0)
+        reach[i] = _lp_wins(*_normalise(rows, consts, box), box)
     out[torch.as_tensor(first[reach], dtype=torch.long)] = True
     return out
+
+
+def _reachable_qhull(points: np.ndarray) -> np.ndarray:
+    """Vertices of the upper convex hull of points `[U, m+1]` (last coordinate the constant): the labels
+    that win for some x. Degenerate sets (too few or flat points) fall back to the linear programs."""
+    m = points.shape[1] - 1
+    if len(points) >= m + 2:
+        try:
+            hull = ConvexHull(points)
+            upper = hull.equations[:, m] > 1e-12                   # outward normal points up in b
+            reach = np.zeros(len(points), dtype=bool)
+            reach[np.unique(hull.simplices[upper])] = True
+            return reach
+        except QhullError:
+            pass
+    a, c = points[:, :m], points[:, m]
+    return np.array([_lp_wins(*_normalise(np.delete(a[i] - a, i, 0), np.delete(c[i] - c, i, 0), False), False)
+                     for i in range(len(points))])

@@ -28,9 +28,9 @@ def jaccard_matrix(a: Tensor, b: Tensor) -> Tensor:
 def order_parameters(labels: Tensor, accuracy: Tensor | None = None) -> dict[str, float]:
     """Order parameters of the learned sets `[U, K]` of one site and granularity.
 
-    overlap: mean Jaccard index over pairs of units with non-empty L_u; phi = 1 - overlap;
-    n_units: how many units that was computed on (overlap and phi are NaN, "undefined", below two);
-    mean_labels: mean |L_u| over all U units; coverage: |union of L_u| / K;
+    live: units with a non-empty L_u, live_fraction = live / U;
+    overlap: mean Jaccard index over pairs of live units; phi = 1 - overlap (both NaN, "undefined",
+    with fewer than two live units); mean_labels: mean |L_u| over all U units; coverage: |union of L_u| / K;
     acc_mean, acc_max over all units when accuracy `[U]` is given.
     """
     _check_sets("labels", labels)
@@ -42,7 +42,7 @@ def order_parameters(labels: Tensor, accuracy: Tensor | None = None) -> dict[str
         overlap = ((jac.sum() - jac.diagonal().sum()) / (n * (n - 1))).item()
     else:
         overlap = float("nan")
-    out = {"overlap": overlap, "phi": 1.0 - overlap, "n_units": float(n),
+    out = {"live": float(n), "live_fraction": n / max(labels.shape[0], 1), "overlap": overlap, "phi": 1.0 - overlap,
            "mean_labels": sizes.double().mean().item(),
            "coverage": labels.any(0).double().mean().item()}
     if accuracy is not None:
@@ -53,18 +53,25 @@ def order_parameters(labels: Tensor, accuracy: Tensor | None = None) -> dict[str
 
 @dataclass
 class UnitMatch:
-    """Optimal matching of the units of seed a to those of seed b by Jaccard similarity.
+    """Units of seed a against those of seed b (METHOD.md 5, across seeds).
 
-    assignment `[U]`: unit assignment[u] of b is matched to unit u of a; jaccard `[U]` of each pair.
-    matched_jaccard_mean: mean over matched pairs in which at least one set is non-empty;
-    identity_jaccard_mean: the same for the unpermuted pairing u <-> u (the baseline);
-    fixed_fraction: share of units matched to their own index (~1/U when the assignment is arbitrary);
+    assignment `[U]`: unit assignment[u] of b is matched to unit u of a (Hungarian algorithm on the
+    Jaccard similarity of the learned sets); jaccard `[U]` of each matched pair.
+    identity_agreement: of the units live in either run, the fraction whose L_u is the same set in
+    both (same index); matched_agreement: of the matched pairs with a live unit on either side, the
+    fraction with the same set. Agreement needs equal *non-empty* sets, so pairs of empty sets
+    (arbitrarily matched) and pairs that a tie in the Jaccard matrix made arbitrary but whose sets
+    differ never count. NaN when no unit is live in either run.
+    matched_jaccard_mean / identity_jaccard_mean: mean Jaccard over the same pairs;
+    fixed_fraction: share of units matched to their own index;
     stats_a, stats_b: each seed's order parameters (spontaneous breaking: these agree while the
-    assignment does not).
+    identity agreement is low and the matched agreement high).
     """
 
     assignment: Tensor
     jaccard: Tensor
+    identity_agreement: float
+    matched_agreement: float
     matched_jaccard_mean: float
     identity_jaccard_mean: float
     fixed_fraction: float
@@ -84,12 +91,16 @@ def match_units(labels_a: Tensor, labels_b: Tensor) -> UnitMatch:
     assignment = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
     u = torch.arange(len(assignment))
     matched = jac[u, assignment]
-    live = labels_a.any(1) | labels_b[assignment].any(1)
-    live_id = labels_a.any(1) | labels_b.any(1)
+    live_a = labels_a.any(1)
+    live_matched = live_a | labels_b[assignment].any(1)
+    live_id = live_a | labels_b.any(1)
+    same_matched = live_a & (labels_a == labels_b[assignment]).all(1)
+    same_id = live_a & (labels_a == labels_b).all(1)
 
     def mean(v: Tensor, m: Tensor) -> float:
-        return v[m].mean().item() if m.any() else float("nan")
+        return v[m].double().mean().item() if m.any() else float("nan")
 
-    return UnitMatch(assignment, matched, mean(matched, live), mean(jac.diagonal(), live_id),
+    return UnitMatch(assignment, matched, mean(same_id, live_id), mean(same_matched, live_matched),
+                     mean(matched, live_matched), mean(jac.diagonal(), live_id),
                      (assignment == u).double().mean().item(),
                      order_parameters(labels_a), order_parameters(labels_b))

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.optimize import minimize
 from torch import Tensor
 
 from ._checks import check_ablation, check_features, check_labels
-
-DEFAULT_L2 = 1e-3
-DEFAULT_MAX_ITER = 100
+from .fit import DEFAULT_CONST_TOL, DEFAULT_L2, DEFAULT_MAX_ITER, FitSettings, fit_groups
 
 
 @dataclass
@@ -51,6 +46,11 @@ class Readout:
         mu = self._mean()
         return (self.bias + self.weight @ mu).unsqueeze(0) - self.weight.T * mu.unsqueeze(1)
 
+    def head_bias(self, num_heads: int, ablation: str = "zero") -> Tensor:
+        """Effective bias `[H, K]` of each head alone (heads are consecutive blocks of D / H nodes)."""
+        d = self.dim // num_heads
+        return torch.stack([self.subset_bias(torch.arange(h * d, (h + 1) * d), ablation) for h in range(num_heads)])
+
     def subset_bias(self, nodes: Tensor, ablation: str = "zero") -> Tensor:
         """Effective bias `[K]` of the node set `nodes`: the silenced nodes contribute 0 or their mean."""
         check_ablation(ablation)
@@ -67,56 +67,20 @@ class Readout:
 
 
 def fit_readout(x: Tensor, y: Tensor, num_classes: int, l2: float = DEFAULT_L2,
-                max_iter: int = DEFAULT_MAX_ITER, seed: int = 0, max_examples: int | None = None) -> Readout:
-    """Multinomial logistic regression of y `[N]` on x `[N, D]`, full-batch L-BFGS (METHOD.md 3.1).
-
-    The fields and gradient are computed in x's precision (float32 for float32 activations) by torch,
-    the L-BFGS steps by `scipy.optimize.minimize(method="L-BFGS-B")`, at most `max_iter` iterations.
-
-    Choices: the model is fitted on standardised nodes (each node centred and divided by its
-    probe-train std; a constant node is only centred) and folded back to raw activations, so the
-    L2 penalty `l2/2 * ||W_std||^2` (bias not penalised, added to the *mean* cross-entropy) is
-    independent of each node's scale and L-BFGS is well conditioned. l2 = 1e-3 keeps the weights
-    finite on separable data (late layers) while costing little accuracy. Starting from zero
-    weights, the fit is deterministic; `seed` only draws the `max_examples` subset when N is larger.
+                max_iter: int = DEFAULT_MAX_ITER, seed: int = 0, max_examples: int | None = None,
+                bias: bool = False, const_tol: float = DEFAULT_CONST_TOL) -> Readout:
+    """The shared read-out of a site (METHOD.md 3): multinomial logistic regression of y `[N]` on all D
+    nodes x `[N, D]`, without a bias unless `bias` (full-batch L-BFGS; see `fit.py` for the
+    standardisation, the penalty and constant nodes). `seed` only draws the `max_examples` subset when
+    N is larger. The result's `mean` is the probe-train mean of each node (for mean ablation).
     """
     check_features("x", x, 2)
     y = check_labels("y", y, x.shape[0], num_classes, require_all=False)
-    if l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
+    settings = FitSettings(l2, max_iter, const_tol)
     if max_examples is not None and x.shape[0] > max_examples:
         gen = torch.Generator().manual_seed(seed)
         keep = torch.randperm(x.shape[0], generator=gen)[:max_examples]
         x, y = x[keep], y[keep]
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    x = x.detach().to(dtype)
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
-    std = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))
-    xs = (x - mean) / std
-
-    k, d = num_classes, x.shape[1]
-    onehot = F.one_hot(y, k).to(dtype)
-    # Start the bias at the log prior: the exact optimum when the nodes carry no information.
-    prior = onehot.mean(0).clamp_min(0.5 / len(y))
-    theta0 = torch.cat([torch.zeros(k * d, dtype=torch.float64), prior.log().double()]).numpy()
-
-    def loss_and_grad(theta: np.ndarray):
-        # Closed-form gradient of the penalised mean cross-entropy; float64 only in the optimiser.
-        t = torch.from_numpy(theta).to(dtype)
-        w, b = t[:k * d].view(k, d), t[k * d:]
-        logp = torch.log_softmax(torch.addmm(b, xs, w.T), 1)
-        loss = -logp.gather(1, y.unsqueeze(1)).mean() + 0.5 * l2 * (w * w).sum()
-        g = logp.exp_().sub_(onehot).div_(len(y))
-        grad = torch.cat([(g.T @ xs + l2 * w).flatten(), g.sum(0)])
-        return float(loss), grad.double().numpy()
-
-    # scipy's L-BFGS keeps its small vector algebra single-threaded (torch's two-loop recursion pays an
-    # OpenMP round trip per 50k-element op, which dominates on a busy CPU); the matmuls stay in torch.
-    res = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "gtol": 1e-6, "ftol": 1e-10})
-    sol = torch.from_numpy(res.x).to(dtype)
-    w, b = sol[:k * d].view(k, d), sol[k * d:]
-    weight = w / std
-    bias = b - weight @ mean
-    return Readout(weight, bias, mean)
+    x = x.detach().to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+    weight, b = fit_groups(x, y, num_classes, bias, settings)
+    return Readout(weight, b, x.mean(0))

@@ -20,13 +20,16 @@ class LabelStats:
     """Per-unit, per-label statistics of predictions: all `[U, K]` except accuracy `[U]`.
 
     recall[u, i] = P(p_u = i | y = i); precision[u, i] = P(y = i | p_u = i), 0 where u never predicts i
-    (as sklearn's zero_division=0); pred_freq[u, i] = P(p_u = i).
+    (as sklearn's zero_division=0); pred_freq[u, i] = P(p_u = i); hits[u, i] = #{s : y_s = i = p_u(s)};
+    class_count `[K]` = #{s : y_s = i}.
     """
 
     accuracy: Tensor
     recall: Tensor
     precision: Tensor
     pred_freq: Tensor
+    hits: Tensor
+    class_count: Tensor
 
 
 def label_stats(pred: Tensor, y: Tensor, num_classes: int) -> LabelStats:
@@ -40,13 +43,44 @@ def label_stats(pred: Tensor, y: Tensor, num_classes: int) -> LabelStats:
     class_count = torch.bincount(y, minlength=k).double()
     recall = hits / class_count.clamp_min(1)
     precision = torch.where(predicted > 0, hits / predicted.clamp_min(1), torch.zeros_like(hits))
-    return LabelStats(correct.double().mean(1), recall, precision, predicted / n)
+    return LabelStats(correct.double().mean(1), recall, precision, predicted / n, hits, class_count)
 
 
-def learned_labels(stats: LabelStats, theta: float = 0.5) -> Tensor:
-    """Learned label sets L_u `[U, K]` bool: recall >= theta and recall > P(p_u = i) ("beats chance":
-    the prediction of i is not independent of the label, whose recall would then equal P(p_u = i))."""
-    return (stats.recall >= theta) & (stats.recall > stats.pred_freq)
+def binomial_pvalues(stats: LabelStats) -> Tensor:
+    """One-sided p-values `[U, K]`: P(X >= hits[u, i]) for X ~ Binomial(n_i, P(p_u = i)), i.e. against a
+    unit whose predictions are independent of the label (METHOD.md 4). A unit that predicts i for every
+    example has P(p_u = i) = 1 and p-value 1: predicting one label always is no association."""
+    from scipy.stats import binom
+
+    n = stats.class_count.unsqueeze(0).expand_as(stats.hits).numpy()
+    p = binom.sf(stats.hits.numpy() - 1, n, stats.pred_freq.clamp(0, 1).numpy())
+    return torch.from_numpy(np.asarray(p, dtype=np.float64)).clamp_(0, 1)
+
+
+def benjamini_hochberg(pvalues: Tensor, q: float) -> Tensor:
+    """Discoveries (bool, same shape) of the Benjamini-Hochberg procedure at false discovery rate q over
+    all entries of `pvalues`: reject every p <= p_(k*), k* the largest k with p_(k) <= k q / m."""
+    flat = pvalues.flatten().double()
+    m = flat.numel()
+    if m == 0:
+        return torch.zeros_like(pvalues, dtype=torch.bool)
+    ordered = torch.sort(flat).values
+    below = ordered <= q * torch.arange(1, m + 1, dtype=torch.float64) / m
+    if not below.any():
+        return torch.zeros_like(pvalues, dtype=torch.bool)
+    cutoff = ordered[int(below.nonzero().max())]
+    return (flat <= cutoff).view(pvalues.shape)
+
+
+def learned_labels(stats: LabelStats, theta: float = 0.5, q: float | None = 0.05) -> Tensor:
+    """Learned label sets L_u `[U, K]` bool (METHOD.md 4): recall >= theta, and the hits of the label
+    are significant against the unit's own prediction rate (one-sided binomial test) with the
+    Benjamini-Hochberg false discovery rate q over all (unit, label) pairs passed in. q None drops the
+    test (then noise passes: a unit splitting the data between two labels reaches recall 0.5 by chance)."""
+    recall_ok = stats.recall >= theta
+    if q is None:
+        return recall_ok
+    return recall_ok & benjamini_hochberg(binomial_pvalues(stats), q)
 
 
 def confusion_matrices(pred: Tensor, y: Tensor, num_classes: int) -> Tensor:
@@ -62,22 +96,33 @@ def class_means(x: Tensor, y: Tensor, num_classes: int) -> Tensor:
     return sums / torch.bincount(y, minlength=num_classes).clamp_min(1).unsqueeze(1).to(x.dtype)
 
 
-def node_field_matrices(means: Tensor, weight: Tensor, nodes: Tensor | None = None) -> Tensor:
-    """Field matrices `[U, K, K]` of single nodes: F[n, i, k] = W[k, n] * mean_{y=i} x_n.
+def node_field_matrices(means: Tensor, weight: Tensor, nodes: Tensor | None = None,
+                        intercept: Tensor | None = None) -> Tensor:
+    """Field matrices `[U, K, K]` of single nodes: F[n, i, k] = W[k, n] * mean_{y=i} x_n + c[n, k].
 
-    As METHOD.md 4 states, the field of a unit alone is its weighted activation: the bias, common to
-    every unit, is left out, so F only needs the class means `[K, D]`.
+    The field of a node alone (METHOD.md 4) is linear in its activation, so its class mean is the
+    field of the class mean: F needs only the class means `[K, D]`. intercept `[D, K]` is the node's
+    constant part where its read-out has one (own lines, a shared bias, a mean-ablation constant).
     """
     if nodes is not None:
         means, weight = means[:, nodes], weight[:, nodes]
-    return means.T.unsqueeze(2) * weight.T.unsqueeze(1)
+        intercept = None if intercept is None else intercept[nodes]
+    out = means.T.unsqueeze(2) * weight.T.unsqueeze(1)
+    return out if intercept is None else out + intercept.unsqueeze(1)
 
 
-def head_field_matrices(means: Tensor, weight: Tensor, num_heads: int) -> Tensor:
-    """Field matrices `[H, K, K]` of heads: F[h, i, k] = sum over nodes n of h of W[k, n] mean_{y=i} x_n."""
-    k, dim = weight.shape
-    d = _check_heads(num_heads, dim)
-    return torch.einsum("ihd,khd->hik", means.view(-1, num_heads, d), weight.view(k, num_heads, d))
+def head_field_matrices(means: Tensor, weight: Tensor, num_heads: int, bias: Tensor | None = None) -> Tensor:
+    """Field matrices `[H, K, K]` of heads: F[h, i, k] = sum over nodes n of h of W[k, n] mean_{y=i} x_n
+    (+ bias[h, k], `[H, K]`, where the head's read-out has a constant part). weight is `[K, D]` (one
+    read-out, heads as column blocks) or `[H, K, d]` (one read-out per head)."""
+    if weight.dim() == 3:
+        h, k, d = weight.shape
+        out = torch.einsum("ihd,hkd->hik", means.view(-1, h, d), weight)
+    else:
+        k, dim = weight.shape
+        d = _check_heads(num_heads, dim)
+        out = torch.einsum("ihd,khd->hik", means.view(-1, num_heads, d), weight.view(k, num_heads, d))
+    return out if bias is None else out + bias.unsqueeze(1)
 
 
 def _bitmasks(b: np.ndarray) -> list[int]:
@@ -154,12 +199,13 @@ class UnitReport:
 
 def unit_report(x: Tensor, y: Tensor, readout: Readout, granularity: str = "node", num_heads: int = 1,
                 units=None, ablation: str = "zero", theta: float = 0.5, tau: float = 0.3,
-                field_x: Tensor | None = None, field_y: Tensor | None = None) -> UnitReport:
+                field_x: Tensor | None = None, field_y: Tensor | None = None, q: float | None = 0.05) -> UnitReport:
     """Per-unit predictions, recall, precision, learned sets, confusion and field matrices on x `[N, D]`.
 
+    The shared read-out family (METHOD.md 3): each unit's contribution to `readout`, its bias included.
     granularity "node" (U = D) or "head" (U = num_heads); `units` selects some of them (the K x K
-    matrices cost U K^2 memory). Field matrices use the class means of (field_x, field_y) when given,
-    else of (x, y).
+    matrices cost U K^2 memory); the significance test of the learned sets runs over the selected
+    units. Field matrices use the class means of (field_x, field_y) when given, else of (x, y).
     """
     check_features("x", x, 2)
     check_readout(readout, x.shape[1])
@@ -178,9 +224,9 @@ def unit_report(x: Tensor, y: Tensor, readout: Readout, granularity: str = "node
     fx, fy = (x, y) if field_x is None else (field_x, field_y)
     means = class_means(fx, fy, k)
     if granularity == "node":
-        field = node_field_matrices(means, readout.weight, units)
+        field = node_field_matrices(means, readout.weight, units, readout.node_bias(ablation))
     else:
-        field = head_field_matrices(means, readout.weight, num_heads)[units]
+        field = head_field_matrices(means, readout.weight, num_heads, readout.head_bias(num_heads, ablation))[units]
     return UnitReport(units, pred, stats.accuracy, stats.recall, stats.precision, stats.pred_freq,
-                      learned_labels(stats, theta), confusion_matrices(pred, y, k), field,
+                      learned_labels(stats, theta, q), confusion_matrices(pred, y, k), field,
                       cluster_stats(field, tau))

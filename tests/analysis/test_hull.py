@@ -1,5 +1,6 @@
 """The convex-hull bound and reachability of labels (METHOD.md 6)."""
 
+import pytest
 import torch
 
 from lightning_ssb.analysis import (Readout, hull_bound, label_stats, learned_labels, node_hull_labels,
@@ -28,31 +29,93 @@ def test_bound_holds_on_random_sites():
 def test_reachability_by_hand():
     w = torch.tensor([[0.0, 0], [1, 0], [0, 1], [-1, -1], [0, 0], [0.0, 0]])
     b = torch.tensor([1.0, 0, 0, 0, -5, 1])   # 4 lies below the hull; 5 duplicates 0 (0 wins ties)
-    for method in ("auto", "qhull", "lp"):
-        assert reachable_labels(w, b, method).tolist() == [True, True, True, True, False, False]
+    for method in ("qhull", "lp"):
+        assert reachable_labels(w, b, method=method).tolist() == [True, True, True, True, False, False]
+    # In the box [0, 0.5]^2 label 0 (field 1) beats labels 1 and 2 (at most 0.5) and 3 everywhere.
+    box = reachable_labels(w, b, torch.zeros(2), torch.full((2,), 0.5))
+    assert box.tolist() == [True, False, False, False, False, False]
+    # In [0, 3]^2, labels 1 and 2 win near the far corners, 3 (falling) never.
+    assert reachable_labels(w, b, torch.zeros(2), torch.full((2,), 3.0)).tolist() == \
+        [True, True, True, False, False, False]
 
 
-def test_qhull_and_lp_agree_and_contain_every_sampled_argmax():
+def dense_winners(w, b, lo, hi, gen, n=60000):
+    """Brute force: argmax labels at random points of the box and at all its corners."""
+    m = w.shape[1]
+    u = torch.rand(n, m, generator=gen, dtype=torch.float64)
+    corners = torch.tensor([[(c >> j) & 1 for j in range(m)] for c in range(2 ** m)], dtype=torch.float64)
+    pts = lo + (hi - lo) * torch.cat([u, corners])
+    z = pts @ w.double().T + b.double()
+    strict = (z == z.max(1, keepdim=True).values).sum(1) == 1
+    out = torch.zeros(w.shape[0], dtype=torch.bool)
+    out[z.argmax(1)[strict]] = True
+    return out
+
+
+def witness_wins(w, b, lo, hi, label):
+    """Maximise the smallest margin of `label` over the others in the box; check the argmax there."""
+    from scipy.optimize import linprog
+
+    m = w.shape[1]
+    others = [j for j in range(w.shape[0]) if j != label]
+    a_ub = torch.cat([-(w[label] - w[others]), torch.ones(len(others), 1, dtype=w.dtype)], 1).numpy()
+    res = linprog([0.0] * m + [-1.0], A_ub=a_ub, b_ub=(b[label] - b[others]).numpy(),
+                  bounds=list(zip(lo.tolist(), hi.tolist())) + [(None, None)])
+    x = torch.tensor(res.x[:m], dtype=w.dtype)
+    return res.status == 0 and -res.fun > 0 and int((w @ x + b).argmax()) == label
+
+
+def test_lp_agrees_with_qhull_and_with_dense_sampling_of_the_box():
     gen = torch.Generator().manual_seed(0)
-    for m, k in [(2, 12), (3, 20), (2, 3), (4, 9)]:
-        for _ in range(5):
+    for m, k in [(2, 12), (3, 20), (2, 3), (3, 9)]:
+        for _ in range(4):
             w, b = torch.randn(k, m, generator=gen), torch.randn(k, generator=gen)
-            q, lp = reachable_labels(w, b, "qhull"), reachable_labels(w, b, "lp")
-            assert torch.equal(q, lp)
-            seen = (torch.randn(20000, m, generator=gen) * 5 @ w.T + b).argmax(1).unique()
-            assert q[seen].all()
+            assert torch.equal(reachable_labels(w, b, method="qhull"), reachable_labels(w, b))
+            lo, hi = -torch.rand(m, generator=gen), torch.rand(m, generator=gen)
+            box = reachable_labels(w, b, lo, hi)
+            seen = dense_winners(w, b, lo.double(), hi.double(), gen)
+            assert not (seen & ~box).any()          # everything sampled is reachable
+            # what the samples missed wins only in a sliver: find a witness point independently
+            for i in (box & ~seen).nonzero().flatten().tolist():
+                assert witness_wins(w.double(), b.double(), lo.double(), hi.double(), i)
+            assert not (box & ~reachable_labels(w, b)).any()   # box reachability implies all-x
 
 
-def test_degenerate_point_sets_fall_back_to_lp():
+def test_dense_directions_in_higher_dimensions():
+    gen = torch.Generator().manual_seed(2)
+    for m in (5, 12):
+        w, b = torch.randn(30, m, generator=gen), torch.randn(30, generator=gen)
+        lo, hi = -torch.ones(m), torch.ones(m)
+        assert not (dense_winners(w, b, lo.double(), hi.double(), gen, 200000) & ~reachable_labels(w, b, lo, hi)).any()
+
+
+def test_reachability_is_scale_invariant_and_predicted_labels_skip_the_program():
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.randn(16, 3, generator=gen, dtype=torch.float64), torch.randn(16, generator=gen, dtype=torch.float64)
+    lo, hi = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    ref_all, ref_box = reachable_labels(w, b), reachable_labels(w, b, lo, hi)
+    for s in (1e-9, 1e9):
+        assert torch.equal(reachable_labels(w * s, b * s), ref_all)
+        assert torch.equal(reachable_labels(w * s, b * s, lo, hi), ref_box)
+        assert torch.equal(reachable_labels(w * s, b), ref_all)        # all x: slopes scale freely
+    given = torch.zeros(16, dtype=torch.bool)
+    given[ref_box.nonzero()[0]] = True
+    assert torch.equal(reachable_labels(w, b, lo, hi, predicted=given), ref_box)
+
+
+def test_degenerate_point_sets():
     # Collinear points in R^3 (m = 2): Qhull cannot build a hull; the envelope along the line decides.
     s = torch.tensor([-1.0, 0, 1, 2])
     w = torch.stack([s, 2 * s], 1)
     b = torch.tensor([0.0, 0.5, 0, -3])
-    assert reachable_labels(w, b).tolist() == [True, True, True, True]
-    assert reachable_labels(w, torch.tensor([0.0, -1, 0, -10])).tolist() == [True, False, True, True]
+    for method in ("lp", "qhull"):
+        assert reachable_labels(w, b, method=method).tolist() == [True, True, True, True]
+        assert reachable_labels(w, torch.tensor([0.0, -1, 0, -10]), method=method).tolist() == [True, False, True, True]
     # K = 1 and K <= m + 1.
     assert reachable_labels(torch.zeros(1, 3), torch.zeros(1)).tolist() == [True]
     assert reachable_labels(torch.eye(2), torch.zeros(2)).tolist() == [True, True]
+    with pytest.raises(ValueError, match="lo and hi must be given together"):
+        reachable_labels(torch.eye(2), torch.zeros(2), lo=torch.zeros(2))
 
 
 def test_one_node_reachability_is_its_envelope():
@@ -60,4 +123,5 @@ def test_one_node_reachability_is_its_envelope():
     w, b = torch.randn(30, 1, generator=gen), torch.randn(30, generator=gen)
     r = Readout(w, b)
     assert torch.equal(reachable_labels(w, b), node_hull_labels(r)[0])
-    assert torch.equal(reachable_labels(w, b, "lp"), node_hull_labels(r)[0])
+    lo, hi = torch.tensor([-0.5]), torch.tensor([0.7])
+    assert torch.equal(reachable_labels(w, b, lo, hi), node_hull_labels(r, lo, hi)[0])

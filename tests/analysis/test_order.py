@@ -17,9 +17,9 @@ def sets(*rows, k=6):
 
 def test_phi_on_constructed_cases():
     same = order_parameters(sets([0, 1], [0, 1], [0, 1]))
-    assert same["phi"] == 0.0 and same["overlap"] == 1.0 and same["n_units"] == 3
+    assert same["phi"] == 0.0 and same["overlap"] == 1.0 and same["live"] == 3 and same["live_fraction"] == 1.0
     disjoint = order_parameters(sets([0], [1, 2], [3], []))
-    assert disjoint["phi"] == 1.0 and disjoint["n_units"] == 3
+    assert disjoint["phi"] == 1.0 and disjoint["live"] == 3 and disjoint["live_fraction"] == 0.75
     assert disjoint["mean_labels"] == 1.0 and disjoint["coverage"] == pytest.approx(4 / 6)
     half = order_parameters(sets([0, 1], [1, 2]))                   # Jaccard 1/3
     assert half["phi"] == pytest.approx(2 / 3)
@@ -48,11 +48,35 @@ def test_matching_recovers_a_permutation():
     b[perm] = a
     m = match_units(a, b)
     assert m.assignment.tolist() == perm.tolist()
-    assert m.matched_jaccard_mean == 1.0
-    assert m.identity_jaccard_mean == 0.0          # same statistics, different assignment
+    assert m.matched_jaccard_mean == 1.0 and m.matched_agreement == 1.0
+    assert m.identity_jaccard_mean == 0.0 and m.identity_agreement == 0.0   # same statistics, new assignment
     assert m.fixed_fraction == 0.0
     assert m.stats_a == m.stats_b
     with pytest.raises(ValueError, match="labels_a and labels_b must have the same shape"):
         match_units(a, b[:3])
     with pytest.raises(ValueError, match="labels_b must be a bool tensor"):
         match_units(a, b.long())
+
+
+def test_agreement_counts_only_equal_non_empty_sets():
+    # unit 0: same set in both; unit 1: {1,2} vs {1} (Jaccard .5, not agreement); unit 2 empty in both;
+    # units 3 and 4: {3} in a, swapped with {4} in b.
+    a = sets([0], [1, 2], [], [3], [4])
+    b = sets([0], [1], [], [4], [3])
+    m = match_units(a, b)
+    # identity: live in either run = units 0, 1, 3, 4; equal sets only unit 0
+    assert m.identity_agreement == pytest.approx(1 / 4)
+    # matched: 3 <-> 4 swap found; pairs with a live side = 4; equal: 0, 3, 4
+    assert m.matched_agreement == pytest.approx(3 / 4)
+    # all empty: nothing is live, agreement is undefined rather than perfect
+    none = match_units(sets([], []), sets([], []))
+    assert math.isnan(none.identity_agreement) and math.isnan(none.matched_agreement)
+
+
+def test_ties_that_make_the_matching_arbitrary_are_not_agreement():
+    # a's unit {0, 1} ties between b's {0} and {1} (Jaccard .5 each): whichever the matching picks,
+    # the sets differ, so it is no agreement; the two empty units never count.
+    a = sets([0, 1], [], [])
+    b = sets([0], [1], [])
+    m = match_units(a, b)
+    assert m.matched_agreement == 0.0 and m.identity_agreement == 0.0

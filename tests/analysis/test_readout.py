@@ -21,7 +21,7 @@ def data(n=600, d=6, k=4, seed=0):
 def test_fit_is_the_penalised_optimum_on_raw_activations():
     x, y, _ = data()
     l2 = 1e-2
-    r = fit_readout(x, y, 4, l2=l2, max_iter=500)
+    r = fit_readout(x, y, 4, l2=l2, max_iter=500, bias=True)
     std = x.std(0, unbiased=False)
     w_std = (r.weight * std).clone().requires_grad_(True)  # the standardised weights that were penalised
     b = r.bias.clone().requires_grad_(True)
@@ -50,6 +50,27 @@ def test_constant_node_gets_zero_weight():
     x[:, 0] = 3.0
     r = fit_readout(x, y, 4, max_iter=50)
     assert torch.all(r.weight[:, 0] == 0)
+
+
+def test_shared_readout_is_bias_free_by_default():
+    x, y, _ = data(seed=3)
+    r = fit_readout(x, y, 4, max_iter=200)
+    assert torch.all(r.bias == 0)
+    assert (x @ r.weight.T).argmax(1).eq(y).double().mean() > 0.6   # the nodes' own constant part serves
+
+
+def test_a_readout_with_nan_or_inf_is_refused_naming_it():
+    from lightning_ssb.analysis import node_accuracies
+
+    x, y, _ = data()
+    r = fit_readout(x, y, 4, max_iter=20)
+    r.weight[1, 2] = math.nan
+    with pytest.raises(ValueError, match=r"readout.weight contains 1 NaN or inf"):
+        node_accuracies(x, y, r)
+    r.weight[1, 2] = 0.0
+    r.bias[0] = math.inf
+    with pytest.raises(ValueError, match=r"readout.bias contains 1 NaN or inf"):
+        node_accuracies(x, y, r)
 
 
 def test_fit_errors_name_the_argument():

@@ -1,11 +1,13 @@
 """Per-unit statistics, learned sets, confusion/field matrices and clusters (METHOD.md 4)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from lightning_ssb.analysis import (Readout, cluster_stats, confusion_matrices, label_stats, learned_labels,
-                                    unit_report)
+from lightning_ssb.analysis import (Readout, benjamini_hochberg, binomial_pvalues, cluster_stats,
+                                    confusion_matrices, label_stats, learned_labels, unit_report)
 
 
 def test_label_stats_and_confusion_match_loops():
@@ -26,16 +28,59 @@ def test_label_stats_and_confusion_match_loops():
     assert torch.equal(conf.sum((1, 2)), torch.full((u,), n))
 
 
-def test_learned_sets_by_hand():
+def test_learned_sets_without_the_test_by_hand():
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     pred = torch.tensor([
-        [0, 0, 1, 0, 2, 1],   # recalls 1, .5, .5; freq 3/6, 2/6, 1/6 -> all >= .5 and beat chance
-        [0, 0, 0, 0, 0, 0],   # always 0: recall(0)=1 = P(p=0): does not beat chance -> empty
+        [0, 0, 1, 0, 2, 1],   # recalls 1, .5, .5
+        [0, 0, 0, 0, 0, 0],   # always 0: recall(0) = 1
         [1, 2, 0, 2, 0, 1],   # no correct prediction -> empty
     ])
-    learned = learned_labels(label_stats(pred, y, 3), theta=0.5)
-    assert learned.tolist() == [[True, True, True], [False] * 3, [False] * 3]
-    assert learned_labels(label_stats(pred, y, 3), theta=0.6).tolist()[0] == [True, False, False]
+    learned = learned_labels(label_stats(pred, y, 3), theta=0.5, q=None)
+    assert learned.tolist() == [[True, True, True], [True, False, False], [False] * 3]
+    assert learned_labels(label_stats(pred, y, 3), theta=0.6, q=None).tolist()[0] == [True, False, False]
+
+
+def binom_tail(k, n, p):
+    """P(X >= k), X ~ Binomial(n, p), summed term by term."""
+    return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+
+def test_binomial_pvalues_match_the_summed_tail():
+    gen = torch.Generator().manual_seed(4)
+    y = torch.arange(60) % 3
+    pred = torch.randint(3, (5, 60), generator=gen)
+    pred[0] = y                                   # a perfect unit
+    pred[1] = 2                                   # a constant unit: P(p = 2) = 1
+    st = label_stats(pred, y, 3)
+    p = binomial_pvalues(st)
+    for u in range(5):
+        for i in range(3):
+            ref = binom_tail(int(st.hits[u, i]), 20, float(st.pred_freq[u, i]))
+            assert p[u, i].item() == pytest.approx(ref, rel=1e-9, abs=1e-300)
+    assert p[1, 2] == 1.0 and p[0, 0] < 1e-8
+
+
+def test_benjamini_hochberg_by_hand():
+    p = torch.tensor([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216])
+    # q = 0.05, m = 10: thresholds k * 0.005; p_(2) = 0.008 <= 0.010 is the largest k below its line
+    assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 8
+    # q = 0.45: k * 0.045; p_(7) = 0.074 <= 0.315, p_(10) = 0.216 <= 0.45 -> all
+    assert benjamini_hochberg(p, 0.45).all()
+    assert not benjamini_hochberg(torch.tensor([0.5, 0.9]), 0.05).any()
+    assert benjamini_hochberg(p.view(2, 5), 0.05).shape == (2, 5)
+
+
+def test_the_test_rejects_a_unit_that_splits_two_labels_by_chance():
+    # Half of class 0 and half of class 1 predicted as their own label, independently of the label:
+    # recall 0.5 on both, and the test sees no association.
+    y = torch.arange(200) % 2
+    pred = (torch.arange(200) // 2) % 2                     # 0,0,1,1,0,0,1,1,...: independent of y
+    st = label_stats(pred.unsqueeze(0), y, 2)
+    assert st.recall.tolist() == [[0.5, 0.5]]
+    assert not learned_labels(st, 0.5, 0.05).any()
+    assert learned_labels(st, 0.5, None).all()              # without the test, noise passes
+    good = torch.where(torch.arange(200) < 180, y, 1 - y)   # 90% right: significant
+    assert learned_labels(label_stats(good.unsqueeze(0), y, 2), 0.5, 0.05).all()
 
 
 def test_clusters_by_hand():
@@ -78,13 +123,18 @@ def test_unit_report_fields_are_class_means_of_the_unit_fields():
     gen = torch.Generator().manual_seed(3)
     n, h, d, k = 120, 2, 3, 4
     x, y = torch.randn(n, h * d, generator=gen, dtype=torch.float64), torch.arange(n) % k
-    r = Readout(torch.randn(k, h * d, generator=gen, dtype=torch.float64), torch.zeros(k, dtype=torch.float64))
+    r = Readout(torch.randn(k, h * d, generator=gen, dtype=torch.float64), torch.randn(k, generator=gen,
+                dtype=torch.float64), x.mean(0))
     node = unit_report(x, y, r, "node", units=[4])
     head = unit_report(x, y, r, "head", num_heads=h)
+    mean_node = unit_report(x, y, r, "node", units=[4], ablation="mean")
+    mu = x.mean(0)
     for i in range(k):
-        xi = x[y == i]
-        assert torch.allclose(node.field[0, i], (xi[:, 4:5] * r.weight[:, 4]).mean(0))
-        assert torch.allclose(head.field[1, i], (xi[:, 3:] @ r.weight[:, 3:].T).mean(0))
+        xi = x[y == i]   # the field of the unit alone, its bias included (METHOD.md 4)
+        assert torch.allclose(node.field[0, i], (xi[:, 4:5] * r.weight[:, 4]).mean(0) + r.bias)
+        assert torch.allclose(head.field[1, i], (xi[:, 3:] @ r.weight[:, 3:].T).mean(0) + r.bias)
+        silenced = r.weight @ mu - r.weight[:, 4] * mu[4]   # the other nodes at their mean
+        assert torch.allclose(mean_node.field[0, i], (xi[:, 4:5] * r.weight[:, 4]).mean(0) + r.bias + silenced)
     assert node.predictions.shape == (1, n) and head.confusion.shape == (h, k, k)
     assert torch.equal(head.confusion.sum(2), torch.bincount(y, minlength=k).expand(h, k))
     with pytest.raises(ValueError, match="granularity must be"):
