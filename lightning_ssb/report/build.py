@@ -43,6 +43,9 @@ def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECT
     out = _resolve_out(out, runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     book = Book(out=out, figures_dir=out.with_name(out.stem + "_figures"), dpi=dpi, keep_figures=keep_figures)
+    if book.figures_dir.is_dir():  # figures of an earlier report there would read as part of this one
+        for old in [*book.figures_dir.glob("*.png"), *book.figures_dir.glob("*.svg")]:
+            old.unlink()
     parts = []
     for section in sections:
         try:

@@ -172,6 +172,8 @@ def block_order(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     live = np.nonzero(labels.any(1))[0]
     cols = np.arange(labels.shape[1])
     rows = live
+    if len(rows) == 0:
+        return rows, cols
     for _ in range(5):
         sub = labels[rows][:, cols]
         first = np.where(sub.any(1), sub.argmax(1), sub.shape[1])
@@ -199,7 +201,7 @@ def learned_label_matrix(run: RunResults, site: str, family: str, granularity: s
     labels = arr.bool().numpy()
     units, cols = block_order(labels)
     if len(units) == 0:
-        raise MissingData(f"{site}, {family}: no {GRAN_NAMES[granularity][:-1]} has a learned label in {e.name}")
+        raise MissingData(f"{site}, {family}: no {GRAN_NAMES[granularity][:-1]} has a learned label ({e.name})")
     mat = labels[units][:, cols].astype(float)
     names = run.label_names
     k = labels.shape[1]

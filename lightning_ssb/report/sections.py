@@ -11,6 +11,7 @@ from typing import Callable, Optional
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.html import Book
 from lightning_ssb.report.load import RunResults
+from lightning_ssb.results.keys import FAMILIES
 
 Section = Callable[[list[RunResults], Book], Optional[tuple[str, str]]]
 
@@ -29,24 +30,29 @@ def _site_families(run: RunResults, book: Book, per: Callable[[str, str], str]) 
         out.append(f"<h4>{html.escape(site)}</h4>\n")
         for family in families:
             out.append(per(site, family))
-    for family in ("own", "shared"):
-        if family not in families:
-            out.append(book.note(f"{run.run_id}: the {family} read-out is not in the results."))
     return "".join(out)
+
+
+def _has_null(run: RunResults) -> bool:
+    return any(e.meta.get("null") for e in run.epochs) or any(s.null for e in run.epochs for s in e.scalars)
 
 
 def overview(runs: list[RunResults], book: Book):
     rows = []
     for run in runs:
         epochs = ", ".join("before training" if e.epoch < 0 else str(e.epoch) for e in run.epochs)
-        null = any(e.meta.get("null") for e in run.epochs) or any(s.null for e in run.epochs for s in e.scalars)
+        null = _has_null(run)
         k = run.num_classes
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
             run.run_id, run.folder, epochs, ", ".join(run.sites) or "-", ", ".join(run.families) or "-",
             k if k is not None else "?", f"{1 / k:.4f}" if k else "?", "yes" if null else "no")) + "</tr>")
     table = ("<table><tr><th>run</th><th>folder</th><th>analysed epochs</th><th>sites</th><th>read-outs</th>"
              "<th>labels K</th><th>chance 1/K</th><th>null run</th></tr>" + "".join(rows) + "</table>\n")
-    notes = "".join(book.note(f"{run.run_id}: {n}") for run in runs for n in run.notes)
+    notes = "".join(book.note(f"{run.run_id}: the {family} read-out is not in the results; its figures are "
+                              f"left out.") for run in runs for family in FAMILIES if family not in run.families)
+    notes += "".join(book.note(f"{run.run_id}: no null (permuted probe labels) in the results: the statistics are "
+                               f"shown without the level chance reaches.") for run in runs if not _has_null(run))
+    notes += "".join(book.note(f"{run.run_id}: {n}") for run in runs for n in run.notes)
     notes += "".join(book.note(f"{run.run_id}: {n}") for run in runs for e in run.epochs for n in e.notes)
     return "Runs", table + notes
 

@@ -111,6 +111,11 @@ def test_a_run_with_one_family_and_no_null_still_reports(tmp_path):
     book = build_report([run], tmp_path / "r.html", sections=[overview, statistics])
     assert book.errors == [] and len(book.figures) == 1
     assert any("shared read-out is not in the results" in n for n in book.notes)
+    assert any("no null (permuted probe labels)" in n for n in book.notes)
+    stale = tmp_path / "r_figures" / "old_figure.png"
+    stale.write_bytes(b"x")
+    build_report([run], tmp_path / "r.html", sections=[overview, statistics])
+    assert not stale.exists() and len(list((tmp_path / "r_figures").glob("*.png"))) == 1
     lines = book.figures[0].data["statistics"]["live_fraction"]
     assert set(lines) == {"node/real", "head/real"}
 
@@ -124,3 +129,12 @@ def test_block_order_puts_units_with_the_same_labels_together():
     first = m.argmax(1)
     assert (first[1:] >= first[:-1]).all() and list(m[-1] | m[-2]) != [False] * 4
     assert rows.tolist().index(0) + 1 == rows.tolist().index(2) or rows.tolist().index(2) + 1 == rows.tolist().index(0)
+    rows, cols = block_order(torch.zeros(5, 3, dtype=torch.bool).numpy())  # no live unit: nothing to order
+    assert rows.tolist() == [] and cols.tolist() == [0, 1, 2]
+
+
+def test_a_last_epoch_without_live_units_is_a_note(tmp_path):
+    folder = write_run(tmp_path, sites=ONE_SITE, epochs=(-1,))  # the reference only: no unit has a label
+    book = build_report(load_runs([folder]), tmp_path / "r.html", sections=[overview, learned_labels], dpi=40)
+    assert book.errors == [] and book.figures == []
+    assert "Not shown: blocks.3.attn.heads, own: no node has a learned label (before training)." in book.notes
