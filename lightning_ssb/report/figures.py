@@ -73,6 +73,8 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
     grans = [g for g in ("node", "head") if any(run.series(site, family, g, s)[0] for s, *_ in EPOCH_STATISTICS)]
     if not grans:
         raise MissingData(f"{site}, {family}: no node or head statistics in scalars.json")
+    shape = run.site_shape(site)
+    one_head = shape is not None and shape[0] == 1  # a layer output: its one "head" is the whole layer
     for ax, (stat, title, ylabel, ylim) in zip(axes, EPOCH_STATISTICS):
         ax.set_gid(stat)
         data[stat] = {}
@@ -82,7 +84,8 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
                 if not epochs:
                     continue
                 series = f"{gran}/{'null' if null else 'real'}"
-                label = GRAN_NAMES[gran] + (", null (permuted labels)" if null else "")
+                label = ("whole layer (one unit)" if gran == "head" and one_head else GRAN_NAMES[gran]) + (
+                    ", null (permuted labels)" if null else "")
                 (line,) = ax.plot(epochs, values, "o--" if null else "o-", color=GRAN_COLOURS[gran],
                                   alpha=0.55 if null else 1.0, markersize=4 if null else 5,
                                   markerfacecolor="none" if null else GRAN_COLOURS[gran], label=label, gid=series)

@@ -64,9 +64,9 @@ def statistics(runs: list[RunResults], book: Book):
         body.append(_site_families(run, book, lambda site, fam: book.draw(
             f"{run.run_id}__{site}__{fam}__statistics", F.statistics_over_epochs, run, site, fam,
             title=f"{site}, {fam}: statistics by epoch",
-            caption=f"{site}, {fam} read-out. Solid: the real probe labels; dashed, hollow markers: the null "
-                    f"(probe labels permuted), the level chance alone reaches. A unit is live when it has "
-                    f"at least one learned label.")))
+            caption=f"{site}, {fam} read-out. " + ("Solid: the real probe labels; dashed, hollow markers: the null "
+                    "(probe labels permuted), the level chance alone reaches. " if _has_null(run) else
+                    "No null in these results. ") + "A unit is live when it has at least one learned label.")))
     return "Symmetry breaking by epoch (with the null)", "".join(body)
 
 
