@@ -3,6 +3,7 @@ that is not blank."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -10,6 +11,7 @@ import struct
 import subprocess
 
 import numpy as np
+import pytest
 from PIL import Image
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,6 +37,12 @@ def chromium() -> str:
     return path
 
 
+def test_a_missing_chromium_fails_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(AssertionError, match="apt-get install -y chromium"):
+        chromium()
+
+
 def run_chromium(args: list[str], tmp_path) -> str:
     cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -58,8 +66,7 @@ def test_every_figure_loads_in_chromium(synthetic_report, tmp_path):
     dom = run_chromium(["--dump-dom", probed.as_uri()], tmp_path)
     m = re.search(r'<pre id="ssb-check">(.*?)</pre>', dom, re.S)
     assert m, "the page's load event never fired (no result of the probe script in the DOM)"
-    images = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
-                        .replace("&gt;", ">"))
+    images = json.loads(html.unescape(m.group(1)))
     assert len(images) == len(book.figures) >= 20, "every figure of the report must be embedded once"
     for img, fig in zip(images, book.figures):
         assert img["complete"] and img["w"] > 0 and img["h"] > 0, f"figure not loaded: {img['alt']}"
