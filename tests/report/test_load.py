@@ -12,7 +12,6 @@ import torch
 
 from lightning_ssb.report import NoResultsError, build_report, load_runs, write_report
 from lightning_ssb.report.figures import block_order
-from lightning_ssb.report.load import Stat
 from lightning_ssb.report.sections import crossover_section, learned_labels, overview, statistics
 from tests.report.synthetic import LABELS, write_run
 
