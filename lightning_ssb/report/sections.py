@@ -88,12 +88,14 @@ def learned_labels(runs: list[RunResults], book: Book):
         body.append(_run_heading(run, runs))
 
         def per(site, fam):
+            shape = run.site_shape(site)
+            grans = ("node",) if shape is not None and shape[0] == 1 else ("node", "head")  # 1 head: the layer
             return "".join(book.draw(
                 f"{run.run_id}__{site}__{fam}__learned_{gran}", F.learned_label_matrix, run, site, fam, gran,
                 title=f"{site}, {fam}: learned labels per {gran}",
                 caption=f"Learned label sets L_u of the live {gran}s in the last epoch: a block per group "
                         f"of units that learned the same labels; separate blocks along the diagonal are "
-                        f"broken symmetry.") for gran in ("node", "head"))
+                        f"broken symmetry.") for gran in grans)
         body.append(_site_families(run, book, per))
     return "Learned labels in the last epoch (units x labels)", "".join(body)
 
