@@ -44,7 +44,7 @@ class EpochTimer(Callback):
 def quick_start(articles: int, epochs: int, root: str) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
-    from lightning_ssb.callbacks import SSBMonitor
+    from lightning_ssb.callbacks import ProbeConfig, SSBMonitor
     from lightning_ssb.data import WikipediaDataModule
     from lightning_ssb.models import MLMModule
     from lightning_ssb.models.architecture import BertArchitecture
@@ -62,8 +62,8 @@ def quick_start(articles: int, epochs: int, root: str) -> None:
         callbacks = [timer]
         monitor = None
         if with_monitor:
-            monitor = SSBMonitor(probe_train_size=max(2, n_train // 10), probe_test_size=None, top_k_tokens=100,
-                                 background=True)
+            monitor = SSBMonitor(probe=ProbeConfig(train_size=max(2, n_train // 10), test_size=None,
+                                                   top_k_tokens=100), background=True)
             callbacks.append(monitor)
         logger = WandbLogger(project="bench", save_dir=root, offline=True)
         trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=logger, callbacks=callbacks,

@@ -16,7 +16,7 @@ on the accelerator.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -43,16 +43,20 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return base.encoder.layer
 
 
-def select_positions(batch: dict, rule: str, class_of_token: torch.Tensor | None = None):
+def select_positions(batch: dict, rule: str, class_of_token: torch.Tensor | None = None,
+                     mask_token_id: int | None = None):
     """Which ``(row, position)`` pairs of a batch become examples, and their labels.
 
     Args:
         batch: a collated batch (docs/ARCHITECTURE.md): ``input_ids`` ``[B, T]``, ``labels``
             (``[B]`` for classification, ``[B, T]`` with -100 for MLM), ``head_pos`` ``[B]``.
-        rule: ``"cls"`` (position 0), ``"head_entity"`` (``head_pos``), or ``"masked"`` (every
-            position whose MLM label is not -100 is one example).
+        rule: ``"cls"`` (position 0), ``"head_entity"`` (``head_pos``), or ``"masked"``: every
+            position whose input is ``[MASK]`` (and whose MLM label is not -100) is one example.
+            Chosen positions that the 80/10/10 rule left unchanged or replaced by a random token
+            are not: their input already shows a token, so they measure something else.
         class_of_token: MLM only, ``[V]`` long, the class index of each token id or -1 for
             tokens outside the probe's label set; such positions are dropped.
+        mask_token_id: MLM only (required there): the id of ``[MASK]``.
 
     Returns:
         ``(rows [n], positions [n], labels [n])``, long tensors on the batch's device.
@@ -65,7 +69,10 @@ def select_positions(batch: dict, rule: str, class_of_token: torch.Tensor | None
         rows = torch.arange(labels.shape[0], device=labels.device)
         return rows, batch["head_pos"].to(rows.device), labels
     if rule == "masked":
-        rows, positions = (labels != -100).nonzero(as_tuple=True)
+        if mask_token_id is None:
+            raise ValueError("the 'masked' position rule needs mask_token_id")
+        masked = (labels != -100) & (batch["input_ids"].to(labels.device) == mask_token_id)
+        rows, positions = masked.nonzero(as_tuple=True)
         tokens = labels[rows, positions]
         if class_of_token is None:
             return rows, positions, tokens
@@ -217,3 +224,36 @@ def capture_batches(
         model.train(was_training)
     y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     return tensors, y
+
+
+def capture_share(model: nn.Module, batches: Sequence, layers: list[int], sites: list[str], rank: int = 0,
+                  world: int = 1, device: torch.device | str = "cpu",
+                  autocast=None) -> list[tuple[int, dict, torch.Tensor]]:
+    """This rank's share of ``batches`` (every ``world``-th from ``rank``), captured in one pass.
+
+    The hooks are installed once for the whole share. Returns one chunk per batch,
+    ``(batch index, {name: [n, H, d]}, labels [n])``, so that ``join_chunks`` restores the
+    single-process order whatever the world size.
+    """
+    indices = list(range(rank, len(batches), world))
+    mine = [batches[i] for i in indices]
+    tensors, labels = capture_batches(model, mine, layers, sites, device, autocast)
+    sizes = [b.num_examples for b in mine]
+    split = {name: x.split(sizes) for name, x in tensors.items()}
+    y = labels.split(sizes)
+    return [(index, {name: parts[j] for name, parts in split.items()}, y[j]) for j, index in enumerate(indices)]
+
+
+def gather_chunks(chunks, rank: int, world: int):
+    """Rank 0 receives every rank's chunks (any picklable list) and gets all of them; the others get theirs."""
+    if world == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return chunks
+    gathered = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(chunks, gathered, dst=0)
+    return [c for part in gathered for c in part] if rank == 0 else chunks
+
+
+def join_chunks(chunks, names: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({name: [N, H, d]}, labels [N])`` from chunks, in batch-index (single-process) order."""
+    chunks = sorted(chunks, key=lambda c: c[0])
+    return {n: torch.cat([c[1][n] for c in chunks]) for n in names}, torch.cat([c[2] for c in chunks])

@@ -9,35 +9,9 @@ under the same names, through the same sinks (W&B, disk, Lightning loggers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
-
-@dataclass
-class EpochSnapshot:
-    """What one analysis sees: the probe activations of every captured site and their read-outs.
-
-    Attributes:
-        epoch: the training epoch just finished; -1 for the reference before the first step.
-        step: the trainer's global step when the probe was captured.
-        train, test: ``{snapshot name: [N, H, d]}`` float32 CPU tensors on probe-train / probe-test
-            (names as in ``capture.snapshot_names``, e.g. ``blocks.3.attn.heads``).
-        y_train, y_test: ``[N]`` long labels in ``0..num_classes-1``.
-        num_classes, label_names: the probe's classes (FewRel relation names, or MLM token strings).
-        results: ``{snapshot name: SiteAnalysis}``: the built-in analysis, with its fitted read-out.
-    """
-
-    epoch: int
-    step: int
-    train: dict[str, Tensor]
-    test: dict[str, Tensor]
-    y_train: Tensor
-    y_test: Tensor
-    num_classes: int
-    label_names: list[str]
-    results: dict[str, Any] = field(default_factory=dict)
+from lightning_ssb.results.build import EpochSnapshot  # re-exported: what ``analyze`` receives
 
 
 class NodalAnalysis:

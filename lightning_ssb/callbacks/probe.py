@@ -8,7 +8,8 @@ stores in its checkpoint state, so a resumed run analyses exactly the same examp
   position of the rule (``cls`` or ``head_entity``).
 - MLM: probe-train is a seeded subset of ``train_dataset``, probe-test of ``val_dataset``;
   masks are drawn once by ``collate_fn(examples, generator)`` with a seeded generator; every
-  masked (chosen) position is one example labelled by its original token, restricted to the
+  position whose input is ``[MASK]`` is one example labelled by its original token (chosen
+  positions left unchanged or given a random token are not examples), restricted to the
   ``top_k`` tokens most frequently masked in probe-train among those also masked in probe-test
   (``"all"``: every such token), since every class needs test examples for its recall.
 """
@@ -17,10 +18,50 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probe set the monitor analyses: which examples, how many, in which batches."""
+
+    train_size: int | None = 4096
+    """Training examples the read-out is fitted on (sequences for MLM; null: all)."""
+    test_size: int | None = 1024
+    """Held-out examples the read-out is scored on, from the validation split (the FewRel test split; null: all)."""
+    batch_size: int = 64
+    """Batch size of the probe's eval passes."""
+    seed: int = 0
+    """Seed of the probe subsets and of the MLM probe masks (kept in the checkpoint)."""
+    top_k_tokens: int | Literal["all"] = 100
+    """MLM only: labels are the K tokens most often masked in probe-train (and in probe-test), or all."""
+    position_rule: Literal["auto", "cls", "head_entity", "masked"] = "auto"
+    """Which position of a sequence is its example: auto (masked for MLM, cls for classification), cls,
+    head_entity or masked (every position whose input is [MASK])."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                raise ValueError(f"probe.{name} must be null or an integer >= 2, got {value!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"probe.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (self.top_k_tokens == "all" or (isinstance(self.top_k_tokens, int) and self.top_k_tokens >= 2)):
+            raise ValueError(f"probe.top_k_tokens must be an integer >= 2 or 'all', got {self.top_k_tokens!r}")
+        if self.position_rule not in ("auto", "cls", "head_entity", "masked"):
+            raise ValueError(f"probe.position_rule must be auto, cls, head_entity or masked, got {self.position_rule!r}")
+
+    def rule_for(self, task: str) -> str:
+        """The position rule for ``task``; a ValueError when the rule does not fit it."""
+        rule = self.position_rule if self.position_rule != "auto" else ("masked" if task == "mlm" else "cls")
+        if (task == "mlm") != (rule == "masked"):
+            raise ValueError(f"probe.position_rule {rule!r} does not fit task {task!r}: "
+                             "use 'masked' for MLM, 'cls' or 'head_entity' for classification")
+        return rule
 
 
 @dataclass
@@ -59,6 +100,13 @@ class ProbeSet:
     @property
     def y_test(self) -> torch.Tensor:
         return torch.cat([b.labels for b in self.test_batches])
+
+    def check(self) -> None:
+        """A read-out needs at least 2 training and 1 test example."""
+        n_train, n_test = self.y_train.numel(), self.y_test.numel()
+        if n_train < 2 or n_test < 1:
+            raise ValueError(f"the probe set has {n_train} train / {n_test} test examples; "
+                             "increase probe.train_size / probe.test_size")
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "train_indices": list(self.train_indices),
@@ -115,31 +163,37 @@ def _batches(datamodule, dataset, indices: list[int], batch_size: int, generator
             for s in range(0, len(order), batch_size)]
 
 
-def _select(batch: dict, rule: str, class_of_token: torch.Tensor | None) -> ProbeBatch:
+def _select(batch: dict, rule: str, class_of_token: torch.Tensor | None, mask_id: int | None) -> ProbeBatch:
     from lightning_ssb.callbacks.capture import select_positions
 
-    rows, positions, labels = select_positions(batch, rule, class_of_token)
+    rows, positions, labels = select_positions(batch, rule, class_of_token, mask_id)
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     return ProbeBatch(inputs, rows, positions, labels.long())
 
 
-def _masked_counts(batches: list[dict]) -> Counter:
+def _masked_counts(batches: list[dict], mask_id: int | None) -> Counter:
     counts = Counter()
     for batch in batches:
         labels = batch["labels"]
-        counts.update(labels[labels != -100].tolist())
+        keep = labels != -100
+        if mask_id is not None:
+            keep &= batch["input_ids"] == mask_id
+        counts.update(labels[keep].tolist())
     return counts
 
 
-def top_k_tokens(batches: list[dict], k: int | str, test_batches: list[dict] | None = None) -> list[int]:
+def top_k_tokens(batches: list[dict], k: int | str, test_batches: list[dict] | None = None,
+                 mask_id: int | None = None) -> list[int]:
     """Token ids most often masked in ``batches`` (ties broken by smaller id), ``k`` of them or all.
+
+    With ``mask_id``, only positions whose input is ``[MASK]`` count (the probe's examples).
 
     With ``test_batches``, only tokens also masked there count: every class needs probe-test
     examples for its recall.
     """
-    counts = _masked_counts(batches)
+    counts = _masked_counts(batches, mask_id)
     if test_batches is not None:
-        in_test = _masked_counts(test_batches)
+        in_test = _masked_counts(test_batches, mask_id)
         counts = Counter({t: c for t, c in counts.items() if t in in_test})
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     if k != "all":
@@ -178,9 +232,11 @@ def build_probe_set(
     train_raw = _batches(datamodule, train_ds, train_idx, batch_size, mask_gen)
     test_raw = _batches(datamodule, test_ds, test_idx, batch_size, mask_gen)
 
-    class_ids = None
+    class_ids = mask_id = None
     if task == "mlm":
-        class_ids = state["class_ids"] if state is not None and state.get("class_ids") else top_k_tokens(train_raw, top_k, test_raw)
+        mask_id = int(datamodule.tokenizer.mask_token_id)
+        class_ids = state["class_ids"] if state is not None and state.get("class_ids") else top_k_tokens(
+            train_raw, top_k, test_raw, mask_id)
         vocab = int(datamodule.vocab_size)
         class_of_token = torch.full((vocab,), -1, dtype=torch.long)
         class_of_token[torch.tensor(class_ids, dtype=torch.long)] = torch.arange(len(class_ids))
@@ -194,7 +250,7 @@ def build_probe_set(
     return ProbeSet(
         task=task, position_rule=position_rule, seed=seed, train_indices=train_idx, test_indices=test_idx,
         num_classes=num_classes, label_names=label_names,
-        train_batches=[_select(b, position_rule, class_of_token) for b in train_raw],
-        test_batches=[_select(b, position_rule, class_of_token) for b in test_raw],
+        train_batches=[_select(b, position_rule, class_of_token, mask_id) for b in train_raw],
+        test_batches=[_select(b, position_rule, class_of_token, mask_id) for b in test_raw],
         class_ids=class_ids,
     )

@@ -74,3 +74,20 @@ def parse_key(key: str, prefix: str = PREFIX) -> ParsedKey:
     if len(rest) != (5 if null else 4) or rest[1] not in FAMILIES or rest[-2] not in GRANULARITIES:
         raise ValueError(f"not a site key ({prefix}/<site>/<family>[/null]/<granularity>/<statistic>): {key!r}")
     return ParsedKey("site", rest[-1], site=rest[0], family=rest[1], granularity=rest[-2], null=null, prefix=prefix)
+
+
+def array_key(site: str, family: str, granularity: str, name: str) -> str:
+    """A key of ``arrays.pt``: ``<site>/<family>/<granularity>/<name>`` (a scalar key without its prefix;
+    ``granularity`` ``best`` for the best nodes' matrices, docs/RESULTS.md)."""
+    if granularity == "best":
+        if family not in FAMILIES or not _is_site(site):
+            raise ValueError(f"bad site or family: {site!r}, {family!r}")
+        return f"{site}/{family}/best/{name}"
+    return scalar_key(site, family, granularity, name).split("/", 1)[1]
+
+
+def figure_key(group: str, name: str, prefix: str = PREFIX) -> str:
+    """The name of a logged image: ``ssb/<site or "heads">/<name>`` (a file ``ssb__<group>__<name>.png`` on disk)."""
+    if "/" in group:
+        raise ValueError(f"bad figure group {group!r}")
+    return f"{prefix}/{group}/{name}"

@@ -1,13 +1,18 @@
-"""Turn one epoch's analysis into what the sinks log: figures and the per-node table."""
+"""Turn one epoch's analysis into what the sinks log besides scalars: figures and tables."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from lightning_ssb.callbacks import figures
-from lightning_ssb.callbacks.custom import EpochSnapshot
+from lightning_ssb.results.keys import figure_key
 
-TABLE_COLUMNS = ["site", "layer", "head", "node", "accuracy", "learned_labels", "hull_labels", "hull_bound"]
+if TYPE_CHECKING:  # figures (matplotlib) are imported where drawn: results/ loads without callbacks/
+    from lightning_ssb.results.build import EpochSnapshot
+
+TABLE_COLUMNS = ["site", "family", "layer", "head", "node", "accuracy", "learned_labels", "hull_labels",
+                 "hull_bound"]
 
 
 def _layer(name: str) -> int:
@@ -18,7 +23,7 @@ def _names(mask: torch.Tensor, label_names: list[str]) -> str:
     return " ".join(label_names[i] for i in mask.nonzero().flatten().tolist())
 
 
-def node_table(snap: EpochSnapshot) -> tuple[list[str], list[list]]:
+def node_table(snap: "EpochSnapshot") -> tuple[list[str], list[list]]:
     """One row per node of every site: where it is, its accuracy, learned and hull labels (names), bound."""
     rows = []
     for name, site in snap.results.items():
@@ -28,51 +33,57 @@ def node_table(snap: EpochSnapshot) -> tuple[list[str], list[list]]:
         hull = site.hull_labels
         bound = site.hull_bound
         layer = _layer(name)
-        site_kind = name.split(".", 2)[2]
         for n in range(heads * d):
-            rows.append([site_kind, layer, n // d, n % d, round(float(acc.flatten()[n]), 5),
+            rows.append([name, getattr(site, "family", "shared"), layer, n // d, n % d, round(float(acc.flatten()[n]), 5),
                          _names(learned[n], snap.label_names), _names(hull[n], snap.label_names),
                          round(float(bound[n]), 5)])
     return TABLE_COLUMNS, rows
 
 
-def site_figures(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> dict:
+def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -> dict:
     """Heatmaps (heads: layers x heads; nodes: per site), best-node matrices and envelope, crossover."""
+    from lightning_ssb.callbacks import figures
+
     out = {}
     title = "reference (before training)" if snap.epoch < 0 else f"epoch {snap.epoch}"
     head_sites = [n for n in snap.results if n.endswith("attn.heads")]
     if "head" in granularities and head_sites and snap.results[head_sites[0]].head_accuracy is not None:
         grid = torch.stack([snap.results[n].head_accuracy for n in head_sites])
-        out[f"{prefix}/heads/accuracy"] = figures.heatmap(
+        out[figure_key("heads", "accuracy", prefix)] = figures.heatmap(
             grid, f"single-head accuracy, {title}", "head", "layer",
             ynames=[str(_layer(n)) for n in head_sites], vmin=0.0)
     for name, site in snap.results.items():
         if "node" in granularities:
-            out[f"{prefix}/{name}/node_accuracy"] = figures.heatmap(
+            out[figure_key(name, "node_accuracy", prefix)] = figures.heatmap(
                 site.node_accuracy, f"{name}: single-node accuracy, {title}", "node", "head", vmin=0.0)
         best = site.best_nodes[0] if site.best_nodes else None
         if best is not None:
             node, d = best["node"], site.node_accuracy.shape[1]
             where = f"node {node} (head {node // d}, node {node % d}; accuracy {best['accuracy']:.3f})"
-            out[f"{prefix}/{name}/best_node"] = figures.matrices(
+            out[figure_key(name, "best_node", prefix)] = figures.matrices(
                 best["field"], best["confusion"], f"{name}: best {where}, {title}",
                 "field matrix F[i, k]", "confusion matrix C[i, j]", snap.label_names)
             x = snap.test[name].flatten(1)[:, node]  # the range the hull labels are computed over
-            out[f"{prefix}/{name}/envelope"] = figures.envelope(
+            out[figure_key(name, "envelope", prefix)] = figures.envelope(
                 site.readout.weight[:, node], site.readout.bias, (float(x.min()), float(x.max())),
                 f"{name}: upper envelope of {where}, {title}", snap.label_names)
         if site.crossover:
-            out[f"{prefix}/{name}/crossover"] = figures.crossover(
+            out[figure_key(name, "crossover", prefix)] = figures.crossover(
                 site.crossover, f"{name}: crossover in the number of nodes, {title}")
     return out
 
 
-CROSSOVER_COLUMNS = ["site", "m", "acc_mean", "acc_std", "reachable_mean", "reach_exact", "guess_level",
-                     "learned_mean", "cooperation_mean"]
+def crossover_table(snap: "EpochSnapshot") -> tuple[list[str], list[list]]:
+    """The crossover rows of every site in one table: site, family, then the analysis' own columns."""
+    sites = [(name, site) for name, site in snap.results.items() if site.crossover]
+    columns = list(sites[0][1].crossover[0]) if sites else []
+    rows = [[name, getattr(site, "family", "shared")] + [row.get(c) for c in columns]
+            for name, site in sites for row in site.crossover]
+    return ["site", "family", *columns], rows
 
 
-def crossover_table(snap: EpochSnapshot) -> tuple[list[str], list[list]]:
-    """The crossover rows of every site in one table (site name first)."""
-    rows = [[name] + [row[c] for c in CROSSOVER_COLUMNS[1:]]
-            for name, site in snap.results.items() for row in site.crossover]
-    return CROSSOVER_COLUMNS, rows
+def to_png(figure) -> bytes:
+    """The PNG bytes of a figure (rendered once, cached on the figure)."""
+    from lightning_ssb.callbacks.figures import to_png as render
+
+    return render(figure)

@@ -1,8 +1,10 @@
-"""Where analysis results go: one small protocol, so nothing but ``WandbSink`` imports wandb.
+"""Where results go: one ``Sink`` base class; only ``WandbSink`` imports wandb.
 
 The monitor hands every result to each sink from the main thread (never from the analysis
-worker: W&B and most Lightning loggers are not meant to be called from other threads) and
-calls ``flush(step)`` once the whole result of an epoch has been handed over.
+worker: W&B and most Lightning loggers are not meant to be called from other threads):
+``begin``, then ``log_scalars`` / ``log_figure`` / ``log_table`` / ``log_arrays``, then ``flush``.
+A sink that raises is reported by name and ``where`` (its folder or run) and left out from then
+on; the other sinks and training go on (``SinkError``).
 """
 
 from __future__ import annotations
@@ -10,30 +12,29 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Protocol, runtime_checkable
+import warnings
+from typing import Any
 
 import torch
 
-from lightning_ssb.callbacks.figures import to_png
+from lightning_ssb.results.keys import PREFIX
 
 
-@runtime_checkable
-class Sink(Protocol):
-    """Receives one epoch's result at a time: scalars, figures, tables, arrays, then ``flush``."""
-
-    def log_scalars(self, scalars: dict[str, float], step: int) -> None: ...
-
-    def log_figure(self, name: str, figure: Any, step: int) -> None: ...
-
-    def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None: ...
-
-    def close(self) -> None: ...
+class SinkError(RuntimeError):
+    """A sink failed; the message names the sink and where it writes."""
 
 
-class BaseSink:
-    """No-op defaults: a sink overrides only what it stores."""
+class Sink:
+    """Receives one epoch's result at a time. Every method is a no-op: a sink overrides what it stores."""
 
-    def begin(self, epoch: int, step: int) -> None:
+    name = "sink"
+
+    @property
+    def where(self) -> str:
+        """Where this sink writes (a folder, a run): named in error messages."""
+        return ""
+
+    def begin(self, epoch: int, step: int, meta: dict | None = None) -> None:
         """Called before an epoch's result is handed over (``epoch`` -1 is the reference)."""
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
@@ -54,33 +55,60 @@ class BaseSink:
     def close(self) -> None:
         pass
 
+    def has(self, epoch: int) -> bool:
+        """Whether a complete result of ``epoch`` is stored already (used after a resume)."""
+        return False
+
+    def write(self, result) -> None:
+        """Hand over a whole ``EpochResult``."""
+        self.begin(result.epoch, result.step, result.meta)
+        self.log_scalars(result.scalars, result.step)
+        for name, fig in result.figures.items():
+            self.log_figure(name, fig, result.step)
+        for name, (columns, rows) in result.tables.items():
+            self.log_table(name, columns, rows, result.step)
+        self.log_arrays(result.arrays, result.step)
+        self.flush(result.step)
+
 
 def epoch_dirname(epoch: int) -> str:
     """``reference`` for the analysis before training (epoch -1), else ``epoch_{e:03d}``."""
     return "reference" if epoch < 0 else f"epoch_{epoch:03d}"
 
 
-class DiskSink(BaseSink):
-    """Writes every epoch's full result to ``<root>/<epoch dir>/``; never overwrites an earlier one.
+class DiskSink(Sink):
+    """Writes every epoch's full result to ``<root>/<epoch dir>/`` (docs/RESULTS.md).
 
-    Layout: ``scalars.json``, ``arrays.pt`` (a dict of tensors), ``<table>.csv``,
-    ``<figure>.png`` (``/`` in names becomes ``__``). A directory that exists already (a
-    re-run of an epoch) gets a ``-1``, ``-2``... suffix instead.
+    ``scalars.json`` is written last, so its presence marks a complete folder. A complete folder
+    is never overwritten: a second result of the same epoch goes to ``epoch_XXX-1``; an incomplete
+    one (a run stopped while writing) is written over.
     """
+
+    name = "disk"
 
     def __init__(self, root: str) -> None:
         self.root = root
         self._dir: str | None = None
 
-    def begin(self, epoch: int, step: int) -> None:
+    @property
+    def where(self) -> str:
+        return self._dir or self.root
+
+    def has(self, epoch: int) -> bool:
+        return os.path.isfile(os.path.join(self.root, epoch_dirname(epoch), "scalars.json"))
+
+    def begin(self, epoch: int, step: int, meta: dict | None = None) -> None:
         base = os.path.join(self.root, epoch_dirname(epoch))
         path, n = base, 0
-        while os.path.exists(path):
+        while os.path.isfile(os.path.join(path, "scalars.json")):
             n += 1
             path = f"{base}-{n}"
-        os.makedirs(path)
         self._dir = path
-        self._scalars: dict[str, float] = {"epoch": epoch, "step": step}
+        os.makedirs(path, exist_ok=True)
+        self._scalars: dict[str, Any] = {"epoch": epoch, "step": step}
+        if meta:
+            with open(os.path.join(path, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=1)
 
     @staticmethod
     def _file(name: str) -> str:
@@ -90,6 +118,8 @@ class DiskSink(BaseSink):
         self._scalars.update({k: (None if v != v else float(v)) for k, v in scalars.items()})  # NaN -> null
 
     def log_figure(self, name: str, figure: Any, step: int) -> None:
+        from lightning_ssb.callbacks.figures import to_png
+
         with open(os.path.join(self._dir, self._file(name) + ".png"), "wb") as f:
             f.write(to_png(figure))
 
@@ -103,34 +133,52 @@ class DiskSink(BaseSink):
         torch.save(arrays, os.path.join(self._dir, "arrays.pt"))
 
     def flush(self, step: int) -> None:
-        with open(os.path.join(self._dir, "scalars.json"), "w") as f:
+        tmp = os.path.join(self._dir, "scalars.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(self._scalars, f, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(self._dir, "scalars.json"))  # complete or absent, never half written
 
 
-class LoggerSink(BaseSink):
+class LoggerSink(Sink):
     """Scalars through any Lightning logger's ``log_metrics`` (CSV, TensorBoard, MLflow, ...)."""
+
+    name = "logger"
 
     def __init__(self, logger) -> None:
         self.logger = logger
+
+    @property
+    def where(self) -> str:
+        return f"{type(self.logger).__name__} in {getattr(self.logger, 'log_dir', None) or self.logger.save_dir}"
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         self.logger.log_metrics(dict(scalars), step=step)
 
 
-class WandbSink(BaseSink):
-    """Scalars, images and tables into the W&B run of the trainer's ``WandbLogger``.
+class WandbSink(Sink):
+    """Scalars, images and tables into a W&B run (the trainer's ``WandbLogger``'s, see ``for_logger``).
 
     One ``run.log`` per epoch result, with ``trainer/global_step`` (the step the probe was
     captured at) like the WandbLogger's own metrics, so both share the x axis.
     """
 
-    def __init__(self, run) -> None:
+    name = "wandb"
+
+    def __init__(self, run, prefix: str = PREFIX) -> None:
         self.run = run
+        self.prefix = prefix
         self._pending: dict[str, Any] = {}
 
-    @classmethod
-    def from_logger(cls, logger) -> "WandbSink":
-        return cls(logger.experiment)
+    @property
+    def where(self) -> str:
+        return f"run {getattr(self.run, 'id', '?')} in {getattr(self.run, 'dir', '?')}"
+
+    @staticmethod
+    def for_logger(logger, prefix: str = PREFIX) -> "WandbSink | None":
+        """A sink into ``logger``'s run when it is a Lightning ``WandbLogger``, else None."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbSink(logger.experiment, prefix) if isinstance(logger, WandbLogger) else None
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         self._pending.update(scalars)
@@ -141,14 +189,61 @@ class WandbSink(BaseSink):
         import wandb
         from PIL import Image
 
+        from lightning_ssb.callbacks.figures import to_png
+
         self._pending[name] = wandb.Image(Image.open(io.BytesIO(to_png(figure))))
 
     def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
         import wandb
 
-        self._pending[name] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        self._pending[f"{self.prefix}/{name}"] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
 
     def flush(self, step: int) -> None:
-        if self._pending:
-            self.run.log({**self._pending, "trainer/global_step": step})
-        self._pending = {}
+        pending, self._pending = self._pending, {}
+        if pending:
+            self.run.log({**pending, "trainer/global_step": step})
+
+
+def make_sinks(names: list[str], loggers: list, dirpath: str, prefix: str = PREFIX) -> list[Sink]:
+    """The sinks named by the monitor's ``sinks`` option for these Lightning loggers.
+
+    ``auto``: W&B for a WandbLogger, the disk, and every other logger; or any of ``wandb``, ``disk``,
+    ``logger``.
+    """
+    chosen = set(names)
+    auto = "auto" in chosen
+    sinks: list[Sink] = []
+    for logger in loggers:
+        wandb_sink = WandbSink.for_logger(logger, prefix)
+        if wandb_sink is not None:
+            if auto or "wandb" in chosen:
+                sinks.append(wandb_sink)
+        elif auto or "logger" in chosen:
+            sinks.append(LoggerSink(logger))
+    if "wandb" in chosen and not any(isinstance(s, WandbSink) for s in sinks):
+        raise ValueError("SSBMonitor.sinks has 'wandb' but the trainer has no WandbLogger")
+    if auto or "disk" in chosen:
+        sinks.append(DiskSink(dirpath))
+    return sinks
+
+
+def write_all(sinks: list[Sink], result) -> list[tuple[Sink, str]]:
+    """Hand ``result`` to every sink; one sink's failure never stops the others.
+
+    Returns ``(sink, message)`` per failed sink: ``the <name> sink could not write <where>: <error>``.
+    """
+    failed = []
+    for sink in sinks:
+        try:
+            sink.write(result)
+        except Exception as err:  # noqa: BLE001 - disk full, permissions, W&B down: reported, not raised
+            failed.append((sink, f"the {sink.name} sink could not write {sink.where}: {type(err).__name__}: {err}"))
+    return failed
+
+
+def close_all(sinks: list[Sink]) -> None:
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"closing the {sink.name} sink ({sink.where}) failed: {err}")

@@ -14,7 +14,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_ssb.callbacks.monitor import SSBMonitor  # noqa: E402
-from tests.callbacks.toys import ToyClassificationData, ToyTask  # noqa: E402
+from lightning_ssb.callbacks.probe import ProbeConfig  # noqa: E402
+from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis  # noqa: E402
 
 
 def main(out_dir: str) -> None:
@@ -23,9 +24,9 @@ def main(out_dir: str) -> None:
     L.seed_everything(0)
     model = ToyTask("classification", lr=0.0)
     data = ToyClassificationData(train_per_class=12, test_per_class=6, batch_size=8)
-    monitor = SSBMonitor(probe_train_size=40, probe_test_size=None, probe_batch_size=16, crossover_draws=2,
-                         crossover_sizes=[1, 4, 32], figures=False, background=True, sinks=["disk"],
-                         dirpath=out_dir)
+    monitor = SSBMonitor(probe=ProbeConfig(train_size=40, test_size=None, batch_size=16),
+                         analysis=fast_analysis(crossover_draws=2, crossover_sizes=[1, 4, 32]), figures=False,
+                         background=True, sinks=["disk"], dirpath=out_dir)
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", max_epochs=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,

@@ -71,12 +71,22 @@ def test_heads_equal_manual_attention(attn):
 
 
 def test_select_positions_rules():
+    MASK = 103
     labels_mlm = torch.full((2, 6), -100)
-    labels_mlm[0, 2], labels_mlm[0, 4], labels_mlm[1, 1] = 50, 7, 50
+    labels_mlm[0, 2], labels_mlm[0, 4], labels_mlm[1, 1], labels_mlm[1, 3], labels_mlm[1, 5] = 50, 7, 50, 50, 50
+    inputs = torch.full((2, 6), 60)
+    inputs[0, 2], inputs[0, 4], inputs[1, 1] = MASK, MASK, MASK
+    inputs[1, 3] = 99  # chosen, replaced by a random token: not an example
+    # (1, 5) chosen and left unchanged (input 60): not an example either
     class_of_token = torch.full((120,), -1)
     class_of_token[50] = 0  # token 7 is outside the label set: dropped
-    rows, pos, y = select_positions({"labels": labels_mlm}, "masked", class_of_token)
+    batch_mlm = {"labels": labels_mlm, "input_ids": inputs}
+    rows, pos, y = select_positions(batch_mlm, "masked", class_of_token, mask_token_id=MASK)
     assert rows.tolist() == [0, 1] and pos.tolist() == [2, 1] and y.tolist() == [0, 0]
+    rows, pos, y = select_positions(batch_mlm, "masked", mask_token_id=MASK)  # no label set: token ids
+    assert rows.tolist() == [0, 0, 1] and pos.tolist() == [2, 4, 1] and y.tolist() == [50, 7, 50]
+    with pytest.raises(ValueError, match="mask_token_id"):
+        select_positions(batch_mlm, "masked", class_of_token)
     batch = {"labels": torch.tensor([3, 1]), "head_pos": torch.tensor([4, 2])}
     rows, pos, y = select_positions(batch, "head_entity")
     assert rows.tolist() == [0, 1] and pos.tolist() == [4, 2] and y.tolist() == [3, 1]
@@ -112,3 +122,23 @@ def test_capture_batches_restores_mode_and_stops_early():
     with torch.no_grad():
         ref = model.eval().bert(**batch, output_hidden_states=True).hidden_states[2]
     torch.testing.assert_close(tensors["blocks.1.output"][:2, 0], ref[[0, 2], [3, 1]])
+
+
+def test_capture_share_installs_hooks_once_and_splits_per_batch(monkeypatch):
+    from lightning_ssb.callbacks import capture
+
+    model = tiny_bert(layers=2)
+    batches = [ProbeBatch(random_batch(seed=s), torch.arange(3), torch.tensor([0, 2, 4]), torch.tensor([s, 1, 2]))
+               for s in range(3)]
+    installs = []
+    real = capture.SiteCapture.install
+    monkeypatch.setattr(capture.SiteCapture, "install", lambda self: (installs.append(1), real(self)))
+    # rank 1 of 2 owns batch 1 only; rank 0 owns batches 0 and 2 (uneven shares), each in one pass
+    share0 = capture.capture_share(model, batches, [1], ["attn.heads"], rank=0, world=2)
+    share1 = capture.capture_share(model, batches, [1], ["attn.heads"], rank=1, world=2)
+    assert len(installs) == 2
+    assert [c[0] for c in share0] == [0, 2] and [c[0] for c in share1] == [1]
+    x, y = capture.join_chunks(share1 + share0, ["blocks.1.attn.heads"])  # any arrival order
+    whole, y_whole = capture_batches(model, batches, [1], ["attn.heads"])
+    assert y.tolist() == y_whole.tolist() == [0, 1, 2, 1, 1, 2, 2, 1, 2]
+    torch.testing.assert_close(x["blocks.1.attn.heads"], whole["blocks.1.attn.heads"])

@@ -56,4 +56,4 @@ def test_torchrun_two_ranks_equals_single_process(tmp_path):
         assert arrays_a.keys() == arrays_b.keys()
         for key in arrays_a:
             torch.testing.assert_close(arrays_a[key], arrays_b[key], equal_nan=True)
-        assert (single / epoch / "ssb__nodes.csv").read_text() == (ddp / epoch / "ssb__nodes.csv").read_text()
+        assert (single / epoch / "nodes.csv").read_text() == (ddp / epoch / "nodes.csv").read_text()

@@ -1,4 +1,4 @@
-"""SSBMonitor end to end on real (tiny) HF BERTs: W&B offline files, disk, resume, validation."""
+"""SSBMonitor end to end on real (tiny) HF BERTs: W&B offline files, disk, resume, faults, validation."""
 
 import csv
 import json
@@ -10,14 +10,16 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from lightning_ssb.analysis import AnalysisConfig, analyze_site
 from lightning_ssb.callbacks.capture import capture_batches
 from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.loggers.wandb_records import read_wandb_run
-from tests.callbacks.toys import ToyClassificationData, ToyMLMData, ToyTask
+from lightning_ssb.results.build import EpochSnapshot, site_results
+from lightning_ssb.results.sinks import SinkError
+from tests.callbacks.toys import ToyClassificationData, ToyMLMData, ToyTask, fast_analysis
 
-FAST = dict(probe_train_size=48, probe_test_size=None, probe_batch_size=16, crossover_sizes=[1, 4, 32],
-            crossover_draws=2)
+ANALYSIS = fast_analysis(crossover_sizes=[1, 4, 32], crossover_draws=2)
+FAST = dict(probe=ProbeConfig(train_size=48, test_size=None, batch_size=16), analysis=ANALYSIS)
 
 
 def _trainer(tmp_path, monitor, max_epochs=2, logger=False, **kw):
@@ -52,38 +54,38 @@ def test_fewrel_fit_logs_reference_and_epochs_to_wandb_and_disk(tmp_path, monkey
     ref = _scalars(root / "reference")
     assert ref["epoch"] == -1 and ref["step"] == 0 and _scalars(root / "epoch_001")["step"] == trainer.global_step
 
-    # the reference equals the analysis of the untrained weights, recomputed here by hand
+    # the reference equals the analysis of the untrained weights, recomputed here from a fresh capture
     probe = monitor.probe
     x_tr, y_tr = capture_batches(initial.model, probe.train_batches, [1], ["attn.heads"])
     x_te, y_te = capture_batches(initial.model, probe.test_batches, [1], ["attn.heads"])
-    config = AnalysisConfig(crossover_sizes=[1, 4, 32], crossover_draws=2)
-    site = analyze_site(x_tr["blocks.1.attn.heads"], y_tr, x_te["blocks.1.attn.heads"], y_te, 4, config)
-    for key, value in site.scalars().items():
-        logged = ref[f"ssb/blocks.1.attn.heads/{key}"]
+    snap = EpochSnapshot(-1, 0, x_tr, x_te, y_tr, y_te, 4, probe.label_names)
+    expected, arrays_expected, _ = site_results(snap, ANALYSIS)
+    assert expected  # keys of blocks.1.attn.heads
+    for key, value in expected.items():
+        logged = ref[key]
         assert (logged is None and value != value) or logged == pytest.approx(value, abs=1e-6), key
     arrays = torch.load(root / "reference" / "arrays.pt")
-    torch.testing.assert_close(arrays["blocks.1.attn.heads/node_accuracy"], site.node_accuracy)
-    assert arrays["blocks.1.output/node_accuracy"].shape == (1, 32)
-    # training moved the weights: the last epoch is not the reference again
-    assert not torch.equal(torch.load(root / "epoch_001" / "arrays.pt")["blocks.1.attn.heads/node_accuracy"],
-                           site.node_accuracy) or ref["ssb/blocks.1.attn.heads/site/acc"] != _scalars(
-        root / "epoch_001")["ssb/blocks.1.attn.heads/site/acc"]
+    for key, value in arrays_expected.items():
+        torch.testing.assert_close(arrays[key], value, equal_nan=True)
+    assert arrays["blocks.1.output/shared/node/accuracy"].shape == (32,)
+    # training moved the weights: the last epoch's node accuracies are not the reference's
+    last = torch.load(root / "epoch_001" / "arrays.pt")["blocks.1.attn.heads/shared/node/accuracy"]
+    assert not torch.equal(last, arrays["blocks.1.attn.heads/shared/node/accuracy"])
 
     # per-node table: one row per node of every site, labels by name
-    rows = list(csv.DictReader(open(root / "epoch_001" / "ssb__nodes.csv")))
+    rows = list(csv.DictReader(open(root / "epoch_001" / "nodes.csv")))
     assert len(rows) == 2 * 32 + 2 * 32
     names = {n for r in rows for n in (r["learned_labels"] + " " + r["hull_labels"]).split()}
     assert names and names <= {f"relation_{k}" for k in range(4)}
 
-    # W&B offline run: one history row per analysis, epoch -1 first, images and tables on disk
+    # W&B offline run: one history row per analysis, epoch -1 first, the disk's scalars, images, tables
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
     records = read_wandb_run(run_dir, wait=60)
     assert records.series("ssb/epoch") == [-1.0, 0.0, 1.0]
-    keys = {k for k in records.keys() if k.startswith("ssb/") and "/" not in k[len("ssb/"):].split("/", 1)[-1]
-            or k.startswith("ssb/")}
     scalar_keys = {k for k in ref if k.startswith("ssb/")}
-    assert 20 < len(scalar_keys) < 200  # hundreds at most per run, never one per node
-    assert "ssb/blocks.0.attn.heads/node/phi" in keys
+    assert scalar_keys <= records.keys()
+    key = "ssb/blocks.0.attn.heads/shared/node/acc_mean"
+    assert records.series(key) == [_scalars(root / e)[key] for e in ("reference", "epoch_000", "epoch_001")]
     media = run_dir / "files" / "media"
     assert len(list((media / "images" / "ssb" / "heads").glob("accuracy_*.png"))) == 3
     assert len(list((media / "images" / "ssb" / "blocks.1.attn.heads").glob("envelope_*.png"))) == 3
@@ -95,65 +97,123 @@ def test_mlm_fit_every_n_epochs_foreground_csv_logger(tmp_path):
     L.seed_everything(0)
     model = ToyTask("mlm")
     data = ToyMLMData()
-    monitor = SSBMonitor(top_k_tokens=6, every_n_epochs=2, background=False, figures=False,
-                         granularities=["node"], **FAST)
+    monitor = SSBMonitor(every_n_epochs=2, background=False, figures=False,
+                         probe=ProbeConfig(train_size=48, test_size=None, batch_size=16, top_k_tokens=6),
+                         analysis=fast_analysis(crossover_sizes=[1, 4, 32], crossover_draws=2,
+                                                granularities=("node",)))
     logger = CSVLogger(str(tmp_path), name="csv", version=0)
     trainer = _trainer(tmp_path, monitor, max_epochs=2, logger=logger)
     trainer.fit(model, data)
-    root = tmp_path / "csv" / "version_0" / "ssb"
+    root = tmp_path / "csv" / "version_0" / "ssb"  # a logger with its own folder: no run-id level
     assert sorted(os.listdir(root)) == ["epoch_001", "reference"]  # epochs 1 (every 2nd) and the reference
     assert [h["epoch"] for h in monitor.history] == [-1, 1]
     assert monitor.probe.num_classes == 6 and monitor.probe.label_names == data.tokenizer.convert_ids_to_tokens(
         monitor.probe.class_ids)
-    rows = list(csv.DictReader(open(root / "epoch_001" / "ssb__nodes.csv")))
+    rows = list(csv.DictReader(open(root / "epoch_001" / "nodes.csv")))
     names = {n for r in rows for n in r["hull_labels"].split()}
     assert names and names <= set(monitor.probe.label_names)
     logged = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     epochs = [float(r["ssb/epoch"]) for r in logged if r.get("ssb/epoch")]
     assert epochs == [-1.0, 1.0]
-    assert "ssb/blocks.1.attn.heads/head/phi" not in logged[0]  # granularities=["node"]
-    assert model.training is True or trainer.state.finished
+    columns = set(logged[0])
+    assert "ssb/blocks.1.attn.heads/shared/node/phi" in columns
+    assert not any("/head/" in c for c in columns)  # granularities=("node",)
 
 
-def test_resume_continues_the_same_history(tmp_path):
+def test_resume_logs_every_epoch_once_in_the_same_folder(tmp_path):
+    """A fit stopped after epoch 0's checkpoint and resumed: epochs -1, 0, 1 each stored exactly once."""
     L.seed_everything(0)
     data = ToyClassificationData()
     out = tmp_path / "ssb"
-    # saved at the end of epoch 0's validation, which runs before on_train_epoch_end: before epoch 0
-    # is analysed (the default, at the train epoch's end, would already hold epoch 0)
-    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="val_end", save_top_k=-1,
-                           save_on_train_epoch_end=False)
-    first = SSBMonitor(dirpath=str(out), figures=False, background=False, **FAST)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="last", save_top_k=1,
+                           enable_version_counter=False)
+    first = SSBMonitor(dirpath=str(out), figures=False, background=True, **FAST)
     _trainer(tmp_path, first, max_epochs=1, callbacks=[ckpt], enable_checkpointing=True).fit(
         ToyTask("classification"), data)
     assert [h["epoch"] for h in first.history] == [-1, 0]
-    saved = torch.load(tmp_path / "ckpt" / "val_end.ckpt", weights_only=False)["callbacks"]
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     (state,) = [v for k, v in saved.items() if k.startswith("SSBMonitor")]
-    assert [h["epoch"] for h in state["history"]] == [-1] and state["probe"]["seed"] == 0
-    # a new monitor with other sizes and seed: the checkpoint's probe state wins
-    second = SSBMonitor(dirpath=str(out), figures=False, seed=7, **{**FAST, "probe_train_size": 20})
+    # written after epoch 0 was captured, while its analysis ran: captured, not yet logged
+    assert state["captured"] == [-1, 0] and [h["epoch"] for h in state["history"]] == [-1]
+    assert state["probe"]["seed"] == 0
+    # a new monitor with other sizes and seed: the checkpoint's probe state wins; epoch 0 is on disk already
+    second = SSBMonitor(dirpath=str(out), figures=False, **{**FAST, "probe": ProbeConfig(train_size=20, seed=7)})
     _trainer(tmp_path, second, max_epochs=2).fit(ToyTask("classification"), data,
-                                                   ckpt_path=str(tmp_path / "ckpt" / "val_end.ckpt"))
+                                                   ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert second.probe.train_indices == first.probe.train_indices and second.probe.seed == first.probe.seed
-    # the reference is not redone; epoch 0 is, on the restored weights, beside the first run's folder
     assert [h["epoch"] for h in second.history] == [-1, 0, 1]
-    assert sorted(os.listdir(out)) == ["epoch_000", "epoch_000-1", "epoch_001", "reference"]
-    a, b = _scalars(out / "epoch_000"), _scalars(out / "epoch_000-1")
-    for key in a.keys() - {"ssb/analysis_seconds"}:
-        assert a[key] == b[key] or (a[key] is None and b[key] is None), key  # same probe, same weights
+    assert sorted(os.listdir(out)) == ["epoch_000", "epoch_001", "reference"]  # nothing analysed twice
+
+
+def test_resume_analyses_the_checkpoint_epoch_when_its_result_was_lost(tmp_path):
+    L.seed_everything(0)
+    data = ToyClassificationData()
+    out = tmp_path / "ssb"
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="last", save_top_k=1)
+    first = SSBMonitor(dirpath=str(out), figures=False, background=True, **FAST)
+    _trainer(tmp_path, first, max_epochs=1, callbacks=[ckpt], enable_checkpointing=True).fit(
+        ToyTask("classification"), data)
+    expected = _scalars(out / "epoch_000")
+    os.remove(out / "epoch_000" / "scalars.json")  # as if the process died before epoch 0 was written
+    second = SSBMonitor(dirpath=str(out), figures=False, background=False, **FAST)
+    _trainer(tmp_path, second, max_epochs=2).fit(ToyTask("classification"), data,
+                                                   ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [h["epoch"] for h in second.history] == [-1, 0, 1]
+    again = _scalars(out / "epoch_000")  # the same weights and probe: the same numbers
+    assert again.keys() == expected.keys()
+    for key in expected.keys() - {"ssb/analysis_seconds"}:
+        assert again[key] == expected[key], key
+
+
+def test_a_failing_disk_sink_keeps_the_checkpoint_and_the_other_sinks(tmp_path):
+    L.seed_everything(0)
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the results folder should be")
+    csv_logger = CSVLogger(str(tmp_path), name="csv", version=0)
+    monitor = SSBMonitor(dirpath=str(blocker / "ssb"), figures=False, background=True, **FAST)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="last", save_top_k=1)
+    trainer = _trainer(tmp_path, monitor, max_epochs=2, logger=csv_logger, callbacks=[ckpt],
+                       enable_checkpointing=True)
+    with pytest.warns(UserWarning, match="the disk sink could not write"):
+        with pytest.raises(SinkError) as err:
+            trainer.fit(ToyTask("classification"), ToyClassificationData())
+    assert str(err.value).startswith(f"SSBMonitor: the disk sink could not write {blocker / 'ssb' / 'reference'}: ")
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["epoch"] == 1  # the model survived
+    csv_logger.save()
+    logged = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert [float(r["ssb/epoch"]) for r in logged if r.get("ssb/epoch")] == [-1.0, 0.0, 1.0]  # the others got all
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"layers": [0, 5]}, "layers"),
     ({"sites": ["attn.scores"]}, "sites"),
-    ({"granularities": ["neuron"]}, "granularities"),
-    ({"position_rule": "masked"}, "position_rule"),
-    ({"theta": 1.5}, "theta"),
     ({"every_n_epochs": 0}, "every_n_epochs"),
-    ({"top_k_tokens": "most"}, "top_k_tokens"),
-    ({"sinks": ["wandb"]}, "WandbLogger"),
+    ({"sinks": ["tensorboard"]}, "sinks"),
+    ({"layers": [0, 0]}, "layers"),
 ])
-def test_setup_rejects_bad_arguments(tmp_path, kwargs, message):
-    monitor = SSBMonitor(**{**FAST, **kwargs})
+def test_arguments_are_checked_when_built(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        SSBMonitor(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layers": [0, 5]}, r"layers must be in 0\.\.1"),
+    ({"probe": ProbeConfig(position_rule="masked")}, "position_rule 'masked' does not fit task 'classification'"),
+])
+def test_check_against_the_model_before_fit(kwargs, message):
+    monitor = SSBMonitor(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        monitor.check(ToyTask("classification"), ToyClassificationData())
+
+
+def test_sinks_wandb_without_a_wandb_logger(tmp_path):
+    monitor = SSBMonitor(sinks=["wandb"], **FAST)
+    with pytest.raises(ValueError, match="no WandbLogger"):
         _trainer(tmp_path, monitor).fit(ToyTask("classification"), ToyClassificationData())
+
+
+def test_probe_settings_are_validated_once_by_their_dataclass():
+    with pytest.raises(ValueError, match="probe.train_size must be null or an integer >= 2, got 1"):
+        ProbeConfig(train_size=1)
+    with pytest.raises(ValueError, match="top_k_tokens"):
+        ProbeConfig(top_k_tokens="most")
+    assert ProbeConfig().rule_for("mlm") == "masked" and ProbeConfig().rule_for("classification") == "cls"

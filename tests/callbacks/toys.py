@@ -155,3 +155,15 @@ class ToyTask(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+
+def fast_analysis(**overrides):
+    """An ``AnalysisConfig`` for callback tests: one read-out family and no null where the analysis has
+    them (they multiply the analysis time; the analysis tests cover them), plus ``overrides``."""
+    import dataclasses
+
+    from lightning_ssb.analysis import AnalysisConfig
+
+    names = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    quick = {k: v for k, v in {"readout": "shared", "null": "off"}.items() if k in names}
+    return AnalysisConfig(**{**quick, **overrides})

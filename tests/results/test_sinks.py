@@ -1,4 +1,4 @@
-"""Sinks: the disk layout (never overwritten), any Lightning logger, and a real offline W&B run."""
+"""Sinks: the disk layout (never overwritten), any Lightning logger, a real offline W&B run, and failures."""
 
 import csv
 import json
@@ -7,8 +7,11 @@ import os
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+import pytest
+
 from lightning_ssb.callbacks.figures import heatmap
-from lightning_ssb.callbacks.sinks import DiskSink, LoggerSink, WandbSink
+from lightning_ssb.results.build import EpochResult
+from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink, write_all
 from lightning_ssb.loggers.wandb_records import read_wandb_run
 
 
@@ -17,8 +20,8 @@ def _emit(sink, epoch, step, value):
     sink.begin(epoch, step)
     sink.log_scalars({"ssb/blocks.0.attn.heads/node/phi": value, "ssb/epoch": float(epoch)}, step)
     sink.log_figure("ssb/heads/accuracy", fig, step)
-    sink.log_table("ssb/nodes", ["layer", "node", "learned_labels"], [[0, 1, "capital_of born_in"]], step)
-    sink.log_arrays({"blocks.0.attn.heads/node_accuracy": torch.full((2, 3), value)}, step)
+    sink.log_table("nodes", ["layer", "node", "learned_labels"], [[0, 1, "capital_of born_in"]], step)
+    sink.log_arrays({"blocks.0.attn.heads/shared/node/accuracy": torch.full((2, 3), value)}, step)
     sink.flush(step)
 
 
@@ -29,15 +32,26 @@ def test_disk_sink_layout_and_no_overwrite(tmp_path):
     _emit(sink, 0, 10, 0.75)  # the same epoch again (a re-run): kept beside, not over, the first
     assert sorted(os.listdir(tmp_path)) == ["epoch_000", "epoch_000-1", "reference"]
     ref = tmp_path / "reference"
-    assert sorted(os.listdir(ref)) == ["arrays.pt", "scalars.json", "ssb__heads__accuracy.png", "ssb__nodes.csv"]
+    assert sorted(os.listdir(ref)) == ["arrays.pt", "nodes.csv", "scalars.json", "ssb__heads__accuracy.png"]
     assert json.loads((ref / "scalars.json").read_text())["ssb/blocks.0.attn.heads/node/phi"] == 0.25
     assert json.loads((tmp_path / "epoch_000" / "scalars.json").read_text())["step"] == 10
     assert json.loads((tmp_path / "epoch_000-1" / "scalars.json").read_text())["ssb/blocks.0.attn.heads/node/phi"] == 0.75
     assert (ref / "ssb__heads__accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    rows = list(csv.reader(open(ref / "ssb__nodes.csv")))
+    rows = list(csv.reader(open(ref / "nodes.csv")))
     assert rows == [["layer", "node", "learned_labels"], ["0", "1", "capital_of born_in"]]
     arrays = torch.load(tmp_path / "epoch_000" / "arrays.pt")
-    assert torch.equal(arrays["blocks.0.attn.heads/node_accuracy"], torch.full((2, 3), 0.5))
+    assert torch.equal(arrays["blocks.0.attn.heads/shared/node/accuracy"], torch.full((2, 3), 0.5))
+    assert sink.has(0) and sink.has(-1) and not sink.has(1)
+
+
+def test_disk_sink_writes_over_an_incomplete_folder(tmp_path):
+    (tmp_path / "epoch_002").mkdir()  # a run stopped while writing: no scalars.json yet
+    (tmp_path / "epoch_002" / "arrays.pt").write_bytes(b"half")
+    sink = DiskSink(str(tmp_path))
+    assert not sink.has(2)
+    _emit(sink, 2, 30, 0.5)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_002"] and sink.has(2)
+    assert torch.load(tmp_path / "epoch_002" / "arrays.pt")["blocks.0.attn.heads/shared/node/accuracy"][0, 0] == 0.5
 
 
 def test_logger_sink_any_lightning_logger(tmp_path):
@@ -66,5 +80,49 @@ def test_wandb_sink_offline_files(tmp_path, monkeypatch):
     assert records.series("ssb/epoch") == [-1.0, 0.0]
     images = list((run_dir / "files" / "media" / "images" / "ssb" / "heads").glob("accuracy_*.png"))
     assert len(images) == 2
-    (table,) = list((run_dir / "files" / "media" / "table" / "ssb").glob("nodes_0_*.table.json"))
+    (table,) = list((run_dir / "files" / "media" / "table" / "ssb").glob("nodes_0_*.table.json"))  # ssb/nodes
     assert json.loads(table.read_text())["data"] == [[0, 1, "capital_of born_in"]]
+
+
+class Broken(Sink):
+    """A sink whose backend is down."""
+
+    name = "wandb"
+
+    @property
+    def where(self) -> str:
+        return "run abc123"
+
+    def flush(self, step: int) -> None:
+        raise ConnectionError("service unreachable")
+
+
+def test_a_failing_sink_costs_nothing_of_the_others_and_names_itself(tmp_path):
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    if os.access(readonly, os.W_OK):  # root ignores permission bits: a file where the folder must go
+        readonly.chmod(0o700)
+        readonly = tmp_path / "file"
+        readonly.write_text("not a folder")
+    good = DiskSink(str(tmp_path / "good"))
+    bad = DiskSink(str(readonly / "ssb"))
+    result = EpochResult(epoch=0, step=5, scalars={"ssb/epoch": 0.0}, arrays={"a": torch.ones(2)})
+    failed = write_all([bad, Broken(), good], result)
+    assert [s for s, _ in failed] == [bad, failed[1][0]] and isinstance(failed[1][0], Broken)
+    assert failed[0][1].startswith(f"the disk sink could not write {readonly / 'ssb' / 'epoch_000'}: ")
+    assert failed[1][1] == "the wandb sink could not write run abc123: ConnectionError: service unreachable"
+    assert json.loads((tmp_path / "good" / "epoch_000" / "scalars.json").read_text())["ssb/epoch"] == 0.0
+
+
+def test_disk_full_is_reported_with_the_folder(tmp_path, monkeypatch):
+    sink = DiskSink(str(tmp_path))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    ((s, message),) = write_all([sink], EpochResult(epoch=3, step=9, arrays={"a": torch.ones(1)}))
+    assert message == (f"the disk sink could not write {tmp_path / 'epoch_003'}: "
+                       "OSError: [Errno 28] No space left on device")
+    assert not sink.has(3)  # scalars.json (the completion mark) was never written

@@ -1,0 +1,74 @@
+"""What a resumed fit needs besides Lightning's own checkpoint state.
+
+- ``RNGState``: the random state of every generator (torch, numpy, python; CUDA when present) at
+  the moment a checkpoint is written, restored when a fit resumes from it. Masking, the shuffled
+  data order and dropout all draw from these, so a run resumed from an end-of-epoch checkpoint
+  draws exactly what the uninterrupted run drew. (Lightning restores weights, optimiser,
+  schedulers and loop counters, but not random state.) Under DDP the checkpoint holds rank 0's
+  state, which every rank gets back.
+- ``InterruptCheckpoint``: Ctrl-C, SIGTERM or an error mid-epoch writes ``interrupted.ckpt``
+  (the weights survive). It is not ``last.ckpt``: resuming from the middle of an epoch cannot
+  replay the rest of that epoch exactly, so ``--ckpt_path last`` keeps starting from the last
+  complete epoch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class RNGState(Callback):
+    """Save the random state with every checkpoint; restore it when a fit resumes."""
+
+    def __init__(self) -> None:
+        self._loaded: dict | None = None
+
+    def state_dict(self) -> dict:
+        # Lightning's own helpers (lightning.fabric.utilities.seed), the ones its process launcher uses;
+        # numpy's key array travels as a tensor, so the checkpoint still loads with weights_only=True
+        states = _collect_rng_states(include_cuda=True)
+        name, key, pos, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss)
+        return {"rng": states}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = state_dict.get("rng")
+        if self._loaded is not None:
+            name, key, pos, has_gauss, gauss = self._loaded["numpy"]
+            self._loaded["numpy"] = (name, key.numpy().astype(np.uint32), pos, has_gauss, gauss)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the last hook before the epoch's data loader is iterated (shuffling and masking draw there)
+        if self._loaded is not None:
+            _set_rng_states(self._loaded)
+            self._loaded = None
+
+
+class InterruptCheckpoint(Callback):
+    """On Ctrl-C, SIGTERM or an error during fit, save ``<dirpath>/interrupted.ckpt``.
+
+    Args:
+        dirpath: Folder of the checkpoint (the run's checkpoint folder).
+        filename: File name without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+        self.dirpath, self.filename = dirpath, filename
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.dirpath, f"{self.filename}.ckpt")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.path)
+        rank_zero_info(f"{type(exception).__name__} at global step {trainer.global_step}: weights saved in "
+                       f"{self.path}; --ckpt_path last resumes from the last complete epoch")
