@@ -84,7 +84,7 @@ def test_missing_pieces_become_notes_not_crashes(tmp_path):
     assert "epoch 0: arrays.pt unreadable" in notes
     assert "epoch 1: no meta.json" in notes
     assert "blocks.3.attn.heads, shared: no node label sets in epoch 2's arrays.pt" in notes
-    assert "blocks.3.output" not in notes  # its one "head" is the layer: no head matrix, and nothing missing
+    assert "single head" not in notes and "blocks.3.output, own" not in notes  # its one head is the layer
     assert not any(n.endswith("blocks.3.output__own__learned_head") for n in (f.name for f in book.figures))
     names = [f.name for f in book.figures]
     assert not any("crossover" in n for n in names)
