@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from lightning_ssb.results.keys import FAMILIES, PREFIX, ParsedKey, parse_key
+from lightning_ssb.results.keys import FAMILIES, PREFIX, ParsedKey, array_key, parse_key
 
 REFERENCE_EPOCH = -1
+BEST_ARRAYS = ("nodes", "accuracy", "confusion", "field")  # <site>/<family>/best/<name> in arrays.pt
 _EPOCH_DIR = re.compile(r"^(?:reference|epoch_(\d+))(?:-(\d+))?$")  # "-1", "-2": re-runs of an epoch
 
 
@@ -221,22 +222,23 @@ def _load_arrays(e: EpochResults) -> None:
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file is a note, not a crash
         e.notes.append(f"{e.name}: arrays.pt unreadable ({type(err).__name__}: {err})")
         return
-    best_names = ("nodes", "accuracy", "confusion", "field")
+    if not isinstance(raw, dict):
+        e.notes.append(f"{e.name}: arrays.pt holds a {type(raw).__name__}, not a dict of tensors")
+        return
     for k, v in raw.items():
         if not isinstance(v, torch.Tensor):
             continue
         try:  # array keys are scalar keys without the prefix (docs/RESULTS.md)
             e.arrays[Stat.of(parse_key(f"{PREFIX}/{k}"))] = v
-            continue
         except ValueError:
-            pass
-        # "<site>/<family>/best/<name>" has no granularity, so parse_key refuses it: match it
-        # against the names RESULTS.md gives instead of splitting it.
+            pass  # "<site>/<family>/best/<name>" has no granularity: looked up by array_key below
+    sites = {s.site for s in e.arrays} | set(e.meta.get("sites") or {})
+    for site in sites:
         for fam in FAMILIES:
-            for name in best_names:
-                suffix = f"/{fam}/best/{name}"
-                if k.endswith(suffix):
-                    e.best.setdefault((k[: -len(suffix)], fam), {})[name] = v
+            best = {name: raw[key] for name in BEST_ARRAYS
+                    if isinstance(raw.get(key := array_key(site, fam, "best", name)), torch.Tensor)}
+            if best:
+                e.best[(site, fam)] = best
 
 
 def _load_crossover(e: EpochResults) -> None:
