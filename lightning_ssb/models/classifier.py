@@ -68,8 +68,10 @@ class SequenceClassifier(BertTask):
                 raise ValueError(f"model.pretrained: {pretrained}: encoder weights do not fit "
                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         elif pretrained:
+            # from_pretrained returns eval mode and Lightning keeps module modes: without train() the
+            # fine-tuning would run with dropout off, unlike a model built here or from an MLM checkpoint
             self.model = BertForSequenceClassification.from_pretrained(
-                pretrained, num_labels=num_labels, attn_implementation=self._arch.attn_implementation)
+                pretrained, num_labels=num_labels, attn_implementation=self._arch.attn_implementation).train()
         else:
             self.model = BertForSequenceClassification(self._arch.to_config(num_labels=num_labels))
         self.save_hyperparameters({"num_labels": num_labels, "architecture": architecture_of(self.model),

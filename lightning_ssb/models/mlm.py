@@ -38,7 +38,8 @@ class MLMModule(BertTask):
         arch = as_architecture(architecture)
         if pretrained:
             check_pretrained_path(pretrained)
-            self.model = BertForMaskedLM.from_pretrained(pretrained, attn_implementation=arch.attn_implementation)
+            # train(): from_pretrained returns eval mode, which Lightning would keep (dropout off in training)
+            self.model = BertForMaskedLM.from_pretrained(pretrained, attn_implementation=arch.attn_implementation).train()
         else:
             self.model = BertForMaskedLM(arch.to_config())
         # the architecture actually built (from the checkpoint when pretrained) travels in hparams,
