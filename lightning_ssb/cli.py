@@ -3,7 +3,11 @@
 A ``LightningCLI`` whose model and data are chosen by ``class_path``, so that one CLI serves
 pre-training and fine-tuning. Additions to the stock CLI:
 - ``--config NAME`` finds a shipped config by bare name when no such file is in the working directory;
-- the resolved config is saved in the run folder and pushed to the W&B run's config;
+- one run per run folder (``run_folder.py``): a folder that holds a run is refused unless
+  ``--if_exists version|overwrite``; ``fit --ckpt_path last`` continues the folder's run (same
+  logger run id, so the same monitor results folder), or says in one line that there is none;
+- the resolved config is saved in the run folder, named by its run, and handed to the loggers;
+- callbacks with a ``check(model, datamodule)`` method are checked before any logger run exists;
 - a user error (bad path, bad key, malformed file, NaN loss) ends with one line, not a traceback
   (``LIGHTNING_SSB_DEBUG=1`` shows the traceback).
 """
@@ -15,11 +19,15 @@ import os
 import pydoc
 import re
 import sys
+import time
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+
+from lightning_ssb import run_folder
+from lightning_ssb.results.sinks import SinkError
+from lightning_ssb.run_folder import RunRecord
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_FLAGS = ("--config", "-c")
@@ -54,7 +62,13 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 
 class SaveAndLogConfig(SaveConfigCallback):
-    """Save the resolved config beside the run (never over an earlier run's) and push it to W&B."""
+    """Save the resolved config in the run folder, named by the run, and hand it to the loggers.
+
+    The first fit of a run writes ``config.yaml``, each resume ``config-resume-N.yaml``; every file
+    starts with a comment naming the run id, and ``run.json`` lists them. A logger with a
+    ``log_config(text, config)`` method (the W&B logger) stores it with the run; any other logger
+    gets the config as hyper-parameters.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["save_to_log_dir"] = False
@@ -63,44 +77,62 @@ class SaveAndLogConfig(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
         logger = trainer.logger
-        if isinstance(logger, _LightningWandbLogger):
-            run_files = Path(logger.experiment.dir)  # W&B uploads whatever lies here
-            (run_files / "lightning_config.yaml").write_text(text)
-            # the nested config as the W&B run config, so runs can be filtered by any option
-            logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+        if hasattr(logger, "log_config"):
+            logger.log_config(text, self.config.as_dict())
         elif logger is not None:
             logger.log_hyperparams(self.config.as_dict())
-        # not trainer.log_dir: it broadcasts, and this runs on rank 0 only
-        root = Path(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
+        record = next((cb for cb in trainer.callbacks if isinstance(cb, RunRecord)), None)
+        root = Path(record.folder if record else trainer.default_root_dir)
         root.mkdir(parents=True, exist_ok=True)
-        path = root / self.config_filename
-        n = 1
-        while path.exists():  # keep earlier runs' configs: config.yaml, config-1.yaml, ...
-            path = root / f"{path.stem.split('-')[0]}-{n}.yaml"
+        path, n = root / self.config_filename, 0
+        while path.exists():  # a resume of the same run: config-resume-1.yaml, -2, ...
             n += 1
-        path.write_text(text)
+            path = root / f"{Path(self.config_filename).stem}-resume-{n}.yaml"
+        run_id = record.record.get("run_id") if record else None
+        path.write_text(f"# lightning_ssb run {run_id}, {stage} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n" + text)
+        if record:
+            record.note(configs=[*record.record.get("configs", []), path.name])
 
 
 def summarize_parser_error(message: str) -> str:
-    """One line out of jsonargparse's nested report: the full dotted key and what is wrong with it."""
+    """One line out of jsonargparse's nested report: the full dotted key and what is wrong with it.
+
+    The same for a YAML file and the command line. jsonargparse (4.53) reports a bad value as
+    ``Parser key "k": ... - Expected a <class 'int'> ... Given value: abc`` and an unknown option of a
+    class_path object as ``Problem with given class_path 'C': unrecognized arguments: --x=1`` or
+    ``Option 'x' is not accepted``; tests/test_cli.py pins every form read here.
+    """
     keys: list[str] = []
     owner = ""
+    expected: list[str] = []
     for line in (raw.strip() for raw in message.splitlines()):
         if m := re.match(r'(?:error: )?Parser key "([^"]+)"', line):
             keys.append(m.group(1))
-        elif m := re.match(r"- Problem with given class_path '([^']+)'", line):
+        elif m := re.match(r"- Problem with given class_path '([^']+)':?\s*(.*)", line):
             owner = m.group(1)
             cls = pydoc.locate(owner)
+            if cls is None:
+                return f"key '{'.'.join(keys)}': class_path '{owner}' not found"
             if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
                 keys.append("init_args")  # a class_path object: its options live under init_args
         elif m := re.match(r"Option '([^']+)' is not accepted", line):
-            return f"unknown key '{'.'.join(keys + [m.group(1)])}'" + (f" (not an option of {owner})" if owner else "")
+            return _unknown(keys + [m.group(1)], owner)
+        elif (m := re.match(r"(?:error: )?unrecognized arguments: --([^=\s]+)", line)) and keys:
+            return _unknown(keys + [m.group(1)], owner)
         elif (m := re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", line)) and m.group(1) != "NoneType":
             return f"key '{'.'.join(keys)}': expected {m.group(1)}, got {m.group(2)}"
+        elif (m := re.match(r"- Expected a <class '([^']+)'>", line)) and m.group(1) != "NoneType":
+            expected.append(m.group(1))
+        elif (m := re.match(r"Given value: (.*)", line)) and expected and keys:
+            return f"key '{'.'.join(keys)}': expected {' or '.join(expected)}, got {m.group(1)}"
         elif "unrecognized arguments" in line or "does not exist" in line.lower():
             return line.removeprefix("error: ")
     first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
     return first.removeprefix("error: ")
+
+
+def _unknown(keys: list[str], owner: str) -> str:
+    return f"unknown key '{'.'.join(keys)}'" + (f" (not an option of {owner})" if owner else "")
 
 
 class SSBArgumentParser(LightningArgumentParser):
@@ -148,41 +180,76 @@ class SSBCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path: {ckpt_path}: no such file")
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--if_exists", choices=run_folder.IF_EXISTS, default="refuse",
+                            help="fit into a run folder that holds a run: refuse (default), overwrite it, or "
+                                 "version (write to the first free sibling <folder>-vN). --ckpt_path last resumes it.")
+
     def before_instantiate_classes(self) -> None:
         import torch
 
-        trainer = self.config[self.config.subcommand].trainer if self.config.get("subcommand") else self.config.trainer
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        trainer = cfg.trainer
         cuda = torch.cuda.is_available()
         precision, why = resolve_precision(trainer.get("precision"), trainer.get("accelerator"), cuda,
                                            cuda and torch.cuda.is_bf16_supported())
         if why:
             print(f"lightning_ssb: {why}", file=sys.stderr)
             trainer.precision = precision
+        self._run = None
+        if sub == "fit":
+            self._run = self._prepare_run_folder(cfg)
+
+    def _prepare_run_folder(self, cfg) -> dict:
+        """One run per folder: refuse, overwrite or version a folder that holds a run; resolve ``last``."""
+        folder = str(cfg.trainer.get("default_root_dir") or os.getcwd())
+        dirs = _checkpoint_dirs(cfg, folder)
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path == "last":
+            cfg.ckpt_path = ckpt_path = run_folder.find_last(dirs)
+        if ckpt_path:
+            return {"folder": folder, "resumed_from": ckpt_path, "run_id": _run_id_of(folder, ckpt_path)}
+        # under torchrun every rank parses; rank 0 alone judges the folder (the others could already
+        # see the run.json that rank 0 writes for this very run)
+        held = run_folder.held_run(folder, dirs) if int(os.environ.get("RANK", "0")) == 0 else None
+        if held and cfg.if_exists == "refuse":
+            raise ValueError(f"{folder} already holds {held}: resume it with --ckpt_path last, or pass "
+                             "--if_exists version (a new sibling folder) or --if_exists overwrite")
+        if held and cfg.if_exists == "overwrite":
+            run_folder.clear_run(folder, dirs)
+            print(f"lightning_ssb: {folder}: the earlier {held} was removed (--if_exists overwrite)", file=sys.stderr)
+        elif held:
+            new = run_folder.free_sibling(folder)
+            for key in ("trainer", "model", "data"):
+                run_folder.rebase(cfg[key], folder, new)
+            print(f"lightning_ssb: {folder} holds {held}; this run writes to {new}", file=sys.stderr)
+            folder = new
+            cfg.trainer.default_root_dir = new
+        return {"folder": folder, "resumed_from": None, "run_id": None}
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         bind = getattr(self.model, "bind_data", None)
         if callable(bind) and self.datamodule is not None:
             bind(self.datamodule)
+        if self._run is not None:
+            # first, so that run.json names the run before the config callback writes config.yaml
+            self.trainer.callbacks.insert(0, RunRecord(self._run["folder"], self._run["resumed_from"]))
+            for logger in self.trainer.loggers if self._run["run_id"] else []:
+                if callable(getattr(logger, "resume_run", None)):
+                    logger.resume_run(self._run["run_id"])  # the same W&B run, hence the same results folder
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        # close the W&B run when the subcommand ends, so its file is complete (also after an error:
-        # what was logged so far is kept, and the run is marked failed)
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            finish_wandb(self.trainer, exit_code=1)
-            raise
-        finish_wandb(self.trainer, exit_code=0)
-
-
-def finish_wandb(trainer: Trainer, exit_code: int) -> None:
-    for logger in trainer.loggers:
-        if isinstance(logger, _LightningWandbLogger) and logger._experiment is not None:
-            logger._experiment.finish(exit_code=exit_code)
+    def before_fit(self) -> None:
+        # checks of the callbacks' arguments against model and data, before any logger run is created
+        for callback in self.trainer.callbacks:
+            check = getattr(callback, "check", None)
+            if callable(check):
+                check(self.model, self.datamodule)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError,
+               PermissionError, SinkError)
 
 
 def one_line(err: Exception) -> str:
@@ -205,3 +272,25 @@ def main(args: list[str] | None = None) -> SSBCLI | None:
             raise
         print(f"lightning_ssb: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _checkpoint_dirs(cfg, folder: str) -> list[str]:
+    """The checkpoint folders a fit config names (``dirpath`` of each ModelCheckpoint), or ``<folder>/checkpoints``."""
+    dirs = []
+    for cb in cfg.trainer.get("callbacks") or []:
+        if str(cb.get("class_path", "")).endswith("ModelCheckpoint") and (cb.get("init_args") or {}).get("dirpath"):
+            dirs.append(str(cb["init_args"]["dirpath"]))
+    return dirs or [os.path.join(folder, "checkpoints")]
+
+
+def _run_id_of(folder: str, ckpt_path: str) -> str | None:
+    """The id of the run a resumed checkpoint belongs to: its own note, else the folder's record."""
+    import torch
+
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - a broken file is a user error with one line
+        raise ValueError(f"ckpt_path: {ckpt_path}: not a readable checkpoint ({type(err).__name__})") from None
+    noted = ckpt.get(run_folder.CHECKPOINT_KEY) or {}
+    record = run_folder.read_record(folder) or {}
+    return noted.get("run_id") or record.get("run_id")

@@ -76,6 +76,35 @@ def test_unknown_key_is_one_line_naming_it(tmp_path):
                      "(not an option of lightning_ssb.models.MLMModule) (see --help)"]
 
 
+@pytest.mark.parametrize("args, line", [
+    (["--trainer.max_epochs", "abc"], "key 'trainer.max_epochs': expected int, got abc"),
+    (["--data.init_args.batch_size", "x"], "key 'data.init_args.batch_size': expected int, got x"),
+    (["--model.init_args.optimiser.lr", "1"],
+     "unknown key 'model.init_args.optimiser.lr' (not an option of lightning_ssb.models.MLMModule)"),
+    (["--trainer.callbacks+", "lightning_ssb.callbacks.Nope"],
+     "key 'trainer.callbacks': class_path 'lightning_ssb.callbacks.Nope' not found"),
+])
+def test_command_line_errors_are_as_clear_as_yaml_ones(args, line, capsys, monkeypatch):
+    monkeypatch.delenv("LIGHTNING_SSB_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "quickstart_mlm.yaml", *args, "--print_config"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightning_ssb: error: {line} (see --help)"
+
+
+def test_monitor_argument_errors_come_before_any_wandb_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_info:  # layer 9 of a 6-layer model: known only with the model
+        main(["fit", "--config", "quickstart_mlm.yaml", "--data.init_args.num_articles", "64",
+              "--trainer.callbacks.layers", "[9]"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lightning_ssb: error: SSBMonitor.layers must be in 0..5, got [9]")
+    assert not list(tmp_path.rglob("offline-run-*")) and not list(tmp_path.rglob("run.json"))
+
+
 def test_parser_error_summaries():
     nested = ('Parser key "data":\n  Does not validate\n  Errors:\n'
               "    - Problem with given class_path 'lightning_ssb.data.FewRelDataModule':\n"
@@ -93,28 +122,6 @@ def test_missing_checkpoint_is_one_line(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == (
         "lightning_ssb: error: model.pretrained: runs/none/last.ckpt: no such file or directory")
-
-
-def test_wandb_record_reader_on_a_real_offline_run(tmp_path, monkeypatch):
-    """Values logged through the real W&B client come back from the offline run file."""
-    import wandb
-
-    from lightning_ssb.loggers import read_wandb_run
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    run = wandb.init(project="t", dir=str(tmp_path), config={"a": {"b": 3}, "lr": 0.5})
-    big = "x" * 40000  # one record longer than a 32 KiB block: split into first/middle/last chunks
-    for step in range(3):
-        run.log({"loss": 1.0 / (step + 1), "note": big if step == 1 else "s"})
-    run.finish()
-    folder = next((tmp_path / "wandb").glob("offline-run-*"))
-    rec = read_wandb_run(folder, wait=60)
-    assert rec.finished
-    assert rec.series("loss") == [1.0, 0.5, 1.0 / 3]
-    assert rec.series("note")[1] == big
-    assert rec.config["a"] == {"b": 3} and rec.config["lr"] == 0.5
-    assert rec.summary["loss"] == 1.0 / 3
 
 
 @pytest.mark.parametrize("precision, accelerator, cuda, bf16, expected", [

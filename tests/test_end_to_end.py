@@ -4,12 +4,16 @@ Each stage is a short fit of the shipped quick-start config (narrowed further fo
 W&B offline; the offline run file is read back and checked for the metrics and the config.
 """
 
+import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
-from lightning_ssb.cli import main
+from lightning_ssb.cli import main, resolve_config
 from lightning_ssb.loggers import read_wandb_run
 
 # 2 layers x 4 heads of 12 nodes: fast, still several heads and nodes per head for the monitor
@@ -23,12 +27,44 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("e2e")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # tokenised once for every run of this module
+
+
+@contextmanager
+def in_folder(folder: Path, cache: Path):
+    """Run the CLI in ``folder`` with offline W&B; the working directory and environment are restored."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("LIGHTNING_SSB_CACHE", str(cache))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _env(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(workdir / "cache"))
+def _env(workdir, cache):
+    with in_folder(workdir, cache):
+        yield
+
+
+def fast_monitor(folder: Path, name: str = "quickstart_mlm.yaml") -> str:
+    """An extra config: the shipped callbacks, with a monitor analysis small enough for a test
+    (two crossover sizes; one read-out family and no null where the analysis has them)."""
+    import dataclasses
+
+    from lightning_ssb.analysis import AnalysisConfig
+
+    shipped = yaml.safe_load(Path(resolve_config(name)).read_text())
+    callbacks = shipped["trainer"]["callbacks"]
+    monitor = next(c for c in callbacks if c["class_path"].endswith("SSBMonitor"))["init_args"]
+    names = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    monitor["analysis"].update(crossover_sizes=[1, 4], **{k: v for k, v in (("readout", "shared"), ("null", "off"))
+                                                          if k in names})
+    path = folder / f"fast_{name}"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return str(path)
 
 
 def only_run(save_dir: Path) -> Path:
@@ -40,7 +76,7 @@ def only_run(save_dir: Path) -> Path:
 def assert_monitor_logged(save: Path, run, epochs: int) -> None:
     """The quick-start monitor: the reference and one analysis per epoch, in W&B and on disk."""
     assert run.series("ssb/epoch") == [-1, *range(epochs)]
-    assert any(k.startswith("ssb/blocks.0.attn.heads/node/") for k in run.keys())
+    assert "ssb/blocks.0.attn.heads/shared/node/acc_mean" in run.keys()
     disk = [p for p in (save / "ssb").glob("*/*") if p.is_dir()]
     assert sorted(p.name for p in disk) == sorted(["reference", *(f"epoch_{e:03d}" for e in range(epochs))])
     for folder in disk:
@@ -52,15 +88,14 @@ def assert_loss_fell(series: list[float]) -> None:
     assert sum(series[-2:]) / 2 < series[0] - 0.05, series
 
 
-@pytest.fixture(scope="module")
-def mlm_stage(workdir):
-    import os
+MLM = ["fit", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
+       "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "2"]
 
-    os.chdir(workdir)
-    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", LIGHTNING_SSB_CACHE=str(workdir / "cache"))
-    cli = main(["fit", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
-                "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "2"])
-    return cli
+
+@pytest.fixture(scope="module")
+def mlm_stage(workdir, cache):
+    with in_folder(workdir, cache):
+        return main([*MLM, "--config", fast_monitor(workdir)])
 
 
 def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
@@ -84,7 +119,7 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
 
 def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
     cli = main(["fit", "--config", "quickstart_fewrel.yaml", *SMALL, "--trainer.max_epochs", "3",
-                "--trainer.log_every_n_steps", "4"])
+                "--trainer.log_every_n_steps", "4", "--config", fast_monitor(workdir, "quickstart_fewrel.yaml")])
     clf = cli.model
     # the architecture came from the checkpoint (the quick-start config names none); K from the data
     assert clf.model.config.hidden_size == 48 and clf.model.config.num_labels == 64
@@ -99,10 +134,7 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
     assert_monitor_logged(save, run, epochs=3)
 
 
-
 def test_validate_subcommand_restores_the_checkpoint(mlm_stage, workdir):
-    import torch
-
     ckpt = workdir / "runs/quickstart/mlm/checkpoints/last.ckpt"
     cli = main(["validate", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
                 "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.callbacks", "[]"])
@@ -117,3 +149,131 @@ def test_missing_ckpt_path_is_one_line(capsys):
         main(["validate", "--config", "quickstart_mlm.yaml", "--ckpt_path", "nothere.ckpt"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip() == "lightning_ssb: error: ckpt_path: nothere.ckpt: no such file"
+
+
+class InterruptAt(Callback):
+    """Ctrl-C in the middle of a fit: a KeyboardInterrupt after batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int = 1, batch: int = 3) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+NOT_COMPARED = {"ssb/analysis_seconds", "_runtime", "_timestamp", "_step"}  # wall-clock and W&B's own counters
+
+
+def same(a, b) -> bool:
+    """Equal, NaN (an undefined statistic) included."""
+    return a == b or (a != a and b != b)
+
+
+def by_step(runs) -> dict:
+    """``{(key, trainer/global_step): value}`` over the history rows of one or more W&B run files."""
+    out = {}
+    for run in runs:
+        for row in run.history:
+            step = row.get("trainer/global_step")
+            for key, value in row.items():
+                if key not in NOT_COMPARED and step is not None:
+                    out.setdefault((key, step), []).append(value)
+    return out
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_fit_equals_the_uninterrupted_run(mlm_stage, workdir, cache, tmp_path):
+    """Ctrl-C in epoch 2, then `fit --ckpt_path last`: the same W&B run id, the same results folder,
+    every epoch analysed once, and every logged value equal to the uninterrupted run of the same seed.
+
+    Equal means equal: the same process, the same deterministic CPU kernels, and the random state
+    (masking, data order, dropout) restored from the checkpoint. Only wall-clock keys are left out."""
+    import signal
+
+    with in_folder(tmp_path, cache):
+        handler = signal.getsignal(signal.SIGINT)
+        try:  # Lightning ignores further Ctrl-C after the first: give the handler back afterwards
+            with pytest.raises(SystemExit) as stopped:
+                main([*MLM, "--config", fast_monitor(tmp_path), "--trainer.callbacks+", f"{__name__}.InterruptAt"])
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        assert stopped.value.code == 1
+        save = tmp_path / "runs/quickstart/mlm"
+        record = json.loads((save / "run.json").read_text())
+        assert record["status"] == "interrupted"
+        interrupted = torch.load(save / "checkpoints/interrupted.ckpt", map_location="cpu", weights_only=False)
+        last = torch.load(save / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+        assert last["epoch"] == 0 and interrupted["global_step"] > last["global_step"]  # both kept
+        assert last["lightning_ssb_run"]["run_id"] == record["run_id"]
+        resumed = main([*MLM, "--config", fast_monitor(tmp_path), "--ckpt_path", "last"])
+        assert resumed.trainer.global_step == mlm_stage.trainer.global_step
+
+    runs = [read_wandb_run(p, wait=60) for p in sorted((save / "wandb").glob("offline-run-*"))]
+    assert len(runs) == 2 and {p.name.rsplit("-", 1)[1] for p in (save / "wandb").glob("offline-run-*")} == {
+        record["run_id"]}  # one W&B run id, continued (offline: two files that `wandb sync` joins)
+    assert json.loads((save / "run.json").read_text())["status"] == "finished"
+    assert sorted(p.name for p in (save / "ssb").iterdir()) == [record["run_id"]]  # one results folder
+    folders = sorted(p.name for p in (save / "ssb" / record["run_id"]).iterdir())
+    assert folders == ["epoch_000", "epoch_001", "reference"]  # nothing analysed twice or left out
+
+    reference = by_step([read_wandb_run(only_run(workdir / "runs/quickstart/mlm"), wait=60)])
+    got = by_step(runs)
+    assert got.keys() == reference.keys()
+    assert sum(1 for key, _ in got if key.startswith("ssb/blocks.")) > 100
+    media = {k.rsplit("/", 1)[0] + "/" for k, _ in reference if k.endswith("/_type")}  # images, tables
+    numbers = [(k, step) for k, step in reference if not any(k.startswith(m) for m in media)]
+    assert {k for k, _ in numbers} >= {"train/loss", "val/loss", "lr-AdamW/pg1", "ssb/epoch"}
+    for key_step in numbers:
+        # rows between last.ckpt and the Ctrl-C were logged by both parts, with the same values
+        values = got[key_step]
+        assert all(same(v, reference[key_step][0]) for v in values), (key_step, values, reference[key_step])
+    ref_root = next((workdir / "runs/quickstart/mlm/ssb").iterdir())
+    for folder in folders:
+        a = json.loads((ref_root / folder / "scalars.json").read_text())
+        b = json.loads((save / "ssb" / record["run_id"] / folder / "scalars.json").read_text())
+        assert a.keys() == b.keys()
+        assert all(same(a[k], b[k]) for k in a if k not in NOT_COMPARED), folder  # NaN is null on disk
+
+
+def test_resume_without_a_checkpoint_is_one_line(tmp_path, cache, capsys):
+    with in_folder(tmp_path, cache), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "quickstart_mlm.yaml", "--ckpt_path", "last"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "lightning_ssb: error: ckpt_path last: no last.ckpt in runs/quickstart/mlm/checkpoints: nothing to "
+        "resume (leave out --ckpt_path to start a new run)")
+    assert not (tmp_path / "runs").exists()  # no W&B run, no folder
+
+
+def test_a_second_run_into_a_finished_run_folder_is_refused(mlm_stage, workdir, capsys):
+    save = workdir / "runs/quickstart/mlm"
+    record = json.loads((save / "run.json").read_text())
+    assert record["status"] == "finished" and record["configs"] == ["config.yaml"]
+    before = sorted(p.name for p in save.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "quickstart_mlm.yaml"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"lightning_ssb: error: runs/quickstart/mlm already holds run {record['run_id']} (finished): resume it "
+        "with --ckpt_path last, or pass --if_exists version (a new sibling folder) or --if_exists overwrite")
+    assert sorted(p.name for p in save.rglob("*")) == before  # nothing written, no last-v1.ckpt
+
+
+def test_a_versioned_sibling_keeps_both_runs_apart(mlm_stage, workdir, capsys):
+    cli = main([*MLM, "--config", fast_monitor(workdir), "--if_exists", "version", "--trainer.max_steps", "1",
+                "--trainer.limit_val_batches", "1"])
+    assert "runs/quickstart/mlm holds run" in capsys.readouterr().err
+    first = json.loads((workdir / "runs/quickstart/mlm/run.json").read_text())
+    second = json.loads((workdir / "runs/quickstart/mlm-v1/run.json").read_text())
+    assert second["run_id"] != first["run_id"] and second["status"] == "finished"
+    assert cli.trainer.checkpoint_callback.dirpath == str(workdir / "runs/quickstart/mlm-v1/checkpoints")
+    assert only_run(workdir / "runs/quickstart/mlm-v1").name.endswith(second["run_id"])
+    config = (workdir / "runs/quickstart/mlm-v1/config.yaml").read_text()
+    assert config.startswith(f"# lightning_ssb run {second['run_id']},")
+    assert yaml.safe_load(config)["trainer"]["default_root_dir"] == "runs/quickstart/mlm-v1"
+    ckpt = torch.load(workdir / "runs/quickstart/mlm-v1/checkpoints/last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert ckpt["lightning_ssb_run"]["run_id"] == second["run_id"]
+    # the first run is untouched: stage 2 still reads the run its config names
+    assert json.loads((workdir / "runs/quickstart/mlm/run.json").read_text()) == first

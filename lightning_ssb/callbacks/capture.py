@@ -257,3 +257,20 @@ def join_chunks(chunks, names: list[str]) -> tuple[dict[str, torch.Tensor], torc
     """``({name: [N, H, d]}, labels [N])`` from chunks, in batch-index (single-process) order."""
     chunks = sorted(chunks, key=lambda c: c[0])
     return {n: torch.cat([c[1][n] for c in chunks]) for n in names}, torch.cat([c[2] for c in chunks])
+
+
+def capture_probe(model: nn.Module, probe, layers: list[int], sites: list[str], rank: int = 0, world: int = 1,
+                  device: torch.device | str = "cpu", autocast=None):
+    """Capture-and-gather of one analysed epoch: every rank captures its share of the probe batches
+    (one hook install per split), rank 0 gathers them back into the single-process order.
+
+    Returns ``(x_train {name: [N, H, d]}, y_train [N], x_test, y_test)`` on rank 0, None elsewhere.
+    """
+    parts = [capture_share(model, batches, layers, sites, rank, world, device, autocast)
+             for batches in (probe.train_batches, probe.test_batches)]
+    parts = gather_chunks(parts, rank, world) if world > 1 else [parts]
+    if rank != 0:
+        return None
+    names = snapshot_names(layers, sites)
+    (x_train, y_train), (x_test, y_test) = (join_chunks([c for p in parts for c in p[i]], names) for i in (0, 1))
+    return x_train, y_train, x_test, y_test

@@ -1,16 +1,12 @@
 """``SSBMonitor``: the nodal symmetry-breaking analysis of METHOD.md, live while BERT trains.
 
-This file holds only the Lightning hooks, the schedule and the resumable state. The parts:
-``callbacks/probe.py`` (the fixed probe set), ``callbacks/capture.py`` (hooks, DDP gather),
-``results/build.py`` (snapshot -> result, pure), ``results/sinks.py`` (W&B, disk, loggers).
-
-Timeline: ``on_train_start`` builds the probe set and analyses the *reference* (epoch -1, the
-weights before the first step); ``on_train_epoch_end`` of every ``every_n_epochs``-th epoch captures
-the probe (training waits only for this eval pass) and the analysis runs on a worker thread;
-finished results go to the sinks from the main thread at the next training batch.
-Resume: before an epoch is captured, the previous analysis is finished and logged, so a
-checkpoint (written after this hook) has at most its own epoch pending. A resumed run analyses
-that epoch again (its weights are the checkpoint's) unless a sink already stored it.
+Only the Lightning hooks, the schedule and the resumable state live here; the probe set is in
+``probe.py``, capture-and-gather in ``capture.py``, snapshot -> result in ``results/build.py``, the
+sinks in ``results/sinks.py``. The reference (epoch -1) is analysed at ``on_train_start``, every
+``every_n_epochs``-th epoch at its end (training waits for the capture only; the analysis runs on a
+worker thread and is logged from the main thread). Before an epoch is captured the previous result
+is logged, so a checkpoint has at most its own epoch pending; a resume analyses that epoch again
+(same weights) unless a sink stored it.
 """
 
 from __future__ import annotations
@@ -24,10 +20,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_ssb.analysis import AnalysisConfig
-from lightning_ssb.callbacks.capture import (SITES, capture_share, encoder_layers, gather_chunks, join_chunks,
-                                             snapshot_names)
+from lightning_ssb.callbacks.capture import SITES, capture_probe, encoder_layers
 from lightning_ssb.callbacks.custom import NodalAnalysis
-from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet, build_probe_set
+from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
 from lightning_ssb.results.sinks import Sink, SinkError, close_all, make_sinks, write_all
 
@@ -87,7 +82,7 @@ class SSBMonitor(Callback):
         self._unlogged: list[int] = []  # after a resume: captured before the checkpoint, never logged
         self._pending: list[Future] = []
         self._executor: ThreadPoolExecutor | None = None
-        self._task = self._rule = None
+        self._task: str | None = None
 
     def check(self, pl_module: pl.LightningModule, datamodule) -> None:
         """The arguments against the model and data (the CLI calls this before any run is created)."""
@@ -102,7 +97,7 @@ class SSBMonitor(Callback):
         if self.layers is not None and max(self.layers) >= num_layers:
             raise ValueError(f"SSBMonitor.layers must be in 0..{num_layers - 1}, got {self.layers}")
         self.layers = list(range(num_layers)) if self.layers is None else list(self.layers)
-        self._rule = self.probe_config.rule_for(self._task)
+        self.probe_config.rule_for(self._task)  # raises when the position rule does not fit the task
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -121,11 +116,7 @@ class SSBMonitor(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None:
-            c = self.probe_config
-            self.probe = build_probe_set(trainer.datamodule, task=self._task, position_rule=self._rule,
-                                         train_size=c.train_size, test_size=c.test_size, seed=c.seed,
-                                         batch_size=c.batch_size, top_k=c.top_k_tokens, state=self._probe_state)
-            self.probe.check()
+            self.probe = self.probe_config.build(trainer.datamodule, self._task, state=self._probe_state)
         if self.reference and trainer.global_step == 0 and REFERENCE_EPOCH not in self.captured:
             self._analyse_epoch(trainer, pl_module, REFERENCE_EPOCH)
         # after a resume: epochs captured before the checkpoint was written but never logged
@@ -140,16 +131,13 @@ class SSBMonitor(Callback):
                 warnings.warn(f"SSBMonitor: epoch {epoch} was captured but its result was never stored")
         self._unlogged = []
 
-    def _due(self, epoch: int) -> bool:
-        return (epoch + 1) % self.every_n_epochs == 0
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending and self._pending[0].done():
             self._drain(wait=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self._due(epoch) and epoch not in self.captured:
+        if (epoch + 1) % self.every_n_epochs == 0 and epoch not in self.captured:
             self._drain(wait=True)  # a checkpoint written after this hook has at most this epoch pending
             self._analyse_epoch(trainer, pl_module, epoch)
 
@@ -182,23 +170,16 @@ class SSBMonitor(Callback):
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         start = time.perf_counter()
         self.captured.append(epoch)
-        rank, world = trainer.global_rank, trainer.world_size
-        ctx, model = getattr(trainer.precision_plugin, "forward_context", None), pl_module.model  # never the DDP wrapper
-        parts = [capture_share(model, b, self.layers, self.sites, rank, world, pl_module.device, ctx)
-                 for b in (self.probe.train_batches, self.probe.test_batches)]
-        parts = gather_chunks(parts, rank, world) if world > 1 else [parts]
-        if trainer.is_global_zero:
-            names = snapshot_names(self.layers, self.sites)
-            (x_train, y_train), (x_test, y_test) = (join_chunks([c for p in parts for c in p[i]], names)
-                                                    for i in (0, 1))
-            snap = EpochSnapshot(epoch, trainer.global_step, x_train, x_test, y_train, y_test,
+        ctx = getattr(trainer.precision_plugin, "forward_context", None)
+        captured = capture_probe(pl_module.model, self.probe, self.layers, self.sites, trainer.global_rank,
+                                 trainer.world_size, pl_module.device, ctx)  # the HF model, never the DDP wrapper
+        if captured is not None:  # rank 0
+            snap = EpochSnapshot(epoch, trainer.global_step, *(captured[i] for i in (0, 2, 1, 3)),
                                  self.probe.num_classes, list(self.probe.label_names))
-            args = (snap, self.analysis, self.analyses, self.make_figures, self.make_table, self.prefix)
-            if self.background:
-                self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
-                self._pending.append(self._executor.submit(build_result, *args))
-            else:
-                self._pending.append(_run_now(build_result, *args))
+            self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
+            self._pending.append(self._executor.submit(build_result, snap, self.analysis, self.analyses,
+                                                       self.make_figures, self.make_table, self.prefix))
+            if not self.background:
                 self._drain(wait=True)
         self.blocking_seconds.append(time.perf_counter() - start)
 
@@ -228,15 +209,6 @@ class SSBMonitor(Callback):
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
         close_all(self.sinks)
-
-
-def _run_now(fn, *args) -> Future:
-    future: Future = Future()
-    try:
-        future.set_result(fn(*args))
-    except Exception as err:  # noqa: BLE001 - reported in _drain like a worker error
-        future.set_exception(err)
-    return future
 
 
 def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> None:

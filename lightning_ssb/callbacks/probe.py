@@ -55,6 +55,14 @@ class ProbeConfig:
         if self.position_rule not in ("auto", "cls", "head_entity", "masked"):
             raise ValueError(f"probe.position_rule must be auto, cls, head_entity or masked, got {self.position_rule!r}")
 
+    def build(self, datamodule, task: str, state: dict | None = None) -> "ProbeSet":
+        """The probe set of ``datamodule`` for ``task`` (``state``: rebuild a checkpoint's), checked."""
+        probe = build_probe_set(datamodule, task=task, position_rule=self.rule_for(task), train_size=self.train_size,
+                                test_size=self.test_size, seed=self.seed, batch_size=self.batch_size,
+                                top_k=self.top_k_tokens, state=state)
+        probe.check()
+        return probe
+
     def rule_for(self, task: str) -> str:
         """The position rule for ``task``; a ValueError when the rule does not fit it."""
         rule = self.position_rule if self.position_rule != "auto" else ("masked" if task == "mlm" else "cls")

@@ -96,6 +96,10 @@ def is_lightning_checkpoint(path: str | None) -> bool:
     return path is not None and str(path).endswith(".ckpt")
 
 
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                   "pytorch_model.bin.index.json")
+
+
 def check_pretrained_path(path: str) -> None:
     """Fail early, naming the path, when a local checkpoint path does not exist.
 
@@ -106,6 +110,12 @@ def check_pretrained_path(path: str) -> None:
     looks_local = p.suffix != "" or "/" in str(path) or str(path).startswith(".")
     if looks_local and not p.exists():
         raise FileNotFoundError(f"model.pretrained: {path}: no such file or directory")
+    if p.is_dir():  # a Hugging Face model folder needs its config and one of the weight files
+        weights = [w for w in HF_WEIGHT_FILES if (p / w).is_file()]
+        if not (p / "config.json").is_file() or not weights:
+            missing = "config.json" if not (p / "config.json").is_file() else " or ".join(HF_WEIGHT_FILES)
+            raise FileNotFoundError(f"model.pretrained: {path}: a folder without {missing} (expected a Hugging "
+                                    "Face model folder, or an MLM checkpoint .ckpt of this project)")
 
 
 def load_mlm_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -58,6 +58,13 @@ class BertTask(L.LightningModule):
     def _log_eval(self, stage: str) -> None:
         raise NotImplementedError
 
+    def configure_callbacks(self):
+        """Every fit of a BERT task keeps its random state in its checkpoints, so a resume draws the same
+        masks, data order and dropout as the uninterrupted run (see callbacks/resume.py)."""
+        from lightning_ssb.callbacks.resume import RNGState
+
+        return [RNGState()]
+
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
         total = total if math.isfinite(total) else 10_000

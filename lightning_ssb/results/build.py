@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_ssb.results import render
-from lightning_ssb.results.keys import PREFIX, array_key, custom_key, run_key, scalar_key
+from lightning_ssb.results.keys import PREFIX, custom_key, run_key, scalar_key
 
 
 @dataclass
@@ -58,71 +58,35 @@ class EpochResult:
     seconds: float = 0.0
 
 
-# today's SiteAnalysis.scalars() names -> (granularity, statistic) of docs/RESULTS.md
-_HULL = {"hull/labels_mean": "hull_labels", "hull/labels_all_mean": "hull_labels_all",
-         "hull/bound_mean": "hull_bound", "hull/tightness_mean": "hull_tightness"}
-_CLUSTER = {"count_mean": "cluster_count", "size_mean": "cluster_size", "noise_mean": "cluster_noise"}
-
-
-def _statistic(name: str) -> tuple[str, str]:
-    """``"node/phi"`` -> ``("node", "phi")``; ``"site/acc"``, ``"hull/..."``, ``"cluster/g/..."`` mapped."""
-    if name in _HULL:
-        return "node", _HULL[name]
-    parts = name.split("/")
-    if parts[0] == "cluster":
-        return parts[1], _CLUSTER.get(parts[2], f"cluster_{parts[2]}")
-    return parts[0], "/".join(parts[1:])
-
-
 def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX
                  ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, tuple[list[str], list[list]]]]:
     """The built-in analysis of every captured site: ``(scalars, arrays, tables)``.
 
     The one place that calls ``lightning_ssb.analysis`` for the monitor; ``config`` is the
-    ``AnalysisConfig`` of the monitor's ``analysis:`` group, passed through unchanged. Fills
-    ``snapshot.results`` (a ``SiteAnalysis`` per site, the shared family when there is one) for the
-    figures and the custom analyses.
+    ``AnalysisConfig`` of the monitor's ``analysis:`` group, passed through unchanged: every read-out
+    family it names, and the null (permuted labels) every epoch (``null: all``), before training only
+    (``reference``) or never (``off``). Fills ``snapshot.results`` (a ``SiteAnalysis`` per site, the
+    shared family when there is one) for the figures and the custom analyses.
     """
-    from lightning_ssb import analysis
+    from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
 
     scalars: dict[str, float] = {}
     arrays: dict[str, Tensor] = {}
+    families: dict[str, dict] = {}  # site -> {family: SiteAnalysis}, for the tables
     for name in snapshot.train:
-        args = (snapshot.train[name], snapshot.y_train, snapshot.test[name], snapshot.y_test, snapshot.num_classes)
-        if hasattr(analysis, "analyze_all"):  # every read-out family, and the null (permuted labels)
-            mode = getattr(config, "null", "off")
-            res = analysis.analyze_all(*args, config, null=mode == "all" or (mode == "reference" and snapshot.epoch < 0))
-            snapshot.results[name] = res.real.get("shared") or next(iter(res.real.values()))
-            for family, is_null, granularity, statistic, value in res.statistics():
-                scalars[scalar_key(name, family, granularity, statistic, is_null, prefix)] = float(value)
-            arrays.update({f"{name}/{key}": value for key, value in res.arrays().items()})
-        else:  # the analysis before issue #7: one shared read-out per site
-            site = analysis.analyze_site(*args, config)
-            snapshot.results[name] = site
-            for key, value in site.scalars().items():
-                scalars[scalar_key(name, "shared", *_statistic(key), prefix=prefix)] = float(value)
-            arrays.update(_old_arrays(name, site))
-    tables = {"nodes": render.node_table(snapshot)}
-    if any(site.crossover for site in snapshot.results.values()):
-        tables["crossover"] = render.crossover_table(snapshot)
+        mode = getattr(config, "null", "off")
+        res = analysis.analyze_all(snapshot.train[name], snapshot.y_train, snapshot.test[name], snapshot.y_test,
+                                   snapshot.num_classes, config,
+                                   null=mode == "all" or (mode == "reference" and snapshot.epoch < 0))
+        snapshot.results[name] = res.real.get("shared") or next(iter(res.real.values()))
+        families[name] = res.real
+        for family, is_null, granularity, statistic, value in res.statistics():
+            scalars[scalar_key(name, family, granularity, statistic, is_null, prefix)] = float(value)
+        arrays.update({f"{name}/{key}": value for key, value in res.arrays().items()})
+    tables = {"nodes": render.node_table(snapshot, families)}
+    if any(site.crossover for per_family in families.values() for site in per_family.values()):
+        tables["crossover"] = render.crossover_table(snapshot, families)
     return scalars, arrays, tables
-
-
-def _old_arrays(name: str, site) -> dict[str, Tensor]:
-    arrays = {array_key(name, "shared", "node", "accuracy"): site.node_accuracy.flatten(),
-              array_key(name, "shared", "node", "labels"): site.node_labels,
-              array_key(name, "shared", "node", "hull_labels"): site.hull_labels,
-              array_key(name, "shared", "node", "hull_bound"): site.hull_bound}
-    if site.head_accuracy is not None:
-        arrays[array_key(name, "shared", "head", "accuracy")] = site.head_accuracy
-        arrays[array_key(name, "shared", "head", "labels")] = site.head_labels
-    if site.best_nodes:
-        best = site.best_nodes
-        arrays[array_key(name, "shared", "best", "nodes")] = torch.tensor([b["node"] for b in best])
-        arrays[array_key(name, "shared", "best", "accuracy")] = torch.tensor([b["accuracy"] for b in best])
-        arrays[array_key(name, "shared", "best", "confusion")] = torch.stack([b["confusion"] for b in best])
-        arrays[array_key(name, "shared", "best", "field")] = torch.stack([b["field"] for b in best])
-    return arrays
 
 
 def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: bool = True,

@@ -23,22 +23,26 @@ def _names(mask: torch.Tensor, label_names: list[str]) -> str:
     return " ".join(label_names[i] for i in mask.nonzero().flatten().tolist())
 
 
-def node_table(snap: "EpochSnapshot") -> tuple[list[str], list[list]]:
-    """One row per node of every site: where it is, its accuracy, learned and hull labels (names), bound."""
-    rows = []
-    for name, site in snap.results.items():
-        acc = site.node_accuracy  # [H, d]
-        heads, d = acc.shape
-        learned = site.node_labels  # [D, K]
-        hull = site.hull_labels
-        bound = site.hull_bound
-        layer = _layer(name)
-        for n in range(heads * d):
-            rows.append([name, getattr(site, "family", "shared"), layer, n // d, n % d, round(float(acc.flatten()[n]), 5),
-                         _names(learned[n], snap.label_names), _names(hull[n], snap.label_names),
-                         round(float(bound[n]), 5)])
-    return TABLE_COLUMNS, rows
+def _analyses(snap: "EpochSnapshot", families: dict | None) -> list[tuple[str, str, object]]:
+    """``(site, family, SiteAnalysis)`` of every family when given (``{site: {family: analysis}}``),
+    else of ``snap.results``."""
+    if families is None:
+        return [(name, getattr(site, "family", "shared"), site) for name, site in snap.results.items()]
+    return [(name, family, site) for name, per_family in families.items() for family, site in per_family.items()]
 
+
+def node_table(snap: "EpochSnapshot", families: dict | None = None) -> tuple[list[str], list[list]]:
+    """One row per node of every site and family: where it is, its accuracy, learned and hull labels, bound."""
+    rows = []
+    for name, family, site in _analyses(snap, families):
+        acc = site.node_accuracy.flatten()  # [D]
+        d = site.node_accuracy.shape[-1] if site.node_accuracy.dim() == 2 else acc.numel() // site.num_heads
+        layer = _layer(name)
+        for n in range(acc.numel()):
+            rows.append([name, family, layer, n // d, n % d, round(float(acc[n]), 5),
+                         _names(site.node_labels[n], snap.label_names), _names(site.hull_labels[n], snap.label_names),
+                         round(float(site.hull_bound[n]), 5)])
+    return TABLE_COLUMNS, rows
 
 def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -> dict:
     """Heatmaps (heads: layers x heads; nodes: per site), best-node matrices and envelope, crossover."""
@@ -73,14 +77,12 @@ def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -
     return out
 
 
-def crossover_table(snap: "EpochSnapshot") -> tuple[list[str], list[list]]:
-    """The crossover rows of every site in one table: site, family, then the analysis' own columns."""
-    sites = [(name, site) for name, site in snap.results.items() if site.crossover]
-    columns = list(sites[0][1].crossover[0]) if sites else []
-    rows = [[name, getattr(site, "family", "shared")] + [row.get(c) for c in columns]
-            for name, site in sites for row in site.crossover]
+def crossover_table(snap: "EpochSnapshot", families: dict | None = None) -> tuple[list[str], list[list]]:
+    """The crossover rows of every site and family in one table: site, family, then the analysis' columns."""
+    sites = [(name, family, site) for name, family, site in _analyses(snap, families) if site.crossover]
+    columns = list(sites[0][2].crossover[0]) if sites else []
+    rows = [[name, family] + [row.get(c) for c in columns] for name, family, site in sites for row in site.crossover]
     return ["site", "family", *columns], rows
-
 
 def to_png(figure) -> bytes:
     """The PNG bytes of a figure (rendered once, cached on the figure)."""

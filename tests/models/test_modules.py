@@ -133,3 +133,14 @@ def test_vocabulary_that_does_not_match_the_model_stops_before_training(tmp_path
     with pytest.raises(ValueError, match="data.tokenizer has 30522 tokens but model vocab_size is 120"):
         trainer.fit(clf, datamodule=dm)
     assert trainer.global_step == 0
+
+
+def test_a_model_folder_without_weights_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        MLMModule(pretrained=str(tmp_path / "empty"))
+    assert str(err.value) == (f"model.pretrained: {tmp_path / 'empty'}: a folder without config.json (expected a "
+                              "Hugging Face model folder, or an MLM checkpoint .ckpt of this project)")
+    BertForMaskedLM(TINY.to_config()).config.save_pretrained(tmp_path / "config_only")  # config, no weights
+    with pytest.raises(FileNotFoundError, match="config_only: a folder without model.safetensors or pytorch_model.bin"):
+        SequenceClassifier(num_labels=3, pretrained=str(tmp_path / "config_only"))

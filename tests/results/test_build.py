@@ -1,0 +1,66 @@
+"""results/build.py without Lightning: a snapshot becomes the full, pinned set of logged keys."""
+
+import torch
+
+from lightning_ssb.analysis import AnalysisConfig, analyze_all
+from lightning_ssb.callbacks.custom import NodalAnalysis
+from lightning_ssb.results.build import EpochSnapshot, build_result
+from lightning_ssb.results.keys import parse_key
+
+SITE = "blocks.0.attn.heads"
+UNIT_STATS = ["acc_max", "acc_mean", "cluster_count", "cluster_noise", "cluster_size", "coverage", "live",
+              "live_fraction", "mean_labels", "overlap", "phi"]
+NODE_ONLY = ["hull_bound", "hull_labels", "hull_labels_all", "hull_tightness", "hull_violations"]
+
+# every key a run with one site (2 heads of 2 nodes), both families and the null logs: written out
+PINNED = sorted(
+    ["ssb/epoch", "ssb/analysis_seconds", f"ssb/{SITE}/shared/site/acc", "ssb/count_live/n"]
+    + [f"ssb/{SITE}/{family}{null}/{g}/{stat}"
+       for family in ("own", "shared") for null in ("", "/null")
+       for g, stats in (("node", UNIT_STATS + NODE_ONLY), ("head", UNIT_STATS)) for stat in stats])
+
+
+def snapshot(epoch=-1):
+    g = torch.Generator().manual_seed(0)
+    y_train, y_test = torch.arange(30) % 3, torch.arange(15) % 3
+    x_train, x_test = torch.randn(30, 2, 2, generator=g), torch.randn(15, 2, 2, generator=g)
+    x_train[:, 0, 0] += 3 * y_train  # node 0 of head 0 carries the label
+    x_test[:, 0, 0] += 3 * y_test
+    return EpochSnapshot(epoch, 7, {SITE: x_train}, {SITE: x_test}, y_train, y_test, 3, ["a", "b", "c"])
+
+
+class CountLive(NodalAnalysis):
+    def __init__(self):
+        super().__init__(name="count_live")
+
+    def analyze(self, snap):
+        return {"n": float(snap.results[SITE].node_labels.any(1).sum())}
+
+
+def test_the_full_key_list_of_a_tiny_run_is_pinned():
+    result = build_result(snapshot(), AnalysisConfig(crossover_sizes=[1, 2]), analyses=[CountLive()], figures=False)
+    assert sorted(result.scalars) == PINNED
+    assert len(PINNED) == 4 + 2 * 2 * (16 + 11)  # 112: never one key per node
+    for key in PINNED:
+        parse_key(key)  # the one parser reads every key back
+    assert result.scalars["ssb/epoch"] == -1.0
+    assert sorted(result.tables) == ["crossover", "nodes"]
+    assert result.meta["families"] == ["own", "shared"] and result.meta["null"] is True
+    assert result.meta["sites"] == {SITE: [2, 2]} and result.meta["step"] == 7
+
+
+def test_values_are_the_analysis_values_and_the_null_setting_is_honoured():
+    config = AnalysisConfig(crossover_sizes=[], null="reference")
+    snap = snapshot(epoch=3)  # not the reference: no null keys
+    result = build_result(snap, config, figures=False)
+    assert not any("/null/" in k for k in result.scalars) and result.meta["null"] is False
+    direct = analyze_all(snap.train[SITE], snap.y_train, snap.test[SITE], snap.y_test, 3, config, null=False)
+    for family, is_null, g, stat, value in direct.statistics():
+        logged = result.scalars[f"ssb/{SITE}/{family}/{g}/{stat}"]
+        assert logged == value or (logged != logged and value != value), (family, g, stat)
+    torch.testing.assert_close(result.arrays[f"{SITE}/shared/node/accuracy"],
+                               direct.real["shared"].node_accuracy.flatten())
+    own = result.arrays[f"{SITE}/own/node/accuracy"]  # node 0 carries the label (3 sigma apart): the best node
+    assert int(own.argmax()) == 0 and own[0] > 0.8 and own[1:].max() < 0.6
+    rows = result.tables["nodes"][1]
+    assert len(rows) == 2 * 4 and {r[1] for r in rows} == {"own", "shared"}  # one row per node and family
