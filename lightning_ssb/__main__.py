@@ -1,4 +1,4 @@
-"""``python -m lightning_ssb ...`` dispatches: ``report`` to the report, everything else to the Lightning CLI."""
+"""``python -m lightning_ssb ...`` dispatches: ``report`` and ``compare`` to the report package, everything else to the Lightning CLI."""
 
 import sys
 
@@ -7,6 +7,10 @@ if __name__ == "__main__":
         from lightning_ssb.report.cli import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["compare"]:  # disk results only, like the report
+        from lightning_ssb.report.cli import compare_main
+
+        sys.exit(compare_main(sys.argv[2:]))
     from lightning_ssb.cli import main
 
     main()

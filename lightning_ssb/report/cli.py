@@ -1,4 +1,5 @@
-"""``python -m lightning_ssb report RUN_DIR [RUN_DIR ...] [--out PATH]``."""
+"""``python -m lightning_ssb report RUN_DIR [RUN_DIR ...] [--out PATH]`` and
+``python -m lightning_ssb compare RUN_DIR RUN_DIR [...] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -30,4 +31,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lightning_ssb: error: {err}", file=sys.stderr)
         return 1
     print(f"report: {path}")
+    return 0
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lightning_ssb compare",
+        description="Compare runs that differ in the seed (METHOD.md 5, across seeds): per site, read-out family, "
+                    "granularity and epoch, every statistic side by side with its spread, and the identity and "
+                    "matched agreement of the units' learned label sets. Writes seeds.csv, agreement.csv and one "
+                    "figure per family (PNG, SVG); prints the last common epoch.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders (every ssb/<run id>/ below each is one run) or ssb/<run id>/ folders; "
+                        "two runs or more in all")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the tables and figures; default: compare/ in the folder the runs share")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="the epoch the printed table shows (-1: before training); default: the last common one")
+    return p
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    from lightning_ssb.report.seeds import format_table, summary_rows, write_comparison
+
+    args = compare_parser().parse_args(argv)
+    try:
+        cmp, out, figures = write_comparison(args.run_dirs, args.out)
+        if args.epoch is not None and args.epoch not in cmp.epochs:
+            raise NoResultsError(f"{args.run_dirs[0]}: epoch {args.epoch} is not analysed in every run "
+                                 f"(common: {cmp.epochs})")
+    except NoResultsError as err:
+        print(f"lightning_ssb: error: {err}", file=sys.stderr)
+        return 1
+    epoch = cmp.epochs[-1] if args.epoch is None else args.epoch
+    when = "before training" if epoch == -1 else "analyze" if epoch == -2 else f"epoch {epoch}"
+    print(f"{len(cmp.names)} runs ({', '.join(cmp.names)}), {when}: mean\u00b1std over runs; identity and "
+          f"matched agreement of the learned sets, mean over pairs")
+    print(format_table(*summary_rows(cmp, epoch)))
+    print(f"tables: {out / 'seeds.csv'}, {out / 'agreement.csv'}")
+    for fig in figures:
+        print(f"figure: {fig} (and .svg)")
     return 0

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.html import Book
 from lightning_ssb.report.load import RunResults
+from lightning_ssb.report.seeds import across_seeds  # several runs of the same sites and labels
 from lightning_ssb.results.keys import FAMILIES
 
 Section = Callable[[list[RunResults], Book], Optional[tuple[str, str]]]
@@ -139,7 +140,7 @@ def best_nodes(runs: list[RunResults], book: Book):
 
 
 SECTIONS: list[Section] = [overview, statistics, head_accuracy, learned_labels, crossover_section, hull_bound,
-                           best_nodes]
+                           best_nodes, across_seeds]
 
 
 def chance_text(runs: list[RunResults]) -> str:
