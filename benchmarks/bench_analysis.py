@@ -72,7 +72,7 @@ def bench_site(n_train: int) -> None:
     for family in ("shared", "own"):
         t0 = time.perf_counter()
         results[family] = analyze_site(x_train, y_train, x_test, y_test, 64, replace(quiet, readout=family),
-                                       readout=results.get("shared", None) and results["shared"].readout)
+                                       readout=results["shared"].readout if "shared" in results else None)
         times[f"{family} read-out fits + node/head statistics + hull"] = time.perf_counter() - t0
     xte = x_test.flatten(1)
     for family in ("shared", "own"):
@@ -80,7 +80,7 @@ def bench_site(n_train: int) -> None:
         t0 = time.perf_counter()
         rows = crossover(xte, y_test, r.readout, r.node_labels, 12, None, config.crossover_draws, config.seed,
                          config.ablation, config.theta, config.q, family, x_train.flatten(1), y_train,
-                         config.fit_settings(), config.crossover_max_train)
+                         config.fit_settings(own=family == "own"), config.crossover_max_train)
         times[f"{family} crossover ({len(rows)} sizes x {config.crossover_draws} draws, exact reachability)"] = \
             time.perf_counter() - t0
     g = torch.Generator().manual_seed(config.seed + 104729)

@@ -43,11 +43,11 @@ def test_own_family_is_each_units_own_fit(results):
     res, (xtr, ytr, xte, yte), cfg = results
     a = res.real["own"]
     x, xt = xte.flatten(1), xtr.flatten(1)
-    slope, intercept = fit_node_lines(xt, ytr, K, cfg.own_bins, cfg.fit_settings())
+    slope, intercept = fit_node_lines(xt, ytr, K, cfg.own_bins, cfg.fit_settings(own=True))
     brute = (x.T.unsqueeze(2) * slope.unsqueeze(1) + intercept.unsqueeze(1)).argmax(2)   # [D, N] argmax of K lines
     assert torch.equal(a.node_accuracy.flatten(), (brute == yte).double().mean(1))
     for h in range(H):
-        w, b = fit_groups(xt[:, h * D_HEAD:(h + 1) * D_HEAD], ytr, K, True, cfg.fit_settings())
+        w, b = fit_groups(xt[:, h * D_HEAD:(h + 1) * D_HEAD], ytr, K, True, cfg.fit_settings(own=True))
         acc = ((x[:, h * D_HEAD:(h + 1) * D_HEAD] @ w.T + b).argmax(1) == yte).double().mean()
         assert a.head_accuracy[h].item() == pytest.approx(acc.item(), abs=1.5 / len(yte))
     assert math.isnan(a.site_accuracy)
