@@ -11,6 +11,10 @@ if __name__ == "__main__":
         from lightning_ssb.report.cli import compare_main
 
         sys.exit(compare_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["seeds"]:  # one fit per seed into sibling run folders, then compare
+        from lightning_ssb.seeds import main as seeds_main
+
+        sys.exit(seeds_main(sys.argv[2:]))
     from lightning_ssb.cli import main
 
     main()
