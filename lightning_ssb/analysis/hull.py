@@ -90,6 +90,12 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
         raise ValueError("method 'qhull' answers for all x only (lo = hi = None)")
     k, m = w.shape
     out = torch.zeros(k, dtype=torch.bool)
+    if m == 1 and method == "lp":  # one node: its upper envelope is exact and needs no program
+        env = upper_envelope(w[:, 0].double(), b.double(),
+                             float(lo[0]) if box else -math.inf, float(hi[0]) if box else math.inf)
+        out[env.labels] = True
+        out[env.tie_labels] = True
+        return out
     points = torch.cat([w, b.unsqueeze(1)], 1).double().numpy()
     uniq, first = np.unique(points, axis=0, return_index=True)
     if len(uniq) == 1:
@@ -113,9 +119,15 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     if predicted is not None:
         pred_set = set(torch.as_tensor(predicted).nonzero().flatten().tolist())
         reach |= np.array([int(f) in pred_set for f in first])
-    # Winners at seeded random points: in the box uniform u; over all x, far points in random directions.
+    # Winners at seeded random points: in the box uniform u and its corners; over all x, random directions
+    # at radii from well inside to far beyond where the fields' constants and slopes balance.
     rng = np.random.default_rng(0)
-    pts = rng.random((_SAMPLES, m)) if box else rng.standard_normal((_SAMPLES, m)) * 1e3
+    if box:
+        pts = np.vstack([rng.random((_SAMPLES, m)), (rng.random((_SAMPLES // 4, m)) < 0.5).astype(float)])
+    else:
+        span = np.abs(c_u).max(initial=0.0) / max(np.abs(a_u).max(initial=0.0), 1e-300) or 1.0
+        radii = span * np.logspace(-2, 3, _SAMPLES)
+        pts = rng.standard_normal((_SAMPLES, m)) * radii[:, None]
     fields = pts @ a_u.T + c_u
     top = fields.max(1, keepdims=True)
     strict = (fields == top).sum(1) == 1
