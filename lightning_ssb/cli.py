@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_ssb import run_folder
+from lightning_ssb.analyze import ANALYZE_SUFFIX, SSBTrainer
 from lightning_ssb.results.sinks import SinkError
 from lightning_ssb.run_folder import RunRecord
 
@@ -167,10 +168,16 @@ class SSBCLI(LightningCLI):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", SaveAndLogConfig)
+        kwargs.setdefault("trainer_class", SSBTrainer)  # Lightning's Trainer plus analyze (lightning_ssb/analyze.py)
         kwargs.setdefault("parser_class", SSBArgumentParser)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          auto_configure_optimizers=False, load_from_checkpoint_support=False, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands plus ``analyze``, parsed like ``fit`` (SSBTrainer.analyze)."""
+        return {**LightningCLI.subcommands(), "analyze": {"model", "datamodule"}}
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path`` restores the state of the model the config builds; Lightning's default would
@@ -200,11 +207,31 @@ class SSBCLI(LightningCLI):
         self._run = None
         if sub == "fit":
             self._run = self._prepare_run_folder(cfg)
+        elif sub == "analyze":
+            self._run = self._prepare_analyze_folder(cfg)
 
-    def _prepare_run_folder(self, cfg) -> dict:
-        """One run per folder: refuse, overwrite or version a folder that holds a run; resolve ``last``."""
+    def _prepare_analyze_folder(self, cfg) -> dict:
+        """``analyze`` of the config whose run folder is F writes its own run to ``F_analyze`` (every path
+        of the config under F moves with it; one run per folder as for fit); ``--ckpt_path last`` is F's."""
+        folder = os.path.normpath(str(cfg.trainer.get("default_root_dir") or os.getcwd()))
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = run_folder.find_last(_checkpoint_dirs(cfg, folder))
+        new = folder + ANALYZE_SUFFIX
+        for key in ("trainer", "model", "data"):
+            run_folder.rebase(cfg[key], folder, new)
+        cfg.trainer.default_root_dir = new
+        cfg.ckpt_path = None  # not a resume: SSBTrainer.analyze loads the weights itself
+        try:
+            return self._prepare_run_folder(cfg, dirs=[])  # analyze writes no checkpoint: only run.json counts
+        finally:
+            cfg.ckpt_path = ckpt_path
+
+    def _prepare_run_folder(self, cfg, dirs: list[str] | None = None) -> dict:
+        """One run per folder: refuse, overwrite or version a folder that holds a run; resolve ``last``.
+        ``dirs``: the checkpoint folders that count (default: the config's)."""
         folder = str(cfg.trainer.get("default_root_dir") or os.getcwd())
-        dirs = _checkpoint_dirs(cfg, folder)
+        dirs = _checkpoint_dirs(cfg, folder) if dirs is None else dirs
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path == "last":
             cfg.ckpt_path = ckpt_path = run_folder.find_last(dirs)

@@ -108,7 +108,7 @@ def find_last(checkpoint_dirs: list[str]) -> str:
 
 
 class RunRecord(Callback):
-    """Keeps ``<folder>/run.json`` up to date during fit and names the run in every checkpoint.
+    """Keeps ``<folder>/run.json`` up to date during fit (and ``analyze``) and names the run in every checkpoint.
 
     Args:
         folder: the run folder.
@@ -120,7 +120,7 @@ class RunRecord(Callback):
         self.record: dict = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero:
+        if stage not in ("fit", "analyze") or not trainer.is_global_zero:
             return
         previous = read_record(self.folder) or {}
         run_id = getattr(trainer.logger, "version", None) if trainer.logger is not None else None

@@ -24,9 +24,7 @@ from lightning_ssb.callbacks.capture import SITES, capture_probe, encoder_layers
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
-from lightning_ssb.results.sinks import Sink, SinkError, close_all, make_sinks, write_all
-
-REFERENCE_EPOCH = -1
+from lightning_ssb.results.sinks import ANALYZE_EPOCH, REFERENCE_EPOCH, Sink, SinkError, close_all, make_sinks, write_all
 
 
 class SSBMonitor(Callback):
@@ -107,12 +105,41 @@ class SSBMonitor(Callback):
         missing = [a for a in ("train_dataset", "val_dataset", "collate_fn") if getattr(dm, a, None) is None]
         if missing:
             raise ValueError(f"SSBMonitor needs a data module with {missing} after setup('fit') (docs/ARCHITECTURE.md)")
+        self._open_sinks(trainer)
+
+    def _open_sinks(self, trainer: pl.Trainer) -> None:
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective call under DDP: every rank, here
         if trainer.is_global_zero:
             logger = trainer.logger
             shared = logger is not None and getattr(logger, "log_dir", None) is None and logger.version is not None
             self.dirpath = self.dirpath or os.path.join(log_dir, "ssb", *([str(logger.version)] if shared else []))
             self.sinks = make_sinks(self.sink_names, trainer.loggers, self.dirpath, self.prefix)
+
+    def analyze_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule,
+                     source: dict | None = None) -> EpochResult:
+        """Outside any fit: capture the probe once, analyse it and log it to the sinks as ``analyze/``
+        (epoch -2; ``python -m lightning_ssb analyze``, lightning_ssb/analyze.py). One process; the data
+        module must be set up. ``source`` (what was analysed, its epoch and step) goes into meta.json."""
+        self.check(pl_module, datamodule)
+        self._open_sinks(trainer)
+        self.probe = self.probe_config.build(datamodule, self._task)
+        source = dict(source or {})
+        try:
+            start = time.perf_counter()
+            ctx = getattr(trainer.precision_plugin, "forward_context", None)
+            x_train, y_train, x_test, y_test = capture_probe(pl_module.model, self.probe, self.layers, self.sites,
+                                                             device=pl_module.device, autocast=ctx)
+            self.blocking_seconds.append(time.perf_counter() - start)
+            snap = EpochSnapshot(ANALYZE_EPOCH, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
+                                 self.probe.num_classes, list(self.probe.label_names))
+            result = build_result(snap, self.analysis, self.analyses, self.make_figures, self.make_table, self.prefix)
+            result.meta["source"] = source
+            self._log(result)
+        finally:
+            close_all(self.sinks)
+        if self.failed:
+            raise SinkError("SSBMonitor: " + "; ".join(self.failed.values()))
+        return result
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None:

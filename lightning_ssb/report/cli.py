@@ -47,11 +47,13 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the tables and figures; default: compare/ in the folder the runs share")
     p.add_argument("--epoch", type=int, default=None,
-                   help="the epoch the printed table shows (-1: before training); default: the last common one")
+                   help="the epoch the printed table shows (-1: before training, -2: analyze); default: the last "
+                        "common one")
     return p
 
 
 def compare_main(argv: list[str] | None = None) -> int:
+    from lightning_ssb.report.load import epoch_label
     from lightning_ssb.report.seeds import format_table, summary_rows, write_comparison
 
     args = compare_parser().parse_args(argv)
@@ -64,7 +66,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         print(f"lightning_ssb: error: {err}", file=sys.stderr)
         return 1
     epoch = cmp.epochs[-1] if args.epoch is None else args.epoch
-    when = "before training" if epoch == -1 else "analyze" if epoch == -2 else f"epoch {epoch}"
+    when = epoch_label(epoch)
     print(f"{len(cmp.names)} runs ({', '.join(cmp.names)}), {when}: mean\u00b1std over runs; identity and "
           f"matched agreement of the learned sets, mean over pairs")
     print(format_table(*summary_rows(cmp, epoch)))

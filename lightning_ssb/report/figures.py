@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from lightning_ssb.report.load import REFERENCE_EPOCH, RunResults, Stat
+from lightning_ssb.report.load import ANALYZE_EPOCH, REFERENCE_EPOCH, RunResults, Stat, epoch_label
 from lightning_ssb.report.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
 
 # (statistic, panel title, y axis label, y range or None)
@@ -46,7 +46,8 @@ def epoch_ticks(ax, epochs: list[int]) -> None:
     if len(ticks) > 12:  # keep the reference, the last epoch and about ten between
         step = math.ceil(len(ticks) / 10)
         ticks = sorted(set(ticks[::step]) | {ticks[0], ticks[-1]})
-    ax.set_xticks(ticks, ["before\ntraining" if e == REFERENCE_EPOCH else str(e) for e in ticks])
+    ax.set_xticks(ticks, ["before\ntraining" if e == REFERENCE_EPOCH else "analyze" if e == ANALYZE_EPOCH else str(e)
+                          for e in ticks])
     ax.set_xlabel("epoch")
 
 
@@ -153,7 +154,7 @@ def head_accuracy_grid(run: RunResults, family: str, most_epochs: int = 6):
                 if not np.isnan(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if v < 0.6 * vmax else "black")
-        ax.set_title("before training" if epoch == REFERENCE_EPOCH else f"epoch {epoch}", fontsize=9)
+        ax.set_title(epoch_label(epoch), fontsize=9)
         ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
         ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
         ax.set_xlabel("head", fontsize=8)

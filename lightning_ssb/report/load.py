@@ -17,10 +17,14 @@ from pathlib import Path
 import torch
 
 from lightning_ssb.results.keys import FAMILIES, PREFIX, ParsedKey, array_key, parse_key
+from lightning_ssb.results.sinks import ANALYZE_EPOCH, REFERENCE_EPOCH  # reference/ and analyze/ (epoch_dirname)
 
-REFERENCE_EPOCH = -1
+def epoch_label(epoch: int) -> str:
+    """``before training`` (the reference, -1), ``analyze`` (a post-hoc analysis, -2) or ``epoch N``."""
+    return "analyze" if epoch == ANALYZE_EPOCH else "before training" if epoch < 0 else f"epoch {epoch}"
+
 BEST_ARRAYS = ("nodes", "accuracy", "confusion", "field")  # <site>/<family>/best/<name> in arrays.pt
-_EPOCH_DIR = re.compile(r"^(?:reference|epoch_(\d+))(?:-(\d+))?$")  # "-1", "-2": re-runs of an epoch
+_EPOCH_DIR = re.compile(r"^(?:reference|(analyze)|epoch_(\d+))(?:-(\d+))?$")  # "-1", "-2": re-runs of an epoch
 
 
 class NoResultsError(ValueError):
@@ -58,7 +62,7 @@ class EpochResults:
 
     @property
     def name(self) -> str:
-        return "before training" if self.epoch < 0 else f"epoch {self.epoch}"
+        return epoch_label(self.epoch)
 
 
 @dataclass
@@ -157,8 +161,8 @@ def _epoch_dirs(folder: Path) -> dict[int, Path]:
         m = _EPOCH_DIR.match(p.name)
         if not m or not p.is_dir():
             continue
-        epoch = REFERENCE_EPOCH if m.group(1) is None else int(m.group(1))
-        rerun = int(m.group(2) or 0)
+        epoch = ANALYZE_EPOCH if m.group(1) else REFERENCE_EPOCH if m.group(2) is None else int(m.group(2))
+        rerun = int(m.group(3) or 0)
         if epoch not in best or rerun > best[epoch][0]:
             best[epoch] = (rerun, p)
     return {e: p for e, (_, p) in sorted(best.items())}
@@ -280,7 +284,7 @@ def load_run(folder: Path) -> RunResults:
         e, prefix = load_epoch(path, epoch, prefix)
         epochs.append(e)
     run = RunResults(run_id=folder.name, folder=folder, epochs=epochs, prefix=prefix or PREFIX)
-    if REFERENCE_EPOCH not in dirs:
+    if REFERENCE_EPOCH not in dirs and ANALYZE_EPOCH not in dirs:  # analyze/ is a run of its own
         run.notes.append("no reference/ folder: the state before training is not shown")
     return run
 

@@ -41,7 +41,7 @@ def _has_null(run: RunResults) -> bool:
 def overview(runs: list[RunResults], book: Book):
     rows = []
     for run in runs:
-        epochs = ", ".join("before training" if e.epoch < 0 else str(e.epoch) for e in run.epochs)
+        epochs = ", ".join(str(e.epoch) if e.epoch >= 0 else e.name for e in run.epochs)
         null = _has_null(run)
         k = run.num_classes
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (

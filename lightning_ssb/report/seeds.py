@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_ssb.report.load import NoResultsError, RunResults, Stat, load_runs
+from lightning_ssb.report.load import NoResultsError, RunResults, Stat, epoch_label, load_runs
 from lightning_ssb.report.plots import new_figure
 
 # the statistics the printed table and the figure show (the CSV has every one the runs logged)
@@ -223,7 +223,7 @@ def agreement_figure(cmp: SeedComparison, family: str, epoch: int | None = None)
             a.grid(alpha=0.3, axis="y")
     axes[0][0].legend(fontsize=7, title="run", title_fontsize=7)
     axes[0][2].legend(fontsize=7, loc="upper left")
-    when = "before training" if epoch == -1 else "analyze" if epoch == -2 else f"epoch {epoch}"
+    when = epoch_label(epoch)
     fig.suptitle(f"Across {len(cmp.names)} seeds, {family} read-out, {when}: the statistics agree; a spontaneous "
                  f"breaking shows identity agreement below matched agreement", fontsize=10)
     return fig, data
@@ -286,7 +286,7 @@ def across_seeds(runs: list[RunResults], book):
         return "Across seeds", book.note(f"No comparison across seeds: {err}.")
     header, rows = summary_rows(cmp)
     epoch = cmp.epochs[-1]
-    when = "before training" if epoch == -1 else "analyze" if epoch == -2 else f"epoch {epoch}"
+    when = epoch_label(epoch)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>\n")
     intro = (f"<p>{len(runs)} runs ({html.escape(', '.join(cmp.names))}), {when}. Statistics: mean \u00b1 sample "

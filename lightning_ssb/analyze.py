@@ -1,0 +1,102 @@
+"""``python -m lightning_ssb analyze --config X.yaml --ckpt_path C`` (or ``--model.init_args.pretrained P``):
+the monitor's analysis of one model, without training.
+
+``SSBTrainer`` is Lightning's ``Trainer`` plus an ``analyze`` method, which LightningCLI turns into a
+subcommand parsed like ``fit`` (the same model, data, trainer and callbacks from the same YAML). It
+loads the checkpoint's weights into the model the config builds (either stage; a classifier config also
+takes an MLM checkpoint or a Hugging Face folder through ``pretrained``), sets up the data, and asks
+the config's ``SSBMonitor`` for one analysis, written like an epoch of ``fit`` to the same sinks (disk
+``ssb/<run id>/analyze/``, the W&B run, other loggers), so that ``report`` and ``compare`` read it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.run_folder import RunRecord
+
+ANALYZE_SUFFIX = "_analyze"  # an analysis of the run folder F writes to F_analyze (F itself holds the fit's run)
+
+
+def load_weights(model: LightningModule, ckpt_path: str) -> dict:
+    """Load a Lightning checkpoint's weights into ``model``; returns what it was (task, epoch, step).
+    A checkpoint of another task or shape is a ValueError naming the file."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a broken file is a user error with one line
+        raise ValueError(f"ckpt_path: {ckpt_path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"ckpt_path: {ckpt_path}: not a Lightning checkpoint (no state_dict)")
+    task = (ckpt.get("hyper_parameters") or {}).get("task")
+    ours = getattr(model, "task", None)
+    if task and ours and task != ours:
+        raise ValueError(f"ckpt_path: {ckpt_path}: a checkpoint of task {task!r}, but the config builds a "
+                         f"{type(model).__name__} (task {ours!r}): use the config that trained it, or give an MLM "
+                         f"checkpoint to a classifier as --model.init_args.pretrained")
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"ckpt_path: {ckpt_path}: its weights do not fit the model the config builds "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}): use the config that trained it")
+    return {"ckpt_path": str(Path(ckpt_path).resolve()), "task": task, "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step")}
+
+
+class SSBTrainer(Trainer):
+    """Lightning's Trainer with an ``analyze`` method (the CLI's ``analyze`` subcommand)."""
+
+    def analyze(self, model: LightningModule, datamodule: LightningDataModule | None = None,
+                ckpt_path: str | None = None) -> dict:
+        """Analyse a checkpoint or a pre-trained model once with the config's SSBMonitor (no training).
+
+        Args:
+            model: The model the config builds (from ``pretrained`` when given).
+            datamodule: The data the probe is drawn from (set up here with stage ``fit``).
+            ckpt_path: A Lightning checkpoint of either stage whose weights are analysed; without it
+                the model as built (``--model.init_args.pretrained``: a Hugging Face folder or hub id,
+                or an MLM checkpoint for a classifier).
+
+        Returns the scalars that were logged.
+        """
+        monitor = next((cb for cb in self.callbacks if isinstance(cb, SSBMonitor)), None)
+        if monitor is None:
+            raise ValueError("analyze: the config has no lightning_ssb.callbacks.SSBMonitor in trainer.callbacks")
+        if datamodule is None:
+            raise ValueError("analyze: the config has no data module (data:) to draw the probe from")
+        if self.world_size > 1:
+            raise ValueError("analyze runs in one process: use --trainer.devices 1 (and no torchrun)")
+        pretrained = getattr(model, "hparams", {}).get("pretrained")
+        source = load_weights(model, ckpt_path) if ckpt_path else {
+            "pretrained": pretrained, "task": getattr(model, "task", None), "epoch": None, "global_step": None}
+        if not ckpt_path and not pretrained:
+            source["note"] = "randomly initialised (neither ckpt_path nor model.init_args.pretrained)"
+        monitor.check(model, datamodule)  # before any W&B run exists
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        model.trainer = self
+        self.strategy.connect(model)
+        model.to(self.strategy.root_device)
+        for logger in self.loggers:  # the W&B run first, as fit does: its id names the run and its results folder
+            getattr(logger, "experiment", None)
+        started = time.perf_counter()
+        status = "failed"
+        try:
+            for cb in self.callbacks:  # the run record and the config file, as in fit
+                if isinstance(cb, RunRecord) or hasattr(cb, "save_config"):
+                    cb.setup(self, model, "analyze")
+            result = monitor.analyze_once(self, model, datamodule, source)
+            status = "success"
+        finally:
+            for logger in self.loggers:
+                logger.finalize(status)
+            for cb in self.callbacks:
+                if isinstance(cb, RunRecord):
+                    cb.note(status="finished" if status == "success" else "failed", analyzed=source,
+                            seconds=round(time.perf_counter() - started, 1))
+        print(f"lightning_ssb analyze: {monitor.dirpath}/analyze ({len(result.scalars)} scalars, "
+              f"{time.perf_counter() - started:.1f} s)")
+        return result.scalars
