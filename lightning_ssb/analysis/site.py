@@ -46,9 +46,9 @@ class AnalysisConfig:
     q: float | None = 0.05
     """False discovery rate of the binomial test of learned labels (Benjamini-Hochberg over the site's
     (unit, label) pairs); null switches the test off (noise then passes)."""
-    null: Literal["all", "reference", "off"] = "all"
+    null_mode: Literal["all", "reference", "off"] = "all"
     """Run the null (permuted probe labels) every analysis ("all"), only before training
-    ("reference"), or never ("off")."""
+    ("reference"), or never ("off"). (Not called `null`: YAML reads that key as None.)"""
     tau: float = 0.3
     """Threshold on the max-normalised field matrix that makes the 0/1 cluster matrix B_u."""
     l2: float = DEFAULT_L2
@@ -87,8 +87,8 @@ class AnalysisConfig:
         check_ablation(self.ablation)
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        if self.null not in NULL_MODES:
-            raise ValueError(f"null must be one of {NULL_MODES}, got {self.null!r}")
+        if self.null_mode not in NULL_MODES:
+            raise ValueError(f"null_mode must be one of {NULL_MODES}, got {self.null_mode!r}")
         self.granularities = tuple(self.granularities)
         bad = [g for g in self.granularities if g not in GRANULARITIES]
         if bad or not self.granularities:
@@ -334,7 +334,7 @@ def permuted(y: Tensor, gen: torch.Generator) -> Tensor:
 def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
                 config: AnalysisConfig = AnalysisConfig(), null: bool | None = None) -> SiteResults:
     """Every family of `config.families()` on the real labels and, when `null` (default: unless
-    config.null is "off"), on labels permuted with a seeded draw in both splits (METHOD.md 5). The null
+    config.null_mode is "off"), on labels permuted with a seeded draw in both splits (METHOD.md 5). The null
     skips the crossover and the best-node matrices: it is the level of the statistics, not a figure."""
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes)
     from dataclasses import replace
@@ -346,7 +346,7 @@ def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
                                     readout=shared)
         shared = real[family].readout if family == "shared" else shared
     real = {f: real[f] for f in config.families()}
-    if config.null != "off" if null is None else null:
+    if config.null_mode != "off" if null is None else null:
         gen = torch.Generator().manual_seed(config.seed + 104729)  # a stream apart from the other draws
         ytr, yte = permuted(y_train, gen), permuted(y_test, gen)
         quiet = replace(config, crossover_sizes=[], top_nodes=0)

@@ -64,7 +64,7 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX
 
     The one place that calls ``lightning_ssb.analysis`` for the monitor; ``config`` is the
     ``AnalysisConfig`` of the monitor's ``analysis:`` group, passed through unchanged: every read-out
-    family it names, and the null (permuted labels) every epoch (``null: all``), before training only
+    family it names, and the null (permuted labels) every epoch (``null_mode: all``), before training only
     (``reference``) or never (``off``). Fills ``snapshot.results`` (a ``SiteAnalysis`` per site, the
     shared family when there is one) for the figures and the custom analyses.
     """
@@ -74,7 +74,7 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX
     arrays: dict[str, Tensor] = {}
     families: dict[str, dict] = {}  # site -> {family: SiteAnalysis}, for the tables
     for name in snapshot.train:
-        mode = getattr(config, "null", "off")
+        mode = getattr(config, "null_mode", "off")
         res = analysis.analyze_all(snapshot.train[name], snapshot.y_train, snapshot.test[name], snapshot.y_test,
                                    snapshot.num_classes, config,
                                    null=mode == "all" or (mode == "reference" and snapshot.epoch < 0))

@@ -134,7 +134,7 @@ def test_bad_input_and_config_name_the_argument():
     with pytest.raises(ValueError, match="analyze_site analyses one read-out family"):
         analyze_site(xtr, ytr, xte, yte, K, AnalysisConfig())
     for bad, key in [(dict(granularities=("layer",)), "granularities"), (dict(ablation="noise"), "ablation"),
-                     (dict(readout="all"), "readout"), (dict(q=1.5), "q must"), (dict(null="some"), "null"),
+                     (dict(readout="all"), "readout"), (dict(q=1.5), "q must"), (dict(null_mode="some"), "null_mode"),
                      (dict(own_bins=1), "own_bins"), (dict(l2=-1.0), "l2"), (dict(crossover_sizes=[0]), "crossover")]:
         with pytest.raises(ValueError, match=key):
             AnalysisConfig(**bad)
