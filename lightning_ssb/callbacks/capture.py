@@ -244,13 +244,13 @@ def capture_share(model: nn.Module, batches: Sequence, layers: list[int], sites:
     return [(index, {name: parts[j] for name, parts in split.items()}, y[j]) for j, index in enumerate(indices)]
 
 
-def gather_chunks(chunks, rank: int, world: int):
-    """Rank 0 receives every rank's chunks (any picklable list) and gets all of them; the others get theirs."""
+def gather_to_zero(obj, rank: int, world: int) -> list:
+    """Every rank's ``obj`` (picklable), one entry per rank, on rank 0; ``[obj]`` on the others."""
     if world == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return chunks
+        return [obj]
     gathered = [None] * world if rank == 0 else None
-    torch.distributed.gather_object(chunks, gathered, dst=0)
-    return [c for part in gathered for c in part] if rank == 0 else chunks
+    torch.distributed.gather_object(obj, gathered, dst=0)
+    return gathered if rank == 0 else [obj]
 
 
 def join_chunks(chunks, names: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -268,7 +268,7 @@ def capture_probe(model: nn.Module, probe, layers: list[int], sites: list[str], 
     """
     parts = [capture_share(model, batches, layers, sites, rank, world, device, autocast)
              for batches in (probe.train_batches, probe.test_batches)]
-    parts = gather_chunks(parts, rank, world) if world > 1 else [parts]
+    parts = gather_to_zero(parts, rank, world)  # rank 0: [[train chunks, test chunks] of each rank]
     if rank != 0:
         return None
     names = snapshot_names(layers, sites)

@@ -7,7 +7,7 @@
   schedulers and loop counters, but not random state.) Under DDP the checkpoint holds rank 0's
   state, which every rank gets back.
 - ``InterruptCheckpoint``: Ctrl-C, SIGTERM or an error mid-epoch writes ``interrupted.ckpt``
-  (the weights survive). It is not ``last.ckpt``: resuming from the middle of an epoch cannot
+  (the weights survive; single-process runs only, see ``on_exception``). It is not ``last.ckpt``: resuming from the middle of an epoch cannot
   replay the rest of that epoch exactly, so ``--ckpt_path last`` keeps starting from the last
   complete epoch.
 """
@@ -61,7 +61,9 @@ class InterruptCheckpoint(Callback):
         return os.path.join(self.dirpath, f"{self.filename}.ckpt")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
+        # saving is a collective under DDP, and an error on one rank leaves the others elsewhere: a
+        # save there would hang every rank, so only a single process writes interrupted.ckpt
+        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.world_size > 1:
             return
         trainer.save_checkpoint(self.path)
         rank_zero_info(f"{type(exception).__name__} at global step {trainer.global_step}: weights saved in "
