@@ -60,7 +60,7 @@ def fast_monitor(folder: Path, name: str = "quickstart_mlm.yaml") -> str:
     callbacks = shipped["trainer"]["callbacks"]
     monitor = next(c for c in callbacks if c["class_path"].endswith("SSBMonitor"))["init_args"]
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    monitor["analysis"].update(crossover_sizes=[1, 4], **{k: v for k, v in (("readout", "shared"), ("null", "off"))
+    monitor["analysis"].update(crossover_sizes=[1, 4], **{k: v for k, v in (("readout", "shared"), ("null_mode", "off"))
                                                           if k in names})
     path = folder / f"fast_{name}"
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))

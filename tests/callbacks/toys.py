@@ -165,5 +165,5 @@ def fast_analysis(**overrides):
     from lightning_ssb.analysis import AnalysisConfig
 
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    quick = {k: v for k, v in {"readout": "shared", "null": "off"}.items() if k in names}
+    quick = {k: v for k, v in {"readout": "shared", "null_mode": "off"}.items() if k in names}
     return AnalysisConfig(**{**quick, **overrides})

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,6 +42,7 @@ def test_resume_run_continues_the_same_id_offline(quiet, tmp_path, monkeypatch):
     first.log_metrics({"loss": 2.0}, step=1)
     run_id = first.version
     first.finalize("failed")  # interrupted: the run is finished with exit code 1, its file complete
+    time.sleep(1.1)  # offline run folders are named by the second they start in, plus the id
     second = WandbLogger(save_dir=str(tmp_path))
     second.resume_run(run_id)
     second.log_metrics({"loss": 1.0}, step=2)

@@ -50,7 +50,7 @@ def test_the_full_key_list_of_a_tiny_run_is_pinned():
 
 
 def test_values_are_the_analysis_values_and_the_null_setting_is_honoured():
-    config = AnalysisConfig(crossover_sizes=[], null="reference")
+    config = AnalysisConfig(crossover_sizes=[], null_mode="reference")
     snap = snapshot(epoch=3)  # not the reference: no null keys
     result = build_result(snap, config, figures=False)
     assert not any("/null/" in k for k in result.scalars) and result.meta["null"] is False
