@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 DEFAULT_L2 = 1e-3        # shared read-out of a whole site
-DEFAULT_OWN_L2 = 0.1     # own read-outs of single units (see AnalysisConfig.own_l2)
+DEFAULT_OWN_L2 = 0.15    # own read-outs of single units (see AnalysisConfig.own_l2)
 DEFAULT_MAX_ITER = 100
 DEFAULT_CONST_TOL = 1e-4
 
