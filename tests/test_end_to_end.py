@@ -98,6 +98,7 @@ def mlm_stage(workdir, cache):
         return main([*MLM, "--config", fast_monitor(workdir)])
 
 
+@pytest.mark.slow
 def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     save = workdir / "runs/quickstart/mlm"
     assert (save / "checkpoints/last.ckpt").is_file()
@@ -117,6 +118,7 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     assert_monitor_logged(save, run, epochs=2)
 
 
+@pytest.mark.slow  # needs the MLM fit of the mlm_stage fixture
 def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
     cli = main(["fit", "--config", "quickstart_fewrel.yaml", *SMALL, "--trainer.max_epochs", "3",
                 "--trainer.log_every_n_steps", "4", "--config", fast_monitor(workdir, "quickstart_fewrel.yaml")])
@@ -134,6 +136,7 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
     assert_monitor_logged(save, run, epochs=3)
 
 
+@pytest.mark.slow  # needs the MLM fit of the mlm_stage fixture
 def test_validate_subcommand_restores_the_checkpoint(mlm_stage, workdir):
     ckpt = workdir / "runs/quickstart/mlm/checkpoints/last.ckpt"
     cli = main(["validate", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
@@ -246,6 +249,7 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path, cache, capsys):
     assert not (tmp_path / "runs").exists()  # no W&B run, no folder
 
 
+@pytest.mark.slow  # needs the MLM fit of the mlm_stage fixture
 def test_a_second_run_into_a_finished_run_folder_is_refused(mlm_stage, workdir, capsys):
     save = workdir / "runs/quickstart/mlm"
     record = json.loads((save / "run.json").read_text())
@@ -260,6 +264,7 @@ def test_a_second_run_into_a_finished_run_folder_is_refused(mlm_stage, workdir, 
     assert sorted(p.name for p in save.rglob("*")) == before  # nothing written, no last-v1.ckpt
 
 
+@pytest.mark.slow  # needs the MLM fit of the mlm_stage fixture
 def test_a_versioned_sibling_keeps_both_runs_apart(mlm_stage, workdir, capsys):
     cli = main([*MLM, "--config", fast_monitor(workdir), "--if_exists", "version", "--trainer.max_steps", "1",
                 "--trainer.limit_val_batches", "1"])
