@@ -89,14 +89,16 @@ def planted(n_per, k, h, d, seed, sigma=2.5):
 def test_planted_structure_is_recovered_and_permuted_labels_show_nothing():
     k, h, d = 8, 4, 6
     (xtr, ytr), (xte, yte) = planted(150, k, h, d, 0), planted(60, k, h, d, 1)
-    cfg = AnalysisConfig(readout="own", crossover_sizes=[])
-    a = analyze_site(xtr, ytr, xte, yte, k, cfg)
+    res = analyze_all(xtr, ytr, xte, yte, k, AnalysisConfig(crossover_sizes=[]))   # the defaults, null on
+    a = res.real["own"]
     truth = torch.zeros(h * d, k, dtype=torch.bool)
     truth[torch.arange(h * d), torch.arange(h * d) % k] = True
     assert (a.node_labels == truth).all(1).double().mean() >= 0.95
     # planted Phi: 24 nodes, each label on 3 of them: overlap = (8 * 3 * 2) / (24 * 23)
     assert a.order["node"]["phi"] == pytest.approx(1 - 48 / (24 * 23), abs=0.02)
+    assert res.null["own"].order["node"]["live"] <= 1 and res.null["shared"].order["node"]["live"] <= 1
     gen = torch.Generator().manual_seed(7)
+    cfg = AnalysisConfig(readout="own", crossover_sizes=[])
     null = analyze_site(xtr, ytr[torch.randperm(len(ytr), generator=gen)], xte,
                         yte[torch.randperm(len(yte), generator=gen)], k, cfg)
     assert null.order["node"]["live"] <= 1
