@@ -25,7 +25,7 @@ FIT = ["--config", "quickstart_fewrel.yaml", *SMALL, "--model.init_args.pretrain
 def fast(folder: Path, **monitor) -> str:
     """An extra config: a checkpoint callback and a monitor that analyses in seconds (own read-out, no null)."""
     args = {"probe": {"train_size": 256}, "figures": False, "background": False,
-            "analysis": {"readout": "own", "null": "off", "crossover_sizes": [1, 4], "crossover_draws": 2}}
+            "analysis": {"readout": "own", "null_mode": "off", "crossover_sizes": [1, 4], "crossover_draws": 2}}
     args.update(monitor)
     path = folder / f"fast_{len(list(folder.glob('fast_*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": [
@@ -92,7 +92,7 @@ def test_analyze_a_checkpoint_gives_the_numbers_fit_logged(workdir):
 def test_analyze_a_hugging_face_model_on_the_mlm_probe(workdir, minilm_path):
     main(["analyze", "--config", "quickstart_mlm.yaml", "--model.init_args.pretrained", str(minilm_path),
           "--data.init_args.num_articles", "200", "--trainer.enable_progress_bar", "false",
-          "--config", fast(workdir, layers=[5], probe={"train_size": 135, "top_k_tokens": 50}, analysis={"readout": "shared", "null": "off",
+          "--config", fast(workdir, layers=[5], probe={"train_size": 135, "top_k_tokens": 50}, analysis={"readout": "shared", "null_mode": "off",
                                                            "crossover_sizes": [1, 4], "crossover_draws": 2})])
     folder = one("runs/quickstart/mlm_analyze/ssb/*/analyze", workdir)
     meta = json.loads((folder / "meta.json").read_text())

@@ -1,9 +1,7 @@
 """Seeds as an experiment (issue #10.3): the ``seeds`` command, its per-seed configs, the sweep file,
 and two seeds of a short quick start compared (METHOD.md 5 across seeds)."""
 
-import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -71,7 +69,7 @@ def test_two_seeds_of_a_short_quick_start_break_symmetry_differently(tmp_path, m
          "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}},
         {"class_path": "lightning_ssb.callbacks.SSBMonitor",
          "init_args": {"probe": {"train_size": 256}, "figures": False, "background": False,
-                       "analysis": {"readout": "own", "null": "off", "crossover_sizes": [1, 4],
+                       "analysis": {"readout": "own", "null_mode": "off", "crossover_sizes": [1, 4],
                                     "crossover_draws": 2}}}]}}))
     assert seeds_main(["--config", "quickstart_fewrel.yaml", "--config", str(extra), *TINY, "--seeds", "0", "1"]) == 0
     root = tmp_path / "runs/quickstart/fewrel_seeds"
@@ -86,10 +84,11 @@ def test_two_seeds_of_a_short_quick_start_break_symmetry_differently(tmp_path, m
     rows = list(csv_rows(root / "compare/agreement.csv"))  # what the command wrote at the end
     assert len(rows) == len(cmp.pairs) == 3 * 2 * 2  # epochs x sites x granularities, one pair of runs
     # Stated tolerance (2 seeds of a tiny model after two epochs): per site, own read-out, nodes, the last
-    # epoch: live fraction within 0.15, coverage within 0.15, mean accuracy within 0.005 (chance: 1/64);
+    # epoch: live fraction within 0.2, coverage within 0.15, mean accuracy within 0.005 (chance: 1/64;
+    # measured: 0.125 and 0.02, 0 and 0.03, 0.0007 and 0.0012);
     # while the node-to-label assignment differs: identity agreement below matched agreement.
     for site in ("blocks.0.attn.heads", "blocks.1.attn.heads"):
-        for stat, tol in (("live_fraction", 0.15), ("coverage", 0.15), ("acc_mean", 0.005)):
+        for stat, tol in (("live_fraction", 0.2), ("coverage", 0.15), ("acc_mean", 0.005)):
             row = cmp.statistic(1, site, "own", "node", stat)
             assert row["spread"] <= tol, (site, stat, row)
         acc = cmp.statistic(1, site, "own", "node", "acc_mean")
