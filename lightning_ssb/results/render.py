@@ -68,8 +68,10 @@ def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -
                 best["field"], best["confusion"], f"{name}: best {where}, {title}",
                 "field matrix F[i, k]", "confusion matrix C[i, j]", snap.label_names)
             x = snap.test[name].flatten(1)[:, node]  # the range the hull labels are computed over
+            # the node's own K lines in its family: the effective intercepts (own fit, shared bias,
+            # mean-ablation constant), not the read-out's raw bias
             out[figure_key(name, "envelope", prefix)] = figures.envelope(
-                site.readout.weight[:, node], site.readout.bias, (float(x.min()), float(x.max())),
+                site.nodes.slope[node], site.nodes.intercept[node], (float(x.min()), float(x.max())),
                 f"{name}: upper envelope of {where}, {title}", snap.label_names)
         if site.crossover:
             out[figure_key(name, "crossover", prefix)] = figures.crossover(

@@ -1,0 +1,30 @@
+"""Figures drawn from an analysis show the node's fields in its read-out family."""
+
+import numpy as np
+import torch
+
+from lightning_ssb.analysis import AnalysisConfig, analyze_site
+from lightning_ssb.results.build import EpochSnapshot
+from lightning_ssb.results.keys import figure_key
+from lightning_ssb.results.render import site_figures
+
+
+def test_envelope_figure_uses_the_mean_ablation_intercepts():
+    gen = torch.Generator().manual_seed(0)
+    k, h, d, n = 4, 2, 3, 240
+    y = torch.arange(n) % k
+    x = (torch.randn(k, h, d, generator=gen)[y] + torch.randn(n, h, d, generator=gen) + 5.0)
+    site = analyze_site(x, y, x, y, k, AnalysisConfig(readout="shared", ablation="mean", shared_bias=True,
+                                                      crossover_sizes=[], top_nodes=1, max_iter=50))
+    snap = EpochSnapshot(0, 0, {"blocks.0.attn.heads": x}, {"blocks.0.attn.heads": x}, y, y, k, list("abcd"))
+    snap.results["blocks.0.attn.heads"] = site
+    fig = site_figures(snap, "ssb", ["node"])[figure_key("blocks.0.attn.heads", "envelope", "ssb")]
+    node = site.best_nodes[0]["node"]
+    lines = fig.axes[0].lines[:k]                       # the K grey lines, then the envelope
+    r = site.readout
+    mu = r.mean
+    for label, line in enumerate(lines):
+        xs, zs = line.get_data()
+        # independent: the other nodes held at their probe-train mean, plus the bias
+        const = r.bias[label] + (r.weight[label] * mu).sum() - r.weight[label, node] * mu[node]
+        np.testing.assert_allclose(zs, xs * float(r.weight[label, node]) + float(const), rtol=1e-4, atol=1e-4)
