@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_ssb.results import render
-from lightning_ssb.results.keys import PREFIX, custom_key, run_key, scalar_key
+from lightning_ssb.results.keys import PREFIX, custom_key, parse_key, run_key, scalar_key
 
 
 @dataclass
@@ -118,10 +118,11 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
                 result.figures[custom_key(analysis.name, key, prefix)] = value
     for fig in result.figures.values():
         render.to_png(fig)  # render here, off the main thread; sinks reuse the bytes
-    families = sorted({k.split("/")[2] for k in scalars})
+    parsed = [parse_key(k, prefix) for k in scalars]
+    families = sorted({p.family for p in parsed if p.family})
     result.meta = {"epoch": snapshot.epoch, "step": snapshot.step, "num_classes": snapshot.num_classes,
                    "label_names": list(snapshot.label_names), "families": families,
-                   "null": any("/null/" in k for k in scalars),
+                   "null": any(p.null for p in parsed),
                    "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}}
     result.seconds = time.perf_counter() - start
     result.scalars[run_key("analysis_seconds", prefix)] = result.seconds
