@@ -17,7 +17,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
+from lightning_ssb.callbacks.capture import capture_probe
 from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
+from lightning_ssb.results.sinks import ANALYZE_EPOCH, SinkError, close_all
 from lightning_ssb.run_folder import RunRecord
 
 ANALYZE_SUFFIX = "_analyze"  # an analysis of the run folder F writes to F_analyze (F itself holds the fit's run)
@@ -88,7 +91,7 @@ class SSBTrainer(Trainer):
             for cb in self.callbacks:  # the run record and the config file, as in fit
                 if isinstance(cb, RunRecord) or hasattr(cb, "save_config"):
                     cb.setup(self, model, "analyze")
-            result = monitor.analyze_once(self, model, datamodule, source)
+            result = analyze_once(monitor, self, model, datamodule, source)
             status = "success"
         finally:
             for logger in self.loggers:
@@ -100,3 +103,31 @@ class SSBTrainer(Trainer):
         print(f"lightning_ssb analyze: {monitor.dirpath}/analyze ({len(result.scalars)} scalars, "
               f"{time.perf_counter() - started:.1f} s)")
         return result.scalars
+
+
+def analyze_once(monitor: SSBMonitor, trainer: Trainer, pl_module: LightningModule, datamodule,
+                 source: dict | None = None) -> EpochResult:
+    """Outside any fit: ``monitor`` captures its probe once, analyses it and logs it to its sinks as
+    ``analyze/`` (epoch -2). One process; the data module must be set up. ``source`` (what was analysed,
+    its epoch and step) goes into meta.json."""
+    monitor.check(pl_module, datamodule)
+    monitor._open_sinks(trainer)
+    monitor.probe = monitor.probe_config.build(datamodule, monitor._task)
+    source = dict(source or {})
+    try:
+        start = time.perf_counter()
+        ctx = getattr(trainer.precision_plugin, "forward_context", None)
+        x_train, y_train, x_test, y_test = capture_probe(pl_module.model, monitor.probe, monitor.layers,
+                                                         monitor.sites, device=pl_module.device, autocast=ctx)
+        monitor.blocking_seconds.append(time.perf_counter() - start)
+        snap = EpochSnapshot(ANALYZE_EPOCH, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
+                             monitor.probe.num_classes, list(monitor.probe.label_names))
+        result = build_result(snap, monitor.analysis, monitor.analyses, monitor.make_figures, monitor.make_table,
+                              monitor.prefix)
+        result.meta["source"] = source
+        monitor._log(result)
+    finally:
+        close_all(monitor.sinks)
+    if monitor.failed:
+        raise SinkError("SSBMonitor: " + "; ".join(monitor.failed.values()))
+    return result

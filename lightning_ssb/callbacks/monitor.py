@@ -24,7 +24,7 @@ from lightning_ssb.callbacks.capture import SITES, capture_probe, encoder_layers
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
-from lightning_ssb.results.sinks import ANALYZE_EPOCH, REFERENCE_EPOCH, Sink, SinkError, close_all, make_sinks, write_all
+from lightning_ssb.results.sinks import REFERENCE_EPOCH, Sink, SinkError, close_all, make_sinks, write_all
 
 
 class SSBMonitor(Callback):
@@ -48,13 +48,16 @@ class SSBMonitor(Callback):
             (the W&B run id) when the logger's folder is shared by runs.
         prefix: First segment of every logged key.
         analyses: Custom analyses (``NodalAnalysis`` subclasses) run on every analysed epoch.
+        report: At the end of fit, write the HTML report of the run's disk results
+            (``python -m lightning_ssb report``), print its path and log it to W&B as an HTML panel.
     """
 
     def __init__(self, layers: list[int] | None = None, sites: list[str] = ["attn.heads"],  # noqa: B006
                  every_n_epochs: int = 1, reference: bool = True, probe: ProbeConfig = ProbeConfig(),  # noqa: B008
                  analysis: AnalysisConfig = AnalysisConfig(), figures: bool = True, table: bool = True,  # noqa: B008
                  background: bool = True, strict: bool = True, sinks: list[str] = ["auto"],  # noqa: B006
-                 dirpath: str | None = None, prefix: str = "ssb", analyses: list[NodalAnalysis] | None = None) -> None:
+                 dirpath: str | None = None, prefix: str = "ssb", analyses: list[NodalAnalysis] | None = None,
+                 report: bool = True) -> None:
         super().__init__()
         _check_subset("sites", sites, SITES)
         _check_subset("sinks", sinks, ("auto", "wandb", "disk", "logger"))
@@ -68,6 +71,7 @@ class SSBMonitor(Callback):
         self.probe_config, self.analysis = probe, analysis  # validated by their own __post_init__, once
         self.make_figures, self.make_table, self.background, self.strict = figures, table, background, strict
         self.sink_names, self.dirpath, self.prefix, self.analyses = list(sinks), dirpath, prefix, list(analyses or [])
+        self.report, self.report_path = report, None
 
         self.probe: ProbeSet | None = None
         self.sinks: list[Sink] = []
@@ -115,32 +119,6 @@ class SSBMonitor(Callback):
             self.dirpath = self.dirpath or os.path.join(log_dir, "ssb", *([str(logger.version)] if shared else []))
             self.sinks = make_sinks(self.sink_names, trainer.loggers, self.dirpath, self.prefix)
 
-    def analyze_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule,
-                     source: dict | None = None) -> EpochResult:
-        """Outside any fit: capture the probe once, analyse it and log it to the sinks as ``analyze/``
-        (epoch -2; ``python -m lightning_ssb analyze``, lightning_ssb/analyze.py). One process; the data
-        module must be set up. ``source`` (what was analysed, its epoch and step) goes into meta.json."""
-        self.check(pl_module, datamodule)
-        self._open_sinks(trainer)
-        self.probe = self.probe_config.build(datamodule, self._task)
-        source = dict(source or {})
-        try:
-            start = time.perf_counter()
-            ctx = getattr(trainer.precision_plugin, "forward_context", None)
-            x_train, y_train, x_test, y_test = capture_probe(pl_module.model, self.probe, self.layers, self.sites,
-                                                             device=pl_module.device, autocast=ctx)
-            self.blocking_seconds.append(time.perf_counter() - start)
-            snap = EpochSnapshot(ANALYZE_EPOCH, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
-                                 self.probe.num_classes, list(self.probe.label_names))
-            result = build_result(snap, self.analysis, self.analyses, self.make_figures, self.make_table, self.prefix)
-            result.meta["source"] = source
-            self._log(result)
-        finally:
-            close_all(self.sinks)
-        if self.failed:
-            raise SinkError("SSBMonitor: " + "; ".join(self.failed.values()))
-        return result
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None:
             self.probe = self.probe_config.build(trainer.datamodule, self._task, state=self._probe_state)
@@ -170,6 +148,8 @@ class SSBMonitor(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._drain(wait=True)
+        if self.report and trainer.is_global_zero and "disk" in {s.name for s in self.sinks if s not in self.failed}:
+            self._write_report()
         self._shutdown()
         if self.failed and self.strict:  # raised after the last checkpoint and every other sink's results
             raise SinkError("SSBMonitor: " + "; ".join(self.failed.values()) + " (checkpoints and the other "
@@ -230,6 +210,12 @@ class SSBMonitor(Callback):
             self.failed[sink] = message
             warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on")
         self.history.append({"epoch": result.epoch, "step": result.step, "seconds": result.seconds})
+
+    def _write_report(self) -> None:
+        from lightning_ssb.report.publish import publish_report
+
+        self.report_path, failed = publish_report(self.dirpath, [s for s in self.sinks if s not in self.failed])
+        self.failed.update(failed)
 
     def _shutdown(self) -> None:
         if self._executor is not None:

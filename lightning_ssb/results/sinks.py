@@ -55,6 +55,9 @@ class Sink:
     def close(self) -> None:
         pass
 
+    def log_report(self, path: str) -> None:
+        """The HTML report written at the end of fit (``lightning_ssb.report``); the disk has it already."""
+
     def has(self, epoch: int) -> bool:
         """Whether a complete result of ``epoch`` is stored already (used after a resume)."""
         return False
@@ -207,6 +210,12 @@ class WandbSink(Sink):
         pending, self._pending = self._pending, {}
         if pending:
             self.run.log({**pending, "trainer/global_step": step})
+
+    def log_report(self, path: str) -> None:
+        import wandb
+
+        with open(path, encoding="utf-8") as f:  # an HTML panel of the run, figures embedded
+            self.run.log({f"{self.prefix}/report": wandb.Html(f.read(), inject=False)})
 
 
 def make_sinks(names: list[str], loggers: list, dirpath: str, prefix: str = PREFIX) -> list[Sink]:
