@@ -26,7 +26,7 @@ def main(out_dir: str) -> None:
     data = ToyClassificationData(train_per_class=12, test_per_class=6, batch_size=8)
     monitor = SSBMonitor(probe=ProbeConfig(train_size=40, test_size=None, batch_size=16),
                          analysis=fast_analysis(crossover_draws=2, crossover_sizes=[1, 4, 32]), figures=False,
-                         background=True, sinks=["disk"], dirpath=out_dir)
+                         background=True, sinks=["disk"], dirpath=out_dir, report=False)
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", max_epochs=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,

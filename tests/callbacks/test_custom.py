@@ -44,7 +44,7 @@ def test_custom_analysis_logged_through_the_sinks(tmp_path):
     L.seed_everything(0)
     monitor = SSBMonitor(layers=[0, 1], analyses=[UniqueHeads()], dirpath=str(tmp_path / "ssb"), figures=False,
                          table=False, background=True, probe=ProbeConfig(train_size=48, test_size=None, batch_size=16),
-                         analysis=fast_analysis(crossover_sizes=[]))
+                         analysis=fast_analysis(crossover_sizes=[]), report=False)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, callbacks=[monitor],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)

@@ -19,7 +19,8 @@ from lightning_ssb.results.sinks import SinkError
 from tests.callbacks.toys import ToyClassificationData, ToyMLMData, ToyTask, fast_analysis
 
 ANALYSIS = fast_analysis(crossover_sizes=[1, 4, 32], crossover_draws=2)
-FAST = dict(probe=ProbeConfig(train_size=48, test_size=None, batch_size=16), analysis=ANALYSIS)
+FAST = dict(probe=ProbeConfig(train_size=48, test_size=None, batch_size=16), analysis=ANALYSIS,
+            report=False)  # the end-of-fit report has its own tests (tests/report, test_quickstart)
 
 
 def _trainer(tmp_path, monitor, max_epochs=2, logger=False, **kw):
@@ -97,7 +98,7 @@ def test_mlm_fit_every_n_epochs_foreground_csv_logger(tmp_path):
     L.seed_everything(0)
     model = ToyTask("mlm")
     data = ToyMLMData()
-    monitor = SSBMonitor(every_n_epochs=2, background=False, figures=False,
+    monitor = SSBMonitor(every_n_epochs=2, background=False, figures=False, report=False,
                          probe=ProbeConfig(train_size=48, test_size=None, batch_size=16, top_k_tokens=6),
                          analysis=fast_analysis(crossover_sizes=[1, 4, 32], crossover_draws=2,
                                                 granularities=("node",)))
