@@ -12,6 +12,7 @@ nodes (`HeadMaps`), so everything downstream (envelopes, hull, learned sets) is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -31,20 +32,21 @@ class NodeLines:
     slope: Tensor
     intercept: Tensor
 
-    def _envelopes(self):
+    @cached_property
+    def envelopes(self):
+        """The D upper envelopes, built once: a site's predictions and both hull ranges read them."""
         return node_envelopes(self.slope, self.intercept)
 
     def predict(self, x: Tensor) -> Tensor:
         """Prediction `[D, N]` of each node alone on x `[N, D]`, exactly via its upper envelope."""
-        w, b = self.slope.contiguous(), self.intercept.contiguous()
-        return envelope_predict(node_envelopes(w, b), x, w, b)
+        return envelope_predict(self.envelopes, x, self.slope.contiguous(), self.intercept.contiguous())
 
     def hull(self, lo: Tensor | None, hi: Tensor | None) -> Tensor:
         """R_n `[D, K]` bool: labels on node n's envelope over [lo[n], hi[n]] (all x when None)."""
         d, k = self.slope.shape
         lo = torch.full((d,), -torch.inf, dtype=torch.float64) if lo is None else lo
         hi = torch.full((d,), torch.inf, dtype=torch.float64) if hi is None else hi
-        return envelope_label_mask(self._envelopes(), lo, hi, k)
+        return envelope_label_mask(self.envelopes, lo, hi, k)
 
 
 @dataclass

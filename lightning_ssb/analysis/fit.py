@@ -156,12 +156,12 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     if bias:
         theta0[nw:] = np.tile(prior.log().double().numpy(), g)
     if init is not None:
-        w0, b0 = (t.detach().to(dtype).reshape(g, k, -1 if t.dim() > 1 else 1) for t in init)
-        w0 = w0.view(g, k, m) * scale.unsqueeze(1)  # fields on standardised nodes: w_std = w * scale
-        theta0[:nw] = w0.masked_fill(constant.unsqueeze(1), 0.0).flatten().double().numpy()
+        w0 = init[0].detach().to(dtype).reshape(g, k, m)
+        b0 = init[1].detach().to(dtype).reshape(g, k)
+        # the same fields on standardised nodes: w_std = w * scale, b_std = b + w . shift
+        theta0[:nw] = (w0 * scale.unsqueeze(1)).masked_fill(constant.unsqueeze(1), 0.0).flatten().double().numpy()
         if bias:
-            b0 = b0.view(g, k) + (init[0].to(dtype).view(g, k, m) * shift.unsqueeze(1)).sum(2)
-            theta0[nw:] = b0.flatten().double().numpy()
+            theta0[nw:] = (b0 + (w0 * shift.unsqueeze(1)).sum(2)).flatten().double().numpy()
     l2 = settings.l2
 
     index = y.view(1, n, 1).expand(g, n, 1)
