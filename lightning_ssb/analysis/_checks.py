@@ -19,8 +19,13 @@ def check_features(name: str, x: Tensor, ndim: int) -> Tensor:
     if x.shape[0] == 0:
         raise ValueError(f"{name} has no examples (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"{name} contains {bad} NaN or inf values")
+        mask = ~torch.isfinite(x)
+        bad = mask.sum().item()
+        where = ""
+        if x.dim() >= 2:  # name the first unit (node) that has one: [N, ...] -> flat unit index
+            unit = int(mask.reshape(x.shape[0], -1).any(0).nonzero()[0])
+            where = f" (first at node {unit})"
+        raise ValueError(f"{name} contains {bad} NaN or inf values{where}")
     return x
 
 

@@ -1,19 +1,31 @@
-"""The crossover in the number of nodes (METHOD.md section 7): random node subsets of growing size."""
+"""The crossover in the number of nodes (docs/method.md section 7): random node subsets of growing size."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .fit import FitSettings, fit_groups
+from .families import NodeLines
+from .fit import DTYPE, FitSettings, fit_groups
 from .hull import reachable_labels
+from .optim import FitReport
 from .readout import Readout
+from .sampling import seeded_rows
 from .units import label_stats, learned_labels
 
 CROSSOVER_COLUMNS = ("m", "draws", "acc_mean", "acc_std", "reachable_mean", "reachable_all_mean",
                      "distinct_mean", "guess_level", "learned_mean", "cooperation")
+
+
+class CrossoverResult(NamedTuple):
+    """One row per subset size (`CROSSOVER_COLUMNS`) and how the own subsets' fits ended (None for
+    the shared family, which fits nothing)."""
+
+    rows: list[dict]
+    report: FitReport | None
 
 
 def default_sizes(num_nodes: int) -> list[int]:
@@ -23,7 +35,7 @@ def default_sizes(num_nodes: int) -> list[int]:
 
 
 def draw_subset(m: int, num_nodes: int, num_heads: int, gen: torch.Generator) -> Tensor:
-    """m distinct nodes: within one random head while m <= d (METHOD.md 7), across heads beyond."""
+    """m distinct nodes: within one random head while m <= d (docs/method.md 7), across heads beyond."""
     d = num_nodes // num_heads
     if num_heads > 1 and m <= d:
         h = int(torch.randint(num_heads, (1,), generator=gen))
@@ -40,22 +52,33 @@ def _check_sizes(sizes: list[int] | None, num_nodes: int) -> list[int]:
     return sorted(set(int(s) for s in sizes if int(s) <= num_nodes))
 
 
-def crossover(x: Tensor, y: Tensor, readout: Readout | None, node_labels: Tensor, num_heads: int = 1,
+def strict_predictions(fields: Tensor) -> tuple[Tensor, Tensor]:
+    """argmax `[N]` of fields `[N, K]` (lowest label on ties) and whether it is a strict win `[N]`."""
+    top2 = fields.topk(min(2, fields.shape[1]), dim=1).values
+    strict = top2[:, 0] > top2[:, 1] if fields.shape[1] > 1 else torch.ones(len(fields), dtype=torch.bool)
+    return fields.argmax(1), strict
+
+
+def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, num_heads: int = 1,
               sizes: list[int] | None = None, draws: int = 5, seed: int = 0, ablation: str = "zero",
               theta: float = 0.5, q: float | None = 0.05, family: str = "shared",
               x_train: Tensor | None = None, y_train: Tensor | None = None,
-              settings: FitSettings = FitSettings(), max_train: int | None = None) -> list[dict]:
+              settings: FitSettings = FitSettings(), max_train: int | None = None,
+              node_pred: Tensor | None = None) -> CrossoverResult:
     """One row per subset size m over `draws` seeded subsets S, scored on x `[N, D]`, y `[N]`.
 
     family "shared": S's contribution to `readout` (silenced nodes by `ablation`); "own": a read-out
     with a bias fitted on S alone on (x_train, y_train), at most `max_train` of its examples (a seeded
-    draw), the draws of one size in one batched fit, started from S's part of `readout` when given. Row keys (`CROSSOVER_COLUMNS`):
-    acc_mean, acc_std over draws; reachable_mean |R_S| over the probe box of S (its range on x) and
-    reachable_all_mean over all x, both exact (one linear program per label, METHOD.md 6);
-    distinct_mean, the labels the data actually produced; guess_level, the mean of 1/|R_S|;
-    learned_mean, |L_S| (the significance test over the draws x labels of one size);
-    cooperation = sum over draws of |L_S| / sum over draws of sum_{n in S} |L_n| (node_labels `[D, K]`
-    of the same family), NaN when the nodes learned nothing.
+    draw), the draws of one size in one batched fit, started from S's part of `readout` when given;
+    a single node's own read-out is its own lines (`nodes`), so m = 1 is the single-node analysis.
+    Row keys (`CROSSOVER_COLUMNS`): acc_mean, acc_std over draws; reachable_mean |R_S| over the probe
+    box of S (its range on x) and reachable_all_mean over all x, both exact and strict (one linear
+    program per label, docs/method.md 6); distinct_mean, the labels the data actually produced;
+    guess_level, the mean of 1/|R_S|; learned_mean, |L_S| (the significance test over the draws x
+    labels of one size); cooperation = sum over draws of |L_S| / sum over draws of sum_{n in S} |L_n|,
+    with each node's L_n tested over the same draws (the (draw, node, label) triples of that size), so
+    that at m = 1 the ratio is exactly 1; NaN when the nodes learned nothing.
+    `nodes` are the family's single nodes (`node_pred` `[D, N]` their predictions on x, if known).
     """
     if family not in ("own", "shared"):
         raise ValueError(f"family must be 'own' or 'shared', got {family!r}")
@@ -65,17 +88,23 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, node_labels: Tensor
         raise ValueError("the shared crossover needs the site's readout")
     if family == "own" and (x_train is None or y_train is None):
         raise ValueError("the own crossover needs x_train and y_train to fit each subset's read-out")
-    num_nodes, k = x.shape[1], node_labels.shape[1]
+    x = x.detach().to(DTYPE).cpu()
+    y = y.cpu()
+    num_nodes, k = x.shape[1], nodes.slope.shape[1]
     gen = torch.Generator().manual_seed(seed)
     if family == "own" and max_train is not None and x_train.shape[0] > max_train:
-        keep = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed + 1))[:max_train]
-        x_train, y_train = x_train[keep], y_train[keep]
-    node_sizes = node_labels.sum(1).double()
+        keep = seeded_rows(x_train.shape[0], max_train, seed + 1).to(x_train.device)
+        x_train, y_train = x_train[keep], y_train.to(x_train.device)[keep]
+    if node_pred is None:
+        node_pred = nodes.predict(x)
     lo_all, hi_all = x.min(0).values, x.max(0).values
-    rows = []
+    rows, reports = [], []
     for m in _check_sizes(sizes, num_nodes):
         subsets = [torch.sort(draw_subset(m, num_nodes, num_heads, gen)).values for _ in range(draws)]
-        if family == "own":
+        if family == "own" and m == 1:
+            w = torch.stack([nodes.slope[s].T for s in subsets])       # [r, K, 1]: the node's own lines
+            b = torch.stack([nodes.intercept[s[0]] for s in subsets])
+        elif family == "own":
             init = None
             if readout is not None:  # start from S's part of the shared read-out: the same optimum, sooner
                 init = (torch.stack([readout.weight[:, s] for s in subsets]),
@@ -86,31 +115,43 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, node_labels: Tensor
             uniq = sorted(set(first.values()))
             if init is not None:
                 init = (init[0][uniq], init[1][uniq])
-            w, b = fit_groups(torch.stack([x_train[:, subsets[i]] for i in uniq]), y_train, k, True, settings, init)
+            idx = [subsets[i].to(x_train.device) for i in uniq]
+            fit = fit_groups(torch.stack([x_train[:, s] for s in idx]), y_train, k, True, settings, init,
+                             what=f"own read-outs of {m}-node subsets")
+            reports.append(fit.report)
             where = [uniq.index(first[key]) for key in keys]
-            w, b = w[where], b[where]
+            w, b = fit.weight.cpu()[where], fit.bias.cpu()[where]
         else:
-            w = torch.stack([readout.weight[:, s] for s in subsets])
-            b = torch.stack([readout.subset_bias(s, ablation) for s in subsets])
-        x = x.to(w.dtype)
-        preds = torch.stack([(x[:, s] @ w[i].T + b[i]).argmax(1) for i, s in enumerate(subsets)])
+            w = torch.stack([readout.weight[:, s] for s in subsets]).cpu().to(DTYPE)
+            b = torch.stack([readout.subset_bias(s, ablation) for s in subsets]).cpu().to(DTYPE)
+        preds, seen = [], []
+        for i, s in enumerate(subsets):
+            pred, strict = strict_predictions(x[:, s] @ w[i].T + b[i])
+            preds.append(pred)
+            wins = torch.zeros(k, dtype=torch.bool)
+            wins[pred[strict].unique()] = True
+            seen.append((wins, int(pred.unique().numel())))
+        preds = torch.stack(preds)
         stats = label_stats(preds, y, k)
         learned = learned_labels(stats, theta, q).sum(1).double()
+        # the nodes of every draw, tested as one family of (draw, node, label) triples
+        members = torch.cat(subsets)
+        node_learned = learned_labels(label_stats(node_pred[members], y, k), theta, q).sum()
         reach, reach_all, distinct = [], [], []
         for i, s in enumerate(subsets):
-            seen = torch.zeros(k, dtype=torch.bool)
-            seen[preds[i].unique()] = True
-            r = reachable_labels(w[i], b[i], lo_all[s], hi_all[s], predicted=seen)
+            wins, n_distinct = seen[i]
+            r = reachable_labels(w[i], b[i], lo_all[s], hi_all[s], predicted=wins)
             reach.append(int(r.sum()))
             reach_all.append(int(reachable_labels(w[i], b[i], predicted=r).sum()))
-            distinct.append(int(seen.sum()))
-        denom = float(sum(node_sizes[s].sum() for s in subsets))
+            distinct.append(n_distinct)
+        denom = float(node_learned)
         acc = stats.accuracy
         rows.append({
             "m": m, "draws": draws, "acc_mean": acc.mean().item(), "acc_std": acc.std(unbiased=False).item(),
             "reachable_mean": sum(reach) / draws, "reachable_all_mean": sum(reach_all) / draws,
-            "distinct_mean": sum(distinct) / draws, "guess_level": sum(1.0 / r for r in reach) / draws,
+            "distinct_mean": sum(distinct) / draws,
+            "guess_level": sum(1.0 / r if r else math.nan for r in reach) / draws,
             "learned_mean": learned.mean().item(),
             "cooperation": learned.sum().item() / denom if denom > 0 else math.nan,
         })
-    return rows
+    return CrossoverResult(rows, FitReport.cat(reports) if reports else None)

@@ -8,6 +8,14 @@ Tie-breaking (everywhere in this package): `torch.argmax` returns the *lowest* l
 maxima, and the envelope agrees: of lines with equal slope the highest intercept wins (lowest index
 among exact duplicates), and at a breakpoint, where two or more lines tie, the lowest index among all
 tied lines wins (`tie_labels`, which may be a third line through the same crossing).
+
+Two label sets come out of an envelope. The *strict* winners are the labels whose field is the
+strictly largest on an interval of positive length: R_n of docs/method.md 6, what the node can
+output. The *argmax set* adds what the tie rule outputs at single points (breakpoints, lines that
+coincide): every label the node's prediction can take, which the accuracy bound sums over. They
+differ only at ties: in a bias-free read-out all K lines cross at x = 0, where label 0 wins the tie
+without being on the envelope. Predictions are computed in float64 and equal a float64 brute-force
+argmax.
 """
 
 from __future__ import annotations
@@ -27,11 +35,18 @@ _NODE_CHUNK = 128  # nodes evaluated at once: bounds the [chunk, N, 5] candidate
 class Envelope:
     """Upper envelope of lines: `labels[i]` `[m]` is the argmax on the open interval
     (breaks[i-1], breaks[i]) (breaks `[m-1]`, increasing, float64), and `tie_labels[i]` `[m-1]`
-    is the argmax exactly at x = breaks[i]."""
+    is the argmax exactly at x = breaks[i]. `strict[i]` is False where another line coincides with
+    piece i (the label wins there by the tie rule only); None means all strict."""
 
     labels: Tensor
     breaks: Tensor
     tie_labels: Tensor
+    strict: Tensor | None = None
+
+    @property
+    def strict_labels(self) -> Tensor:
+        """Labels that are the strictly largest field somewhere on the envelope's range."""
+        return self.labels if self.strict is None else self.labels[self.strict]
 
     def predict(self, x: Tensor) -> Tensor:
         """The envelope's label `[N]` at each point x `[N]`, by binary search alone (exact arithmetic)."""
@@ -48,12 +63,14 @@ class Envelope:
 @dataclass
 class PackedEnvelopes:
     """Envelopes of D nodes, padded to the longest: labels `[D, M]`, breaks `[D, M-1]` (+inf
-    padding), tie_labels `[D, M-1]`, lengths `[D]` (number of labels of each envelope)."""
+    padding), tie_labels `[D, M-1]`, lengths `[D]` (number of labels of each envelope), strict
+    `[D, M]` (False where another line coincides with the piece, and in the padding)."""
 
     labels: Tensor
     breaks: Tensor
     tie_labels: Tensor
     lengths: Tensor
+    strict: Tensor
 
 
 def _candidates(w: Tensor, b: Tensor) -> Tensor:
@@ -77,11 +94,14 @@ def _chain(w: list[float], b: list[float], lab: list[int]):
     """Monotone-chain upper hull of the points (w, b), i.e. the envelope of the lines, with ties."""
     pts = sorted(zip(w, (-v for v in b), lab))
     stack: list[tuple[float, float, int, float]] = []  # (w, b, label, min label collinear on the edge to its left)
-    prev_w = None
+    coincident: set[int] = set()  # labels of kept lines that another line coincides with
+    prev_w = prev_b = None
     for wc, nb, lc in pts:
         if wc == prev_w:  # same slope: the first (highest b, lowest label) wins everywhere
+            if -nb == prev_b:
+                coincident.add(stack[-1][2] if stack and stack[-1][0] == wc else -1)
             continue
-        prev_w, bc = wc, -nb
+        prev_w, prev_b, bc = wc, -nb, -nb
         carry = math.inf
         while len(stack) >= 2:
             wa, ba, _, _ = stack[-2]
@@ -96,7 +116,8 @@ def _chain(w: list[float], b: list[float], lab: list[int]):
     labels = [s[2] for s in stack]
     breaks = [(stack[i][1] - stack[i + 1][1]) / (stack[i + 1][0] - stack[i][0]) for i in range(len(stack) - 1)]
     ties = [int(min(stack[i][2], stack[i + 1][2], stack[i + 1][3])) for i in range(len(stack) - 1)]
-    return labels, breaks, ties
+    strict = [lab not in coincident for lab in labels]
+    return labels, breaks, ties, strict
 
 
 def node_envelopes(w: Tensor, b: Tensor) -> PackedEnvelopes:
@@ -115,8 +136,10 @@ def node_envelopes(w: Tensor, b: Tensor) -> PackedEnvelopes:
     labels = torch.empty(num_nodes, m, dtype=torch.long)
     breaks = torch.full((num_nodes, m - 1), math.inf, dtype=torch.float64)
     ties = torch.empty(num_nodes, m - 1, dtype=torch.long)
-    for n, (lab, brk, tie) in enumerate(out):
+    strict = torch.zeros(num_nodes, m, dtype=torch.bool)
+    for n, (lab, brk, tie, st) in enumerate(out):
         labels[n, :len(lab)] = torch.tensor(lab)
+        strict[n, :len(st)] = torch.tensor(st)
         labels[n, len(lab):] = lab[-1]
         if brk:
             breaks[n, :len(brk)] = torch.tensor(brk, dtype=torch.float64)
@@ -125,7 +148,7 @@ def node_envelopes(w: Tensor, b: Tensor) -> PackedEnvelopes:
     # Rounding can leave breaks of a near-degenerate hull out of order; searchsorted needs them sorted.
     breaks = breaks.cummax(1).values
     lengths = torch.tensor([len(o[0]) for o in out])
-    return PackedEnvelopes(labels, breaks, ties, lengths)
+    return PackedEnvelopes(labels, breaks, ties, lengths, strict)
 
 
 def upper_envelope(w: Tensor, b: Tensor, lo: float = -math.inf, hi: float = math.inf) -> Envelope:
@@ -143,28 +166,40 @@ def upper_envelope(w: Tensor, b: Tensor, lo: float = -math.inf, hi: float = math
     env = node_envelopes(w.unsqueeze(0), b.unsqueeze(0))
     n = int(env.lengths[0])
     labels, breaks, ties = env.labels[0, :n], env.breaks[0, :n - 1], env.tie_labels[0, :n - 1]
+    strict = env.strict[0, :n]
     left = torch.cat([breaks.new_tensor([-math.inf]), breaks])
     right = torch.cat([breaks, breaks.new_tensor([math.inf])])
     on = ((left < hi) & (right > lo)).nonzero().flatten()
-    if len(on) == 0:  # lo == hi exactly at a breakpoint
+    if len(on) == 0:  # lo == hi exactly at a breakpoint: the tie winner, strictly largest nowhere
         at = int((breaks == lo).nonzero()[0])
-        return Envelope(ties[at:at + 1], breaks[:0], ties[:0])
+        return Envelope(ties[at:at + 1], breaks[:0], ties[:0], torch.zeros(1, dtype=torch.bool))
     first, last = int(on[0]), int(on[-1])
-    return Envelope(labels[first:last + 1], breaks[first:last], ties[first:last])
+    return Envelope(labels[first:last + 1], breaks[first:last], ties[first:last], strict[first:last + 1])
 
 
-def envelope_label_mask(env: PackedEnvelopes, lo: Tensor, hi: Tensor, num_classes: int) -> Tensor:
-    """Mask `[D, K]` of the labels that are the argmax somewhere in [lo[n], hi[n]] (lo, hi `[D]`), ties included."""
+def envelope_label_mask(env: PackedEnvelopes, lo: Tensor, hi: Tensor, num_classes: int,
+                        strict: bool = True) -> Tensor:
+    """Mask `[D, K]` of the labels each node outputs somewhere in [lo[n], hi[n]] (lo, hi `[D]`).
+
+    strict (R_n): the strictly largest field on a sub-interval of positive length (for lo == hi: at
+    that point, off every breakpoint). Not strict (the argmax set): also the tie rule's winner at
+    breakpoints inside the range and on coinciding lines."""
     d, m = env.labels.shape
     pad = env.breaks.new_full((d, 1), math.inf)
     left = torch.cat([-pad, env.breaks], 1)
     right = torch.cat([env.breaks, pad], 1)
-    lo, hi = lo.double().unsqueeze(1), hi.double().unsqueeze(1)
-    piece_on = (left < hi) & (right > lo)
+    lo, hi = lo.double().cpu().unsqueeze(1), hi.double().cpu().unsqueeze(1)
+    valid = torch.arange(m).unsqueeze(0) < env.lengths.unsqueeze(1)
+    overlap = (left < hi) & (right > lo)
+    point = (lo == hi) & (left < lo) & (right > lo)
+    mask = torch.zeros(d, num_classes + 1, dtype=torch.bool)
+    if strict:
+        piece_on = valid & env.strict & (((left < hi) & (right > lo) & (lo < hi)) | point)
+        mask.scatter_(1, torch.where(piece_on, env.labels, num_classes), True)
+        return mask[:, :num_classes]
     valid_tie = torch.arange(m - 1).unsqueeze(0) < (env.lengths - 1).unsqueeze(1)
     tie_on = valid_tie & (env.breaks >= lo) & (env.breaks <= hi)
-    mask = torch.zeros(d, num_classes + 1, dtype=torch.bool)
-    mask.scatter_(1, torch.where(piece_on, env.labels, num_classes), True)
+    mask.scatter_(1, torch.where(valid & overlap, env.labels, num_classes), True)
     mask.scatter_(1, torch.where(tie_on, env.tie_labels, num_classes), True)
     return mask[:, :num_classes]
 
@@ -173,14 +208,15 @@ def envelope_predict(env: PackedEnvelopes, x: Tensor, w: Tensor, b: Tensor) -> T
     """Predictions `[D, N]` of each node alone for x `[N, D]`, slopes w `[D, K]`, intercepts b `[D, K]`.
 
     A binary search finds the envelope piece of each example; the piece's label, its neighbours and
-    the two adjacent tie winners are then re-scored with the same arithmetic as brute force
-    (x * w + b in x's dtype, lowest label among ties), so that floating-point rounding right at a
-    breakpoint cannot make the two paths disagree.
+    the two adjacent tie winners are then re-scored with the same arithmetic as a float64 brute force
+    (x * w + b in float64, lowest label among ties), so that rounding right at a breakpoint cannot
+    make the two paths disagree.
     """
     num_nodes, n = w.shape[0], x.shape[0]
     m = env.labels.shape[1]
     out = torch.empty(num_nodes, n, dtype=torch.long)
-    w, b = w.to(x.dtype), b.to(x.dtype)
+    x = x.detach().double().cpu()
+    w, b = w.detach().double().cpu(), b.detach().double().cpu()
     for s in range(0, num_nodes, _NODE_CHUNK):
         sl = slice(s, s + _NODE_CHUNK)
         xt = x[:, sl].T.contiguous()

@@ -1,4 +1,4 @@
-"""The two read-out families of METHOD.md 3 as one interface: what a node, a head or a subset outputs.
+"""The two read-out families of docs/method.md 3 as one interface: what a node, a head or a subset outputs.
 
 - ``shared``: the unit's own contribution to one read-out of the whole site (bias-free by default);
   silenced nodes leave the sum (zero ablation) or stay at their probe-train mean (mean ablation).
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .envelope import envelope_label_mask, envelope_predict, node_envelopes
 from .fit import FitSettings, fit_groups, fit_node_lines
+from .optim import FitReport
 from .readout import Readout
 
 FAMILIES = ("own", "shared")
@@ -41,12 +42,13 @@ class NodeLines:
         """Prediction `[D, N]` of each node alone on x `[N, D]`, exactly via its upper envelope."""
         return envelope_predict(self.envelopes, x, self.slope.contiguous(), self.intercept.contiguous())
 
-    def hull(self, lo: Tensor | None, hi: Tensor | None) -> Tensor:
-        """R_n `[D, K]` bool: labels on node n's envelope over [lo[n], hi[n]] (all x when None)."""
+    def hull(self, lo: Tensor | None, hi: Tensor | None, strict: bool = True) -> Tensor:
+        """R_n `[D, K]` bool: labels that are node n's strictly largest field somewhere in [lo[n], hi[n]]
+        (all x when None); strict False: the argmax set, ties included (what the accuracy bound sums)."""
         d, k = self.slope.shape
         lo = torch.full((d,), -torch.inf, dtype=torch.float64) if lo is None else lo
         hi = torch.full((d,), torch.inf, dtype=torch.float64) if hi is None else hi
-        return envelope_label_mask(self.envelopes, lo, hi, k)
+        return envelope_label_mask(self.envelopes, lo, hi, k, strict)
 
 
 @dataclass
@@ -62,10 +64,10 @@ class HeadMaps:
         return x[:, head * d:(head + 1) * d] @ self.weight[head].T + self.bias[head]
 
     def predict(self, x: Tensor) -> Tensor:
-        """Prediction `[H, N]` of each head alone on x `[N, H*d]`."""
+        """Prediction `[H, N]` of each head alone on x `[N, H*d]` (on the CPU, as every prediction)."""
         h = self.weight.shape[0]
-        x = x.to(self.weight.dtype)
-        return torch.stack([self.fields(x, i).argmax(1) for i in range(h)])
+        x = x.to(device=self.weight.device, dtype=self.weight.dtype)
+        return torch.stack([self.fields(x, i).argmax(1) for i in range(h)]).cpu()
 
 
 def shared_units(readout: Readout, num_heads: int, ablation: str) -> tuple[NodeLines, HeadMaps]:
@@ -79,16 +81,20 @@ def shared_units(readout: Readout, num_heads: int, ablation: str) -> tuple[NodeL
     return lines, maps
 
 
-def own_units(x: Tensor, y: Tensor, num_classes: int, num_heads: int, settings: FitSettings,
-              bins: int | None, heads: bool = True) -> tuple[NodeLines, HeadMaps | None]:
+def own_units(x: Tensor, y: Tensor, num_classes: int, num_heads: int, node_settings: FitSettings,
+              head_settings: FitSettings, bins: int | None, heads: bool = True, what: str = "site"
+              ) -> tuple[NodeLines, HeadMaps | None, dict[str, FitReport]]:
     """Nodes and heads of the own family, fitted on x `[N, D]`, y `[N]`: every node's K lines on
-    binned statistics (`fit_node_lines`), every head's map in one batched fit (`fit_groups`)."""
-    slope, intercept = fit_node_lines(x, y, num_classes, bins, settings)
+    binned statistics (`fit_node_lines`), every head's map in one batched fit (`fit_groups`), each
+    with its own penalty. Returns the units and how their fits ended ({"node": ..., "head": ...})."""
+    nodes = fit_node_lines(x, y, num_classes, bins, node_settings, what=f"{what}: own node read-outs")
+    reports = {"node": nodes.report}
     maps = None
     if heads:
         n, dim = x.shape
         d = dim // num_heads
         groups = x.view(n, num_heads, d).transpose(0, 1).contiguous()  # [H, N, d]
-        weight, bias = fit_groups(groups, y, num_classes, True, settings)
-        maps = HeadMaps(weight, bias)
-    return NodeLines(slope, intercept), maps
+        fit = fit_groups(groups, y, num_classes, True, head_settings, what=f"{what}: own head read-outs")
+        maps = HeadMaps(fit.weight, fit.bias)
+        reports["head"] = fit.report
+    return NodeLines(nodes.slope.cpu(), nodes.intercept.cpu()), maps, reports

@@ -1,257 +1,315 @@
-"""Multinomial logistic regression for many independent read-outs at once (METHOD.md section 3).
+"""Multinomial logistic regression for many independent read-outs at once (docs/method.md section 3).
 
 Every read-out of the package is fitted here: the shared read-out of a whole site (one group of D
 nodes, no bias by default), the own read-outs of heads and node subsets (G groups of m nodes, with a
 bias), and the own lines of single nodes (D groups of one node, on binned sufficient statistics).
 
-One objective is the sum of the G groups' penalised mean cross-entropies; the groups share no
-parameter, so its minimum is every group's own minimum, and one L-BFGS run (steps in numpy, loss and
-gradient in torch) fits them all with batched matmuls instead of G optimiser runs.
-
-Choices (documented in the README, set through `AnalysisConfig`):
-- Standardised nodes: with a bias, each node is centred and divided by its probe-train std; without
-  a bias, only divided by its root mean square (centring would add a hidden bias). The L2 penalty
-  `l2/2 * ||W_std||^2` acts on these standardised weights, so it does not depend on a node's scale;
-  the result is folded back to raw activations.
-- A node whose spread is below `const_tol` times its scale (root mean square) is constant: its
-  standardised column is zeroed, so its weight stays exactly 0 (it cannot move any other result).
-- Start: zero weights and, with a bias, the log prior (the exact optimum when the nodes carry no
-  information); the fit is deterministic.
+How, and why:
+- **float64, unit by unit.** Whatever the activations' dtype (float32, bf16, fp16), every fit runs
+  in float64, and each read-out is its own optimisation problem with its own convergence test
+  (``optim.py``): batched for speed, but a read-out's result does not depend on which others are
+  fitted beside it. A joint float32 fit, whose stop was a test on the summed loss, could not see
+  per-unit gains of 1e-7 and stopped early. Each fit reports per read-out whether it converged
+  (largest gradient entry <= ``gtol``) and its final gradient (``FitReport``).
+- **Standardised nodes.** With a bias, each node is centred and divided by its probe-train std;
+  without a bias, only divided by its root mean square (centring would add a hidden bias). The
+  L2 penalty ``l2/2 * ||W_std||^2`` acts on these standardised weights, so it does not depend on a
+  node's scale; the result is folded back to raw activations. The statistics are computed on the
+  node divided by its largest magnitude, in float64, two-pass: scale-free from 1e-300 to 1e300.
+- **Constant nodes.** A node whose spread is below ``const_tol`` times its scale (root mean
+  square) is constant: its standardised column is zeroed, so its weight stays exactly 0.
+- **Start.** Zero weights and, with a bias, the log prior (the exact optimum when the nodes carry
+  no information), or a given warm start; the fit is deterministic.
+- **Single nodes** (K lines in one activation, 2K parameters) are solved by batched Newton steps
+  when K is at most ``NEWTON_MAX_CLASSES`` (a [2K, 2K] Hessian per node), else by L-BFGS; heads,
+  subsets and whole sites by L-BFGS.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-DEFAULT_L2 = 1e-3        # shared read-out of a whole site
-DEFAULT_OWN_L2 = 0.15    # own read-outs of single units (see AnalysisConfig.own_l2)
-DEFAULT_MAX_ITER = 100
+from .optim import FitReport, lbfgs, newton
+
+DEFAULT_MAX_ITER = 1000
+DEFAULT_GTOL = 1e-6
 DEFAULT_CONST_TOL = 1e-4
+DEFAULT_L2 = 1e-3            # used only where no penalty was chosen (plain calls of the fit functions)
+NEWTON_MAX_CLASSES = 128     # Newton for single nodes up to this K: a [2K, 2K] Hessian per node
+DTYPE = torch.float64
 
 
 @dataclass
 class FitSettings:
-    """Settings every read-out fit shares (the `AnalysisConfig` fields of the same names)."""
+    """Settings every read-out fit shares: penalty, iteration cap, convergence and constant tests."""
 
     l2: float = DEFAULT_L2
     max_iter: int = DEFAULT_MAX_ITER
     const_tol: float = DEFAULT_CONST_TOL
+    gtol: float = DEFAULT_GTOL
 
     def __post_init__(self):
-        if not (self.l2 >= 0 and np.isfinite(self.l2)):
+        if not (isinstance(self.l2, (int, float)) and self.l2 >= 0 and math.isfinite(self.l2)):
             raise ValueError(f"l2 must be a finite number >= 0, got {self.l2}")
         if int(self.max_iter) < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
         if not 0 <= self.const_tol < 1:
             raise ValueError(f"const_tol must lie in [0, 1), got {self.const_tol}")
+        if not self.gtol > 0:
+            raise ValueError(f"gtol must be > 0, got {self.gtol}")
+
+    def with_l2(self, l2: float) -> "FitSettings":
+        return FitSettings(float(l2), self.max_iter, self.const_tol, self.gtol)
+
+
+class GroupFit(NamedTuple):
+    """G read-outs on raw activations: weight `[G, K, m]`, bias `[G, K]`, and how each fit ended."""
+
+    weight: Tensor
+    bias: Tensor
+    report: FitReport
+
+
+class NodeFit(NamedTuple):
+    """Every node's K lines on raw activations: slope, intercept `[D, K]`, and how each fit ended."""
+
+    slope: Tensor
+    intercept: Tensor
+    report: FitReport
 
 
 def standardise(x: Tensor, centre: bool, const_tol: float, weights: Tensor | None = None):
-    """Scale statistics of x `[..., N, m]` over N: (shift, scale, constant mask), each `[..., m]`.
+    """Scale statistics of x `[..., N, m]` over N: (shift, scale, constant mask), each `[..., m]`, float64.
 
     shift is the mean when `centre`, else 0; scale the std (centred) or root mean square; a node with
     std <= const_tol * rms is constant (scale 1, and the caller zeroes its column). `weights` `[..., N]`
-    weighs the rows (binned statistics)."""
+    weighs the rows (binned statistics). Computed on x / max|x| in two passes, so neither a huge offset
+    nor a tiny or huge scale loses precision."""
+    x = x.to(DTYPE)
+    top = x.abs().amax(-2)  # [..., m]
+    unit = torch.where(top > 0, top, torch.ones_like(top))
+    xu = x / unit.unsqueeze(-2)
     if weights is None:
-        mean = x.mean(-2)
-        sq = (x * x).mean(-2)
+        w = torch.full(x.shape[:-1], 1.0 / x.shape[-2], dtype=DTYPE, device=x.device)
     else:
-        w = weights / weights.sum(-1, keepdim=True)
-        mean = (w.unsqueeze(-1) * x).sum(-2)
-        sq = (w.unsqueeze(-1) * x * x).sum(-2)
-    var = (sq - mean * mean).clamp_min(0)
+        w = weights.to(DTYPE)
+        w = w / w.sum(-1, keepdim=True)
+    mean = (w.unsqueeze(-1) * xu).sum(-2)
+    var = (w.unsqueeze(-1) * (xu - mean.unsqueeze(-2)) ** 2).sum(-2)
+    sq = var + mean * mean
     std, rms = var.sqrt(), sq.sqrt()
-    constant = std <= const_tol * rms
-    scale = torch.where(constant, torch.ones_like(rms), std if centre else rms)
-    shift = mean if centre else torch.zeros_like(mean)
+    constant = (std <= const_tol * rms) | (top == 0)
+    scale = torch.where(constant, torch.ones_like(rms), (std if centre else rms) * unit)
+    shift = mean * unit if centre else torch.zeros_like(mean)
     return shift, scale, constant
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    # einsum's own loop, not BLAS: OpenBLAS's threaded ddot costs milliseconds per call at 10^4-10^5
-    # entries when torch's threads hold the cores, which made the vector algebra dominate the fit.
-    return float(np.einsum("i,i->", a, b))
-
-
-def _lbfgs(loss_and_grad, theta0: np.ndarray, max_iter: int, history: int = 10, gtol: float = 1e-6,
-           ftol: float = 1e-10) -> np.ndarray:
-    """Minimise a smooth convex function by L-BFGS (two-loop recursion, Armijo backtracking) in numpy.
-
-    scipy's L-BFGS-B spends tens of milliseconds per step on its bound machinery at 10^5 parameters,
-    more than the batched fields cost; this loop spends a few vector operations. Stops after
-    `max_iter` steps, when the largest gradient entry is below gtol, or when a step lowers the loss
-    by less than ftol relative to it. Curvature pairs with s.y <= 0 are skipped (positive definite)."""
-    theta = np.array(theta0, dtype=np.float64)
-    f, g = loss_and_grad(theta)
-    s_list: list[np.ndarray] = []
-    y_list: list[np.ndarray] = []
-    rho: list[float] = []
-    for _ in range(int(max_iter)):
-        if np.abs(g).max() <= gtol:
-            break
-        q = g.copy()
-        alpha = []
-        for s_i, y_i, r_i in zip(reversed(s_list), reversed(y_list), reversed(rho)):
-            a = r_i * _dot(s_i, q)
-            alpha.append(a)
-            q -= a * y_i
-        if s_list:
-            q *= _dot(s_list[-1], y_list[-1]) / _dot(y_list[-1], y_list[-1])
-        else:
-            q /= max(np.abs(g).max(), 1.0)  # first step: at most a unit move along the gradient
-        for s_i, y_i, r_i, a in zip(s_list, y_list, rho, reversed(alpha)):
-            q += (a - r_i * _dot(y_i, q)) * s_i
-        direction = -q
-        slope = _dot(g, direction)
-        if slope >= 0:  # not a descent direction (numerical trouble): restart from the gradient
-            s_list, y_list, rho = [], [], []
-            direction, slope = -g, -_dot(g, g)
-        step = 1.0
-        for _ in range(30):
-            new = theta + step * direction
-            f_new, g_new = loss_and_grad(new)
-            if f_new <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-        else:
-            break
-        s_k, y_k = new - theta, g_new - g
-        sy = _dot(s_k, y_k)
-        if sy > 1e-12 * max(1.0, np.sqrt(_dot(s_k, s_k) * _dot(y_k, y_k))):
-            s_list.append(s_k), y_list.append(y_k), rho.append(1.0 / sy)
-            if len(s_list) > history:
-                s_list.pop(0), y_list.pop(0), rho.pop(0)
-        done = f - f_new <= ftol * max(abs(f_new), 1.0)
-        theta, f, g = new, f_new, g_new
-        if done:
-            break
-    return theta
+def _check_finite(name: str, t: Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: the activations are too large for float64 statistics "
+                         f"({(~torch.isfinite(t)).sum().item()} non-finite values after standardising)")
 
 
 def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: FitSettings = FitSettings(),
-               init: tuple[Tensor, Tensor] | None = None):
+               init: tuple[Tensor, Tensor] | None = None, what: str = "read-out") -> GroupFit:
     """Fit G independent read-outs from x `[G, N, m]` (or `[N, m]`, G = 1) to labels y `[N]`.
 
-    Returns (weight `[G, K, m]`, bias `[G, K]`) on raw activations: fields z = x @ weight.T + bias
-    (bias all zero when `bias` is False). `init` (weight, bias on raw activations, same shapes) starts
-    the optimiser there instead of at zero: the problem is convex, so only the number of steps changes
-    (a subset's own read-out starts from the site's shared read-out restricted to it).
+    Each minimises its own mean cross-entropy plus ``l2/2 ||W_std||^2`` in float64 on x's device.
+    Returns ``GroupFit(weight [G, K, m], bias [G, K], report)`` on raw activations: fields
+    z = x @ weight.T + bias (bias all zero when `bias` is False). `init` (weight, bias on raw
+    activations) starts the optimiser there instead of at zero: the problem is convex, so only the
+    number of steps changes. `what` names the read-outs in errors.
     """
     squeeze = x.dim() == 2
     if squeeze:
         x = x.unsqueeze(0)
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    x = x.detach().to(dtype)
+    x = x.detach()
+    dev = x.device
+    y = y.to(dev)
     g, n, m = x.shape
     k = num_classes
     shift, scale, constant = standardise(x, bias, settings.const_tol)
-    xs = ((x - shift.unsqueeze(1)) / scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
-    prior = torch.bincount(y, minlength=k).to(dtype).div(n).clamp_min(0.5 / n)
-    nw = g * k * m
-    theta0 = np.zeros(nw + (g * k if bias else 0))
+    xs = ((x.to(DTYPE) - shift.unsqueeze(1)) / scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
+    _check_finite(what, xs)
+    nw = k * m
+    theta0 = torch.zeros(g, nw + (k if bias else 0), dtype=DTYPE, device=dev)
     if bias:
-        theta0[nw:] = np.tile(prior.log().double().numpy(), g)
+        prior = torch.bincount(y, minlength=k).to(DTYPE).div(n).clamp_min(0.5 / n)
+        theta0[:, nw:] = prior.log()
     if init is not None:
-        w0 = init[0].detach().to(dtype).reshape(g, k, m)
-        b0 = init[1].detach().to(dtype).reshape(g, k)
+        w0 = init[0].detach().to(device=dev, dtype=DTYPE).reshape(g, k, m)
+        b0 = init[1].detach().to(device=dev, dtype=DTYPE).reshape(g, k)
         # the same fields on standardised nodes: w_std = w * scale, b_std = b + w . shift
-        theta0[:nw] = (w0 * scale.unsqueeze(1)).masked_fill(constant.unsqueeze(1), 0.0).flatten().double().numpy()
+        theta0[:, :nw] = (w0 * scale.unsqueeze(1)).masked_fill(constant.unsqueeze(1), 0.0).flatten(1)
         if bias:
-            theta0[nw:] = (b0 + (w0 * shift.unsqueeze(1)).sum(2)).flatten().double().numpy()
+            theta0[:, nw:] = b0 + (w0 * shift.unsqueeze(1)).sum(2)
     l2 = settings.l2
+    target = y.view(1, n, 1)
 
-    index = y.view(1, n, 1).expand(g, n, 1)
-    minus_one = torch.full((g, n, 1), -1.0, dtype=dtype)
-
-    def loss_and_grad(theta: np.ndarray):
-        t = torch.from_numpy(theta).to(dtype)
-        w = t[:nw].view(g, k, m)
-        z = torch.bmm(xs, w.transpose(1, 2))  # [G, N, K]
+    def objective(theta: Tensor, idx: Tensor):
+        xg = xs if idx.numel() == g else xs[idx]
+        gg = xg.shape[0]
+        w = theta[:, :nw].view(gg, k, m)
+        z = torch.bmm(xg, w.transpose(1, 2))  # [g, N, K]
         if bias:
-            z += t[nw:].view(g, 1, k)
-        p = torch.softmax(z, 2)  # one pass; log p is needed only at the labels
-        loss = -p.gather(2, index).clamp_min(1e-30).log().sum() / n + 0.5 * l2 * (w * w).sum()
-        gz = p.scatter_add_(2, index, minus_one).div_(n)
-        gw = torch.bmm(gz.transpose(1, 2), xs) + l2 * w
-        grad = [gw.flatten()] + ([gz.sum(1).flatten()] if bias else [])
-        return float(loss), torch.cat(grad).double().numpy()
+            z += theta[:, nw:].view(gg, 1, k)
+        tgt = target.expand(gg, n, 1)
+        lse = torch.logsumexp(z, 2, keepdim=True)
+        loss = (lse - z.gather(2, tgt)).squeeze(2).mean(1) + 0.5 * l2 * (w * w).sum((1, 2))
+        p = z.sub_(lse).exp_()
+        p.scatter_add_(2, tgt, torch.full((gg, n, 1), -1.0, dtype=DTYPE, device=dev)).div_(n)
+        gw = torch.bmm(p.transpose(1, 2), xg) + l2 * w
+        grad = torch.cat([gw.flatten(1), p.sum(1)], 1) if bias else gw.flatten(1)
+        return loss, grad
 
-    sol = torch.from_numpy(_lbfgs(loss_and_grad, theta0, settings.max_iter)).to(dtype)
-    w_std = sol[:nw].view(g, k, m)
+    theta, report = lbfgs(objective, theta0, settings.max_iter, settings.gtol)
+    w_std = theta[:, :nw].view(g, k, m)
     weight = w_std / scale.unsqueeze(1)
-    b = sol[nw:].view(g, k) if bias else torch.zeros(g, k, dtype=dtype)
+    b = theta[:, nw:] if bias else torch.zeros(g, k, dtype=DTYPE, device=dev)
     b = b - (weight * shift.unsqueeze(1)).sum(2)
+    _check_finite(what, weight)
     if squeeze:
-        return weight[0], b[0]
-    return weight, b
+        return GroupFit(weight[0], b[0], report)
+    return GroupFit(weight, b, report)
 
 
 def bin_nodes(x: Tensor, y: Tensor, num_classes: int, bins: int | None):
-    """Per-node sufficient statistics for 1-node fits: each node's N examples sorted by activation and
-    cut at its quantiles into `bins` groups of nearly equal count; returns bin centres `[D, B]` (the mean activation of
-    the bin) and label counts `[D, B, K]`. bins None (or >= N) keeps every example as its own bin."""
+    """Per-node sufficient statistics for 1-node fits, float64: each node's N examples cut at its
+    quantiles into `bins` groups of nearly equal count; returns bin centres `[D, B]` (the mean
+    activation of the bin) and label counts `[D, B, K]`. bins None (or >= N) keeps every example as
+    its own bin."""
+    x = x.to(DTYPE)
     n, d = x.shape
     k = num_classes
+    y = y.to(x.device)
     if bins is None or bins >= n:
-        return x.T.contiguous(), torch.nn.functional.one_hot(y, k).T.unsqueeze(0).expand(d, k, n) \
-            .transpose(1, 2).to(x.dtype)
+        counts = torch.nn.functional.one_hot(y, k).to(DTYPE)  # [N, K]
+        return x.T.contiguous(), counts.unsqueeze(0).expand(d, n, k)
     # Quantile edges from at most 16 examples per bin (a strided subsample keeps it deterministic), then
     # every example is placed by binary search: O(N D log B) instead of sorting all N per node.
     xt = x.T.contiguous()  # [D, N]
     step = max(1, n // (16 * bins))
     sample = torch.sort(xt[:, ::step], dim=1).values
-    cut = (torch.arange(1, bins) * sample.shape[1]) // bins
+    cut = (torch.arange(1, bins, device=x.device) * sample.shape[1]) // bins
     edges = sample[:, cut].contiguous()  # [D, B-1]
     which = torch.searchsorted(edges, xt, right=True)  # [D, N] bin of each example
-    counts = torch.zeros(d, bins * k, dtype=x.dtype)
+    counts = torch.zeros(d, bins * k, dtype=DTYPE, device=x.device)
     counts.scatter_add_(1, which * k + y.unsqueeze(0), torch.ones_like(xt))
-    sums = torch.zeros(d, bins, dtype=x.dtype).scatter_add_(1, which, xt)
+    sums = torch.zeros(d, bins, dtype=DTYPE, device=x.device).scatter_add_(1, which, xt)
     size = counts.view(d, bins, k).sum(2)
     centres = torch.where(size > 0, sums / size.clamp_min(1), torch.zeros_like(sums))
     return centres, counts.view(d, bins, k)
 
 
+class BinnedNodes(NamedTuple):
+    """Standardised binned statistics of D single-node problems (see `binned_nodes`)."""
+
+    xb: Tensor        # [D, B] standardised bin centres (0 for constant nodes)
+    weights: Tensor   # [D, B] examples per bin
+    counts: Tensor    # [D, B, K] label counts per bin
+    shift: Tensor     # [D]
+    scale: Tensor     # [D]
+    constant: Tensor  # [D] bool
+    n: int
+
+
+def binned_nodes(x: Tensor, y: Tensor, num_classes: int, bins: int | None, const_tol: float,
+                 what: str = "node") -> BinnedNodes:
+    """Bin every node of x `[N, D]` (`bin_nodes`) and standardise the bin centres (weighted)."""
+    centres, counts = bin_nodes(x, y, num_classes, bins)
+    weights = counts.sum(2)
+    shift, scale, constant = standardise(centres.unsqueeze(2), True, const_tol, weights)
+    shift, scale, constant = shift[:, 0], scale[:, 0], constant[:, 0]
+    xb = ((centres - shift.unsqueeze(1)) / scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
+    _check_finite(what, xb)
+    return BinnedNodes(xb, weights, counts, shift, scale, constant, x.shape[0])
+
+
+def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
+    """(loss-and-gradient, loss-gradient-Hessian) of the D single-node problems, parameters
+    theta = [a (K slopes), c (K intercepts)] per node on standardised activations."""
+    k, n = num_classes, data.n
+    xb_all, wt_all, cnt_all = data.xb, data.weights, data.counts
+
+    def parts(theta: Tensor, idx: Tensor):
+        full = idx.numel() == xb_all.shape[0]
+        xb = (xb_all if full else xb_all[idx]).unsqueeze(2)  # [g, B, 1]
+        wt = wt_all if full else wt_all[idx]
+        cnt = cnt_all if full else cnt_all[idx]
+        a, c = theta[:, :k].unsqueeze(1), theta[:, k:].unsqueeze(1)  # [g, 1, K]
+        z = xb * a + c  # [g, B, K]
+        lse = torch.logsumexp(z, 2, keepdim=True)
+        loss = ((wt * lse.squeeze(2)).sum(1) - (cnt * z).sum((1, 2))) / n + 0.5 * l2 * (a * a).sum((1, 2))
+        p = z.sub_(lse).exp_()  # [g, B, K]
+        r = (p * wt.unsqueeze(2) - cnt) / n
+        ga = (r * xb).sum(1) + l2 * a[:, 0]
+        grad = torch.cat([ga, r.sum(1)], 1)
+        return loss, grad, p, xb, wt
+
+    def fun(theta, idx):
+        loss, grad, *_ = parts(theta, idx)
+        return loss, grad
+
+    def fun_hess(theta, idx):
+        loss, grad, p, xb, wt = parts(theta, idx)
+        g = theta.shape[0]
+        wp = p * (wt.unsqueeze(2) / n)  # [g, B, K]
+        blocks = []
+        for power in (2, 1, 0):
+            wpx = wp * xb ** power if power else wp
+            blocks.append(torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p))
+        h_aa, h_ac, h_cc = blocks
+        h_aa = h_aa + l2 * torch.eye(k, dtype=DTYPE, device=theta.device)
+        # softmax is unchanged when every intercept moves by the same amount: fix that flat direction
+        flat = h_cc.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300) / k
+        h_cc = h_cc + flat.view(g, 1, 1) / k
+        hess = torch.cat([torch.cat([h_aa, h_ac], 2), torch.cat([h_ac.transpose(1, 2), h_cc], 2)], 1)
+        return loss, grad, hess
+
+    return fun, fun_hess
+
+
+def solve_nodes(data: BinnedNodes, num_classes: int, settings: FitSettings,
+                init: Tensor | None = None) -> tuple[Tensor, FitReport]:
+    """Solve the D single-node problems of `data`; theta `[D, 2K]` on standardised activations."""
+    k = num_classes
+    d = data.xb.shape[0]
+    dev = data.xb.device
+    if init is None:
+        prior = data.counts.sum((0, 1)).div(data.weights.sum()).clamp_min(0.5 / data.n)
+        init = torch.cat([torch.zeros(d, k, dtype=DTYPE, device=dev), prior.log().expand(d, k)], 1)
+    fun, fun_hess = node_objectives(data, k, settings.l2)
+    if k <= NEWTON_MAX_CLASSES:
+        return newton(fun_hess, fun, init, settings.max_iter, settings.gtol)
+    return lbfgs(fun, init, settings.max_iter, settings.gtol)
+
+
+def node_lines_from(theta: Tensor, data: BinnedNodes, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Slopes and intercepts `[D, K]` on raw activations from standardised node parameters."""
+    k = num_classes
+    slope = theta[:, :k] / data.scale.unsqueeze(1)
+    intercept = theta[:, k:] - slope * data.shift.unsqueeze(1)
+    return slope, intercept
+
+
 def fit_node_lines(x: Tensor, y: Tensor, num_classes: int, bins: int | None = 256,
-                   settings: FitSettings = FitSettings()):
+                   settings: FitSettings = FitSettings(), what: str = "node") -> NodeFit:
     """Own read-out of every single node: K lines z_k = slope[n, k] x_n + intercept[n, k] per node.
 
-    x `[N, D]`, y `[N]`; returns (slope `[D, K]`, intercept `[D, K]`) on raw activations. The D
-    fits run as one problem on binned sufficient statistics (`bin_nodes`): O(D B K) per evaluation
-    instead of O(D N K); with B = 256 bins each bin spans 1/256 of a node's examples, so replacing an
-    example by its bin's mean activation moves the fitted lines by a negligible amount (bins=None is
-    exact). A constant node gets slope 0 and the log prior as intercepts.
+    x `[N, D]`, y `[N]`; returns ``NodeFit(slope [D, K], intercept [D, K], report)`` on raw
+    activations, float64 on x's device. Each node's fit runs on its binned sufficient statistics
+    (`bin_nodes`): O(B K) per evaluation instead of O(N K); with B = 128 bins each bin spans 1/128 of
+    a node's examples, so replacing an example by its bin's mean activation moves the fitted lines
+    by a negligible amount (bins=None is exact). A constant node gets slope 0 and the log prior as
+    intercepts.
     """
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    x = x.detach().to(dtype)
-    n = x.shape[0]
-    k = num_classes
-    centres, counts = bin_nodes(x, y, k, bins)  # [D, B], [D, B, K]
-    weights = counts.sum(2)  # [D, B]
-    shift, scale, constant = standardise(centres.unsqueeze(2), True, settings.const_tol, weights)
-    shift, scale, constant = shift[:, 0], scale[:, 0], constant[:, 0]
-    xs = ((centres - shift.unsqueeze(1)) / scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
-    d = x.shape[1]
-    prior = torch.bincount(y, minlength=k).to(dtype).div(n).clamp_min(0.5 / n)
-    theta0 = np.concatenate([np.zeros(d * k), np.tile(prior.log().double().numpy(), d)])
-    l2 = settings.l2
-    xb = xs.unsqueeze(2)  # [D, B, 1]
-
-    def loss_and_grad(theta: np.ndarray):
-        t = torch.from_numpy(theta).to(dtype)
-        a, c = t[:d * k].view(d, 1, k), t[d * k:].view(d, 1, k)
-        z = xb * a + c  # [D, B, K]
-        lse = torch.logsumexp(z, 2, keepdim=True)
-        loss = ((weights.unsqueeze(2) * lse).sum() - (counts * z).sum()) / n + 0.5 * l2 * (a * a).sum()
-        gz = z.sub_(lse).exp_().mul_(weights.unsqueeze(2)).sub_(counts).div_(n)
-        ga = (gz * xb).sum(1) + l2 * a[:, 0]
-        return float(loss), torch.cat([ga.flatten(), gz.sum(1).flatten()]).double().numpy()
-
-    sol = torch.from_numpy(_lbfgs(loss_and_grad, theta0, settings.max_iter)).to(dtype)
-    a_std, c_std = sol[:d * k].view(d, k), sol[d * k:].view(d, k)
-    slope = a_std / scale.unsqueeze(1)
-    intercept = c_std - slope * shift.unsqueeze(1)
-    return slope, intercept
+    data = binned_nodes(x.detach(), y, num_classes, bins, settings.const_tol, what)
+    theta, report = solve_nodes(data, num_classes, settings)
+    slope, intercept = node_lines_from(theta, data, num_classes)
+    _check_finite(what, slope)
+    return NodeFit(slope, intercept, report)

@@ -23,15 +23,16 @@ from .envelope import envelope_label_mask, node_envelopes, upper_envelope
 
 
 def node_hull_labels(readout, lo: Tensor | None = None, hi: Tensor | None = None,
-                     ablation: str = "zero") -> Tensor:
-    """R_n `[D, K]` bool: labels on node n's envelope over [lo[n], hi[n]] (`[D]` each; all x when None)."""
+                     ablation: str = "zero", strict: bool = True) -> Tensor:
+    """R_n `[D, K]` bool: labels that are the strictly largest field of node n somewhere in
+    [lo[n], hi[n]] (`[D]` each; all x when None). strict False: the argmax set (ties included)."""
     check_ablation(ablation)
     w = readout.weight.T.contiguous()
     b = readout.node_bias(ablation).contiguous()
     env = node_envelopes(w, b)
     lo = torch.full((w.shape[0],), -math.inf) if lo is None else lo
     hi = torch.full((w.shape[0],), math.inf) if hi is None else hi
-    return envelope_label_mask(env, lo, hi, readout.num_classes)
+    return envelope_label_mask(env, lo, hi, readout.num_classes, strict)
 
 
 def hull_bound(hull_labels: Tensor, prior: Tensor) -> Tensor:
@@ -69,13 +70,13 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
                      predicted: Tensor | None = None, method: str = "lp") -> Tensor:
     """Labels `[K]` bool that the node set with read-out columns w `[K, m]` and constants b `[K]` outputs
     as the strictly largest field for some activation x in the box [lo, hi] (`[m]` each; all x when
-    both are None). METHOD.md 6: one linear program per label, exact for every m.
+    both are None). docs/method.md 6: one linear program per label, exact for every m.
 
-    Labels in `predicted` `[K]` (the data already produced them) need no program; nor do labels that
-    win at one of a few hundred seeded random points of the box, or that one other label beats
-    everywhere in it (closed form). Duplicate points count once, under the lowest label (the one argmax
-    returns). method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k) instead:
-    a cross-check for small m.
+    Labels in `predicted` `[K]` (the data already produced them as a strict winner) need no program;
+    nor do labels that win strictly at one of a few hundred seeded random points of the box, or that
+    one other label beats everywhere in it (closed form). Two labels with the same point (w_k, b_k) tie
+    everywhere, so neither is ever strictly largest. method "qhull" (all x only) uses the upper convex
+    hull of the points (w_k, b_k) instead: a cross-check for small m.
     """
     check_features("w", w, 2)
     check_features("b", b, 1)
@@ -93,16 +94,18 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     if m == 1 and method == "lp":  # one node: its upper envelope is exact and needs no program
         env = upper_envelope(w[:, 0].double(), b.double(),
                              float(lo[0]) if box else -math.inf, float(hi[0]) if box else math.inf)
-        out[env.labels] = True
-        out[env.tie_labels] = True
+        out[env.strict_labels] = True
         return out
-    points = torch.cat([w, b.unsqueeze(1)], 1).double().numpy()
+    points = torch.cat([w, b.unsqueeze(1)], 1).double().cpu().numpy()
     uniq, first = np.unique(points, axis=0, return_index=True)
-    if len(uniq) == 1:
-        out[int(first[0])] = True
+    if len(uniq) == 1:  # one label wins alone; several with the same field everywhere: none strictly
+        out[0] = k == 1
         return out
+    # a label whose point another label duplicates ties with it everywhere: never strictly largest
+    _, counts = np.unique(points, axis=0, return_counts=True)
+    single = counts == 1
     if method == "qhull":
-        reach = _reachable_qhull(uniq)
+        reach = _reachable_qhull(uniq) & single
         out[torch.as_tensor(first[reach], dtype=torch.long)] = True
         return out
     a, c = uniq[:, :m], uniq[:, m]
@@ -143,6 +146,7 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     for i in np.nonzero(~reach & ~beaten)[0]:
         rows, consts = np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0)
         reach[i] = _lp_wins(*_normalise(rows, consts, box), box)
+    reach &= single
     out[torch.as_tensor(first[reach], dtype=torch.long)] = True
     return out
 

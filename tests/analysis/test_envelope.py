@@ -10,7 +10,8 @@ from lightning_ssb.analysis.envelope import envelope_label_mask, node_envelopes
 
 
 def brute(x, w, b):
-    return (x.unsqueeze(-1) * w + b).argmax(-1)
+    """argmax of the K fields in float64 (lowest label on ties), whatever the inputs' dtype."""
+    return (x.double().unsqueeze(-1) * torch.as_tensor(w).double() + torch.as_tensor(b).double()).argmax(-1)
 
 
 def t(*v):
@@ -57,9 +58,41 @@ def test_restriction_to_a_range():
     assert upper_envelope(w, b, 0.2, 0.8).labels.tolist() == [1]
     env = upper_envelope(w, b, -1, 0.5)
     assert env.labels.tolist() == [0, 1] and env.breaks.tolist() == [0.0]
-    assert upper_envelope(w, b, 1.0, 1.0).labels.tolist() == [1]   # a point on a break: its tie winner
-    mask = envelope_label_mask(node_envelopes(w[None], b[None]), t(1.0), t(5.0), 3)
-    assert mask.tolist() == [[False, True, True]]  # 1 wins at x = 1 exactly (tie, lower index)
+    on_break = upper_envelope(w, b, 1.0, 1.0)
+    assert on_break.labels.tolist() == [1] and on_break.strict_labels.tolist() == []  # a tie: wins by index only
+    env = node_envelopes(w[None], b[None])
+    # over [1, 5] label 1 is the argmax only at x = 1 (tie with 2, lower index): in the argmax set, not in R_n
+    assert envelope_label_mask(env, t(1.0), t(5.0), 3, strict=False).tolist() == [[False, True, True]]
+    assert envelope_label_mask(env, t(1.0), t(5.0), 3).tolist() == [[False, False, True]]
+    assert envelope_label_mask(env, t(0.5), t(0.5), 3).tolist() == [[False, True, False]]  # inside a piece
+
+
+def test_bias_free_lines_through_zero_have_two_strict_winners():
+    """Without a bias all K lines cross at x = 0, where label 0 wins the tie: it is not on the envelope
+    (R_n holds the labels of largest and smallest slope only), but it is what the node outputs at 0."""
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 384, generator=gen, dtype=torch.float64)   # 384 nodes of 6 lines each
+    b = torch.zeros(384, 6, dtype=torch.float64)
+    env = node_envelopes(w.T, b)
+    lo, hi = torch.full((384,), -1.0, dtype=torch.float64), torch.full((384,), 1.0, dtype=torch.float64)
+    strict = envelope_label_mask(env, lo, hi, 6)
+    assert (strict.sum(1) == 2).all()
+    assert torch.equal(strict, torch.zeros_like(strict).scatter_(1, w.T.argmax(1, keepdim=True), True)
+                       .scatter_(1, w.T.argmin(1, keepdim=True), True))
+    assert (envelope_label_mask(env, lo, hi, 6, strict=False)[:, 0]).all()   # the tie at 0 outputs label 0
+
+
+def test_float32_activations_are_predicted_as_a_float64_argmax():
+    """Fields that differ by float32's resolution: a float32 brute force gets thousands of pairs wrong."""
+    gen = torch.Generator().manual_seed(0)
+    n, d, k = 640, 384, 64
+    x = torch.randn(n, d, generator=gen)
+    w = 1.0 + 1e-6 * torch.randn(k, d, generator=gen)
+    b = 1e-6 * torch.randn(k, generator=gen)
+    pred = node_predictions(x, Readout(w, b))
+    assert torch.equal(pred, brute(x.T, w.T.unsqueeze(1), b))
+    in_float32 = (x.T.unsqueeze(2) * w.T.unsqueeze(1) + b).argmax(2)
+    assert (in_float32 != pred).sum() > 1000
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 7, 40])

@@ -1,11 +1,14 @@
-"""Batched read-out fits (fit.py): each group at its own penalised optimum, scale-free, constant nodes."""
+"""Read-out fits (fit.py, optim.py): float64, each read-out at its own optimum with its own convergence
+test, checked against an independent solver; scale-free; constant nodes; the convergence record."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize
 
 from lightning_ssb.analysis import FitSettings, fit_groups, fit_node_lines
-from lightning_ssb.analysis.fit import bin_nodes
+from lightning_ssb.analysis.fit import bin_nodes, standardise
 
 
 def data(n=600, d=5, k=4, seed=0):
@@ -28,58 +31,142 @@ def penalised_grad(x, y, weight, bias, l2, centre):
     return torch.autograd.grad(loss, [w_std, b_std])
 
 
+def scipy_optimum(x, y, k, l2, bias):
+    """The same penalised problem solved independently: numpy objective, scipy's L-BFGS-B to 1e-12."""
+    x, y = x.numpy(), y.numpy()
+    mean, std = x.mean(0), x.std(0)
+    shift = mean if bias else np.zeros_like(mean)
+    scale = std if bias else np.sqrt((x * x).mean(0))
+    xs = (x - shift) / scale
+    n, m = xs.shape
+    onehot = np.eye(k)[y]
+
+    def f(theta):
+        w = theta[:k * m].reshape(k, m)
+        z = xs @ w.T + (theta[k * m:] if bias else 0.0)
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        loss = -(onehot * np.log(p)).sum() / n + 0.5 * l2 * (w * w).sum()
+        g = (p - onehot) / n
+        grad = np.concatenate([(g.T @ xs + l2 * w).ravel()] + ([g.sum(0)] if bias else []))
+        return loss, grad
+
+    res = minimize(f, np.zeros(k * m + (k if bias else 0)), jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-12, "ftol": 1e-16, "maxiter": 20000, "maxcor": 30})
+    w_std = res.x[:k * m].reshape(k, m)
+    weight = w_std / scale
+    b = (res.x[k * m:] if bias else np.zeros(k)) - weight @ shift
+    return torch.from_numpy(weight), torch.from_numpy(b)
+
+
 @pytest.mark.parametrize("bias", [True, False])
-def test_groups_are_each_at_the_penalised_optimum(bias):
+def test_groups_reach_the_float64_optimum_of_an_independent_solver(bias):
     x, y = data()
     groups = torch.stack([x[:, :3], x[:, 2:]])  # two groups of 3 nodes sharing one node
-    w, b = fit_groups(groups, y, 4, bias, FitSettings(l2=1e-2, max_iter=1000))
-    assert w.shape == (2, 4, 3) and b.shape == (2, 4)
-    if not bias:
-        assert torch.all(b == 0)
-    for g in range(2):
-        gw, gb = penalised_grad(groups[g], y, w[g], b[g], 1e-2, bias)
-        assert gw.abs().max() < 1e-4
-        if bias:
-            assert gb.abs().max() < 1e-4
-        alone = fit_groups(groups[g], y, 4, bias, FitSettings(l2=1e-2, max_iter=1000))
-        assert torch.allclose(alone[0], w[g], rtol=1e-3, atol=1e-4 / groups[g].std(0).min())
+    for l2 in (1e-2, 0.384):  # a strong penalty too: its optimum is flat, a float32 stop missed it
+        fit = fit_groups(groups, y, 4, bias, FitSettings(l2=l2, gtol=1e-9))
+        assert fit.weight.dtype == torch.float64 and fit.weight.shape == (2, 4, 3) and fit.bias.shape == (2, 4)
+        assert fit.report.converged.all() and (fit.report.grad_max <= 1e-9).all()
+        if not bias:
+            assert torch.all(fit.bias == 0)
+        for g in range(2):
+            gw, gb = penalised_grad(groups[g], y, fit.weight[g], fit.bias[g], l2, bias)
+            assert gw.abs().max() < 1e-8 and (not bias or gb.abs().max() < 1e-8)
+            ref_w, ref_b = scipy_optimum(groups[g], y, 4, l2, bias)
+            fields, ref = groups[g] @ fit.weight[g].T + fit.bias[g], groups[g] @ ref_w.T + ref_b
+            # the fields up to the constant softmax ignores
+            assert torch.allclose(fields - fields.mean(1, keepdim=True), ref - ref.mean(1, keepdim=True), atol=1e-6)
+
+
+def test_a_units_fit_is_identical_alone_and_among_others():
+    x, y = data(d=8, seed=4)
+    heads = x.view(len(x), 4, 2).transpose(0, 1).contiguous()  # 4 read-outs of 2 nodes
+    together = fit_groups(heads, y, 4, True, FitSettings(l2=1e-3))
+    for h in range(4):
+        alone = fit_groups(heads[h], y, 4, True, FitSettings(l2=1e-3))
+        assert torch.equal(alone.weight, together.weight[h]) and torch.equal(alone.bias, together.bias[h])
+        assert alone.report.iterations.item() == together.report.iterations[h].item()
+    # single nodes: the first three nodes with or without the other five, and one replaced by a constant
+    lines = fit_node_lines(x, y, 4, bins=64, settings=FitSettings(l2=1e-3))
+    few = fit_node_lines(x[:, :3], y, 4, bins=64, settings=FitSettings(l2=1e-3))
+    assert torch.equal(lines.slope[:3], few.slope) and torch.equal(lines.intercept[:3], few.intercept)
+    flat = x.clone()
+    flat[:, 5] = 2.0
+    other = fit_node_lines(flat, y, 4, bins=64, settings=FitSettings(l2=1e-3))
+    keep = [0, 1, 2, 3, 4, 6, 7]
+    assert torch.equal(other.slope[keep], lines.slope[keep]) and torch.all(other.slope[5] == 0)
 
 
 def test_scale_of_a_node_is_folded_back_and_constant_nodes_get_zero_weight():
     x, y = data(seed=1)
-    w, b = fit_groups(x, y, 4, True, FitSettings(max_iter=500))
+    w, b, _ = fit_groups(x, y, 4, True, FitSettings(gtol=1e-10))
     scaled = x.clone()
     scaled[:, 1] *= 1e-3
-    w2, b2 = fit_groups(scaled, y, 4, True, FitSettings(max_iter=500))
-    assert torch.allclose(w2[:, 1] * 1e-3, w[:, 1], rtol=1e-4)          # same fields, raw weight x 1000
+    w2, b2, _ = fit_groups(scaled, y, 4, True, FitSettings(gtol=1e-10))
+    assert torch.allclose(w2[:, 1] * 1e-3, w[:, 1], rtol=1e-6)          # same fields, raw weight x 1000
     # A near-constant node (spread 1e-7 of its scale) gets weight exactly 0 and leaves the rest unchanged.
     gen = torch.Generator().manual_seed(5)
     extra = torch.cat([x, 3.0 + 1e-7 * torch.randn(len(x), 1, generator=gen, dtype=x.dtype)], 1)
     for bias in (True, False):
-        w3, b3 = fit_groups(extra, y, 4, bias, FitSettings(max_iter=500))
-        ref_w, ref_b = fit_groups(x, y, 4, bias, FitSettings(max_iter=500))
+        w3, b3, _ = fit_groups(extra, y, 4, bias, FitSettings())
+        ref_w, ref_b, _ = fit_groups(x, y, 4, bias, FitSettings())
         assert torch.all(w3[:, -1] == 0)
         assert torch.allclose(w3[:, :-1], ref_w) and torch.allclose(b3, ref_b)
 
 
-def test_warm_start_reaches_the_same_optimum():
-    x, y = data(seed=2)
-    cold = fit_groups(x, y, 4, True, FitSettings(l2=1e-2, max_iter=1000))
+@pytest.mark.parametrize("factor", [1e20, 1e-30])
+def test_fits_are_scale_free_from_tiny_to_huge_activations(factor):
+    """x * 1e20 or x * 1e-30 (float32 overflows or underflows their squares) gives the same fields."""
+    x, y = data(seed=6)
+    x32 = x.float()
+    big = x32 * factor
+    tight = FitSettings(l2=1e-2, gtol=1e-11)  # both at the optimum, not merely within 1e-6 of it
+    ref_w, ref_b, _ = fit_groups(x32, y, 4, True, tight)
+    w, b, rep = fit_groups(big, y, 4, True, tight)
+    assert torch.isfinite(w).all() and rep.converged.all()
+    fields, ref_fields = big.double() @ w.T + b, x32.double() @ ref_w.T + ref_b
+    # the same predictions and probabilities (x * factor rounds to float32 again: 1e-7 relative)
+    assert torch.equal(fields.argmax(1), ref_fields.argmax(1))
+    assert torch.allclose(fields.softmax(1), ref_fields.softmax(1), atol=1e-5)
+    lines = fit_node_lines(big, y, 4, bins=32, settings=tight)
+    ref = fit_node_lines(x32, y, 4, bins=32, settings=tight)
+    assert torch.isfinite(lines.slope).all()
+    assert torch.allclose(lines.slope * factor, ref.slope, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(lines.intercept, ref.intercept, rtol=1e-4, atol=1e-6)
+
+
+def test_standardise_keeps_a_small_spread_on_a_large_offset():
+    """E[x^2] - E[x]^2 in float32 turned a node at offset 3,000 with std 0.563 into std 1.0."""
     gen = torch.Generator().manual_seed(0)
-    start = (torch.randn(4, 5, generator=gen, dtype=x.dtype), torch.randn(4, generator=gen, dtype=x.dtype))
-    warm = fit_groups(x, y, 4, True, FitSettings(l2=1e-2, max_iter=1000), init=start)
-    fields = lambda wb: x @ wb[0].T + wb[1]
-    assert torch.allclose(torch.softmax(fields(cold), 1), torch.softmax(fields(warm), 1), atol=1e-5)
+    x = (3000.0 + 0.563 * torch.randn(5000, 1, generator=gen)).float()
+    shift, scale, constant = standardise(x, True, 1e-4)
+    exact = x.double().std(0, unbiased=False)
+    assert not constant.any() and torch.allclose(scale, exact, rtol=1e-9)
+    assert abs(scale.item() - 0.563) < 0.02
+
+
+def test_unconverged_fits_are_reported_per_unit():
+    x, y = data(seed=7)
+    fit = fit_groups(torch.stack([x[:, :2], x[:, 2:4]]), y, 4, True, FitSettings(l2=1e-4, max_iter=3))
+    assert not fit.report.converged.any() and (fit.report.iterations == 3).all()
+    assert (fit.report.grad_max > 1e-6).all()
+    assert fit.report.summary() == {"unconverged": 2.0, "grad_max": float(fit.report.grad_max.max())}
+    done = fit_groups(x[:, :2], y, 4, True, FitSettings(l2=1e-4))
+    assert done.report.converged.all() and done.report.grad_max.item() <= 1e-6
 
 
 def test_node_lines_exact_equal_one_node_groups_and_bins_barely_move_them():
     x, y = data(n=2000, seed=3)
-    settings = FitSettings(max_iter=1000)
-    slope, intercept = fit_node_lines(x, y, 4, bins=None, settings=settings)
+    settings = FitSettings(l2=1e-3, gtol=1e-10)
+    slope, intercept, rep = fit_node_lines(x, y, 4, bins=None, settings=settings)
+    assert rep.converged.all()
     for n in range(x.shape[1]):
         gw, gb = penalised_grad(x[:, n:n + 1], y, slope[n].unsqueeze(1), intercept[n], settings.l2, True)
-        assert gw.abs().max() < 1e-4 and gb.abs().max() < 1e-4
-    s2, i2 = fit_node_lines(x, y, 4, bins=128, settings=settings)
+        assert gw.abs().max() < 1e-8 and gb.abs().max() < 1e-8
+        ref_w, ref_b = scipy_optimum(x[:, n:n + 1], y, 4, settings.l2, True)
+        assert torch.allclose(slope[n], ref_w[:, 0], rtol=1e-5)
+    s2, i2, _ = fit_node_lines(x, y, 4, bins=128, settings=settings)
     pred = lambda s, i: (x.T.unsqueeze(2) * s.unsqueeze(1) + i.unsqueeze(1)).argmax(2)
     assert (pred(slope, intercept) == pred(s2, i2)).double().mean() > 0.99
 
@@ -95,6 +182,6 @@ def test_binned_statistics_by_hand():
 
 
 def test_settings_are_checked():
-    for bad in (dict(l2=-1.0), dict(max_iter=0), dict(const_tol=1.5)):
+    for bad in (dict(l2=-1.0), dict(max_iter=0), dict(const_tol=1.5), dict(gtol=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FitSettings(**bad)

@@ -27,16 +27,21 @@ def test_bound_holds_on_random_sites():
 
 
 def test_reachability_by_hand():
-    w = torch.tensor([[0.0, 0], [1, 0], [0, 1], [-1, -1], [0, 0], [0.0, 0]])
-    b = torch.tensor([1.0, 0, 0, 0, -5, 1])   # 4 lies below the hull; 5 duplicates 0 (0 wins ties)
+    w = torch.tensor([[0.0, 0], [1, 0], [0, 1], [-1, -1], [0, 0]])
+    b = torch.tensor([1.0, 0, 0, 0, -5])   # 4 lies below the hull
     for method in ("qhull", "lp"):
-        assert reachable_labels(w, b, method=method).tolist() == [True, True, True, True, False, False]
+        assert reachable_labels(w, b, method=method).tolist() == [True, True, True, True, False]
     # In the box [0, 0.5]^2 label 0 (field 1) beats labels 1 and 2 (at most 0.5) and 3 everywhere.
     box = reachable_labels(w, b, torch.zeros(2), torch.full((2,), 0.5))
-    assert box.tolist() == [True, False, False, False, False, False]
+    assert box.tolist() == [True, False, False, False, False]
     # In [0, 3]^2, labels 1 and 2 win near the far corners, 3 (falling) never.
     assert reachable_labels(w, b, torch.zeros(2), torch.full((2,), 3.0)).tolist() == \
-        [True, True, True, False, False, False]
+        [True, True, True, False, False]
+    # A label whose point another label duplicates ties with it everywhere: neither is ever the strict argmax
+    # (argmax would output the lower one by the tie rule, which does not make it reachable).
+    w2, b2 = torch.cat([w, w[:1]]), torch.cat([b, b[:1]])
+    for method in ("qhull", "lp"):
+        assert reachable_labels(w2, b2, method=method).tolist() == [False, True, True, True, False, False]
 
 
 def dense_winners(w, b, lo, hi, gen, n=60000):
@@ -111,8 +116,9 @@ def test_degenerate_point_sets():
     for method in ("lp", "qhull"):
         assert reachable_labels(w, b, method=method).tolist() == [True, True, True, True]
         assert reachable_labels(w, torch.tensor([0.0, -1, 0, -10]), method=method).tolist() == [True, False, True, True]
-    # K = 1 and K <= m + 1.
+    # K = 1 (the one label, unopposed), equal fields (never a strict winner), and K <= m + 1.
     assert reachable_labels(torch.zeros(1, 3), torch.zeros(1)).tolist() == [True]
+    assert reachable_labels(torch.zeros(2, 3), torch.zeros(2)).tolist() == [False, False]
     assert reachable_labels(torch.eye(2), torch.zeros(2)).tolist() == [True, True]
     with pytest.raises(ValueError, match="lo and hi must be given together"):
         reachable_labels(torch.eye(2), torch.zeros(2), lo=torch.zeros(2))

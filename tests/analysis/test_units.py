@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from lightning_ssb.analysis import (Readout, benjamini_hochberg, binomial_pvalues, cluster_stats,
-                                    confusion_matrices, label_stats, learned_labels, unit_report)
+                                    confusion_matrices, fit_node_lines, label_stats, learned_labels, unit_report)
+from lightning_ssb.analysis.fit import FitSettings
+from lightning_ssb.analysis.units import binary_cluster_stats, node_field_matrices
 
 
 def test_label_stats_and_confusion_match_loops():
@@ -89,15 +91,45 @@ def test_clusters_by_hand():
                       [1, 1, 0, 0],
                       [0, 0, 1, 0],
                       [1, 0, 0, 0]], dtype=torch.float64)
-    st = cluster_stats((b * 10 + 1).unsqueeze(0), tau=0.5)   # 11 / 11 = 1 >= .5, 1 / 11 < .5
+    st = binary_cluster_stats(b.unsqueeze(0))
     assert st.count.tolist() == [2] and st.mean_size.tolist() == [1.5] and st.noise.tolist() == [1]
     # 0-1 and 1-2 are linked but 0-2 is not: greedy keeps {0, 1} and makes {2} its own cluster.
     chain = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=torch.float64)
-    st = cluster_stats(chain.unsqueeze(0), tau=0.5)
+    st = binary_cluster_stats(chain.unsqueeze(0))
     assert st.count.tolist() == [2] and st.noise.tolist() == [7 - 4 - 1]
-    # No positive field: no ones, no cluster.
+    # Fields: rows are centred first. Row i of F = 10 * B[i] - 4: centred, a 1 of B becomes
+    # 10 - 10 * (ones in the row) / 4 and a 0 becomes -10 * (ones in the row) / 4.
+    fields = (b * 10 - 4).unsqueeze(0)
+    centred = b * 10 - 10 * b.sum(1, keepdim=True) / 4   # max 7.5 (row 2); tau 0.5: entries >= 3.75
+    expected = (centred >= 0.5 * centred.max()).unsqueeze(0)
+    assert torch.equal(binary_cluster_stats(expected).count, cluster_stats(fields, tau=0.5).count)
+    assert expected[0].tolist() == [[True, True, False, False], [True, True, False, False],
+                                    [False, False, True, False], [True, False, False, False]]
+    # All fields equal (a unit that says nothing): no ones, no cluster.
     st = cluster_stats(-torch.ones(1, 3, 3), tau=0.3)
     assert st.count.tolist() == [0] and st.mean_size.tolist() == [0.0] and st.noise.tolist() == [0]
+
+
+def test_own_read_out_clusters_are_not_erased_by_the_intercepts():
+    """An own node's fields sit near its intercepts, about log(1/K) < 0 for every label: without
+    centring every row, no entry passed the threshold and every own-family cluster count was 0."""
+    gen = torch.Generator().manual_seed(0)
+    n, k = 800, 4
+    y = torch.arange(n) % k
+    # a weak node: its mean rises with the label by 0.3 of its spread
+    x = (y.double() * 0.3 + torch.randn(n, generator=gen, dtype=torch.float64)).unsqueeze(1)
+    lines = fit_node_lines(x, y, k, bins=None, settings=FitSettings(l2=1e-3))
+    means = torch.stack([x[y == i].mean(0) for i in range(k)])
+    fields = node_field_matrices(means, lines.slope.T, intercept=lines.intercept)
+    assert fields.max() < 0            # every raw field is near log(1/4): max-normalising it finds no ones
+    st = cluster_stats(fields, tau=0.3)
+    # centred, each class's highest field is its own label's at the two ends (0 and 3): two clusters at least
+    centred = fields[0] - fields[0].mean(1, keepdim=True)
+    assert centred[0].argmax() == 0 and centred[3].argmax() == 3
+    assert st.count.item() >= 2
+    # shift-invariance: adding a constant to every field of one example class leaves the statistics alone
+    shifted = fields + torch.arange(k, dtype=torch.float64).view(1, k, 1) * 5.0
+    assert torch.equal(cluster_stats(shifted, 0.3).count, st.count)
 
 
 def test_cluster_greedy_matches_a_reference_on_random_matrices():
@@ -115,7 +147,7 @@ def test_cluster_greedy_matches_a_reference_on_random_matrices():
                     cl.append(j)
             used |= set(cl)
             sizes.append(len(cl))
-        st = cluster_stats(torch.tensor(b, dtype=torch.float64).unsqueeze(0), tau=0.5)
+        st = binary_cluster_stats(torch.tensor(b).unsqueeze(0))
         assert st.count.item() == len(sizes) and st.noise.item() == b.sum() - sum(s * s for s in sizes)
 
 

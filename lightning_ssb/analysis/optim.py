@@ -1,0 +1,177 @@
+"""Batched minimisers for many independent convex problems, each with its own convergence test.
+
+Every read-out fit of the package is G independent problems of the same size (G heads, G crossover
+subsets, D single nodes, one site). They are solved together for speed (one batched evaluation per
+step), but each problem keeps its own optimiser state: its own L-BFGS history and step length, its
+own Newton step, and its own stopping test. A problem that has converged is frozen and no longer
+evaluated, so its result is the same whether it is solved alone or among others.
+
+Everything is torch on the tensors' device (CPU or GPU); the caller chooses the dtype (the fits
+use float64). ``fun(theta, index)`` evaluates the problems ``index`` at ``theta`` `[g, P]` and
+returns ``(loss [g], grad [g, P])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+_ARMIJO = 1e-4
+_MAX_HALVINGS = 40
+
+
+@dataclass
+class FitReport:
+    """How each of G problems ended: converged `[G]` bool (largest gradient entry <= gtol),
+    grad_max `[G]` (largest gradient entry at the returned point), iterations `[G]`."""
+
+    converged: Tensor
+    grad_max: Tensor
+    iterations: Tensor
+
+    @staticmethod
+    def cat(reports: list["FitReport"]) -> "FitReport":
+        return FitReport(torch.cat([r.converged for r in reports]), torch.cat([r.grad_max for r in reports]),
+                         torch.cat([r.iterations for r in reports]))
+
+    def summary(self) -> dict[str, float]:
+        """``unconverged`` (count) and ``grad_max`` (the largest over the problems)."""
+        return {"unconverged": float((~self.converged).sum()),
+                "grad_max": float(self.grad_max.max()) if self.grad_max.numel() else 0.0}
+
+
+def lbfgs(fun: Objective, theta0: Tensor, max_iter: int, gtol: float, history: int = 10) -> tuple[Tensor, FitReport]:
+    """Minimise G smooth convex problems from theta0 `[G, P]` by L-BFGS with Armijo backtracking.
+
+    Each problem has its own curvature pairs (a pair with s.y <= 0 is skipped, keeping the
+    approximation positive definite), its own step length and its own stop: the largest entry of its
+    gradient <= gtol (converged), ``max_iter`` steps, or no step that lowers its loss (stalled)."""
+    theta = theta0.clone()
+    g_all, p = theta.shape
+    dev, dt = theta.device, theta.dtype
+    f, grad = fun(theta, torch.arange(g_all, device=dev))
+    s_hist = torch.zeros(g_all, history, p, device=dev, dtype=dt)
+    y_hist = torch.zeros_like(s_hist)
+    rho = torch.zeros(g_all, history, device=dev, dtype=dt)
+    gamma = torch.zeros(g_all, device=dev, dtype=dt)  # 0: no curvature pair yet
+    iters = torch.zeros(g_all, dtype=torch.long, device=dev)
+    active = grad.abs().amax(1) > gtol
+    for it in range(int(max_iter)):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        full = idx.numel() == g_all
+        g = grad if full else grad[idx]
+        s_h, y_h, r_h = (s_hist, y_hist, rho) if full else (s_hist[idx], y_hist[idx], rho[idx])
+        # two-loop recursion, newest pair first; empty slots have rho = 0 and change nothing
+        order = [(it - 1 - j) % history for j in range(min(it, history))]
+        q = g.clone()
+        alphas = []
+        for j in order:
+            a = r_h[:, j] * (s_h[:, j] * q).sum(1)
+            alphas.append(a)
+            q -= a.unsqueeze(1) * y_h[:, j]
+        gam = gamma if full else gamma[idx]
+        first = gam == 0
+        gam = torch.where(first, 1.0 / g.abs().amax(1).clamp_min(1.0), gam)  # first step: at most unit length
+        q *= gam.unsqueeze(1)
+        for j, a in zip(reversed(order), reversed(alphas)):
+            b = r_h[:, j] * (y_h[:, j] * q).sum(1)
+            q += (a - b).unsqueeze(1) * s_h[:, j]
+        d = -q
+        slope = (g * d).sum(1)
+        bad = slope >= 0  # numerical trouble: restart that problem from its gradient
+        if bad.any():
+            rho[idx[bad]] = 0
+            gamma[idx[bad]] = 0
+            d[bad] = -g[bad] / g[bad].abs().amax(1, keepdim=True).clamp_min(1.0)
+            slope = (g * d).sum(1)
+        new_theta, new_f, new_g, ok = _backtrack(fun, theta[idx], f[idx], slope, d, idx)
+        s = new_theta - theta[idx]
+        yv = new_g - g
+        sy = (s * yv).sum(1)
+        keep = ok & (sy > 1e-12 * (s.norm(dim=1) * yv.norm(dim=1)).clamp_min(1e-300))
+        slot = it % history
+        s_hist[idx, slot] = torch.where(keep.unsqueeze(1), s, torch.zeros_like(s))
+        y_hist[idx, slot] = torch.where(keep.unsqueeze(1), yv, torch.zeros_like(yv))
+        rho[idx, slot] = torch.where(keep, 1.0 / torch.where(keep, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        gamma[idx] = torch.where(keep, sy / (yv * yv).sum(1).clamp_min(1e-300), gamma[idx])
+        moved = ok
+        theta[idx[moved]], f[idx[moved]], grad[idx[moved]] = new_theta[moved], new_f[moved], new_g[moved]
+        iters[idx] += 1
+        done = (grad[idx].abs().amax(1) <= gtol) | ~ok
+        active[idx[done]] = False
+    gmax = grad.abs().amax(1)
+    return theta, FitReport(gmax <= gtol, gmax, iters)
+
+
+def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tensor, idx: Tensor):
+    """Per-problem Armijo backtracking from step 1: (theta, loss, grad, accepted `[g]` bool)."""
+    g = theta.shape[0]
+    step = torch.ones(g, device=theta.device, dtype=theta.dtype)
+    out_theta, out_f = theta.clone(), f.clone()
+    out_g = torch.zeros_like(theta)
+    ok = torch.zeros(g, dtype=torch.bool, device=theta.device)
+    todo = torch.arange(g, device=theta.device)
+    for _ in range(_MAX_HALVINGS):
+        trial = theta[todo] + step[todo].unsqueeze(1) * d[todo]
+        tf, tg = fun(trial, idx[todo])
+        good = torch.isfinite(tf) & (tf <= f[todo] + _ARMIJO * step[todo] * slope[todo])
+        done = todo[good]
+        out_theta[done], out_f[done], out_g[done] = trial[good], tf[good], tg[good]
+        ok[done] = True
+        todo = todo[~good]
+        if todo.numel() == 0:
+            break
+        step[todo] *= 0.5
+    return out_theta, out_f, out_g, ok
+
+
+def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], fun: Objective, theta0: Tensor,
+           max_iter: int, gtol: float) -> tuple[Tensor, FitReport]:
+    """Minimise G small strictly convex problems by damped Newton steps (batched Cholesky solves).
+
+    ``fun_hess(theta, index)`` returns (loss [g], grad [g, P], hessian [g, P, P]); ``fun`` is the
+    cheaper loss-and-gradient used by the line search. Each problem stops on its own: largest
+    gradient entry <= gtol, ``max_iter`` steps, or no step that lowers its loss."""
+    theta = theta0.clone()
+    g_all, p = theta.shape
+    dev, dt = theta.device, theta.dtype
+    iters = torch.zeros(g_all, dtype=torch.long, device=dev)
+    active = torch.ones(g_all, dtype=torch.bool, device=dev)
+    grad = torch.zeros_like(theta)
+    eye = torch.eye(p, device=dev, dtype=dt)
+    for _ in range(int(max_iter) + 1):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        f, g, h = fun_hess(theta[idx], idx)
+        grad[idx] = g
+        conv = g.abs().amax(1) <= gtol
+        active[idx[conv]] = False
+        run = ~conv & (iters[idx] < max_iter)
+        active[idx[~run & ~conv]] = False
+        if not run.any():
+            break
+        idx, f, g, h = idx[run], f[run], g[run], h[run]
+        # a tiny ridge, relative to the Hessian's scale, keeps the factorisation defined
+        ridge = 1e-12 * h.diagonal(dim1=1, dim2=2).abs().amax(1).clamp_min(1e-300)
+        chol, info = torch.linalg.cholesky_ex(h + ridge.view(-1, 1, 1) * eye)
+        d = torch.cholesky_solve(-g.unsqueeze(2), chol).squeeze(2)
+        failed = info != 0
+        if failed.any():  # not positive definite numerically: a scaled gradient step for that problem
+            d[failed] = -g[failed] / g[failed].abs().amax(1, keepdim=True).clamp_min(1.0)
+        d = torch.where(torch.isfinite(d), d, -g)
+        slope = (g * d).sum(1)
+        new_theta, _, new_g, ok = _backtrack(fun, theta[idx], f, slope, d, idx)
+        theta[idx[ok]] = new_theta[ok]
+        grad[idx[ok]] = new_g[ok]
+        iters[idx] += 1
+        active[idx[~ok]] = False  # no step lowers the loss: stalled
+    gmax = grad.abs().amax(1)
+    return theta, FitReport(gmax <= gtol, gmax, iters)
