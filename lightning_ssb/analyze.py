@@ -18,9 +18,10 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from lightning_ssb.callbacks.capture import capture_probe
-from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.callbacks.monitor import SSBMonitor, random_init
+from lightning_ssb.results import epochs
 from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
-from lightning_ssb.results.sinks import ANALYZE_EPOCH, SinkError, close_all
+from lightning_ssb.results.sinks import SinkError, close_all
 from lightning_ssb.run_folder import RunRecord
 
 ANALYZE_SUFFIX = "_analyze"  # an analysis of the run folder F writes to F_analyze (F itself holds the fit's run)
@@ -53,7 +54,7 @@ class SSBTrainer(Trainer):
     """Lightning's Trainer with an ``analyze`` method (the CLI's ``analyze`` subcommand)."""
 
     def analyze(self, model: LightningModule, datamodule: LightningDataModule | None = None,
-                ckpt_path: str | None = None) -> dict:
+                ckpt_path: str | None = None, random_init: bool = False, init_seed: int = 0) -> dict:
         """Analyse a checkpoint or a pre-trained model once with the config's SSBMonitor (no training).
 
         Args:
@@ -62,6 +63,9 @@ class SSBTrainer(Trainer):
             ckpt_path: A Lightning checkpoint of either stage whose weights are analysed; without it
                 the model as built (``--model.init_args.pretrained``: a Hugging Face folder or hub id,
                 or an MLM checkpoint for a classifier).
+            random_init: Analyse the config's architecture at a seeded random initialisation instead
+                (the symmetric state; written as ``init/``, epoch -3).
+            init_seed: Seed of that random initialisation.
 
         Returns the scalars that were logged.
         """
@@ -73,9 +77,14 @@ class SSBTrainer(Trainer):
         if self.world_size > 1:
             raise ValueError("analyze runs in one process: use --trainer.devices 1 (and no torchrun)")
         pretrained = getattr(model, "hparams", {}).get("pretrained")
+        if random_init and ckpt_path:
+            raise ValueError("analyze: --random_init analyses a fresh initialisation: leave out --ckpt_path")
         source = load_weights(model, ckpt_path) if ckpt_path else {
             "pretrained": pretrained, "task": getattr(model, "task", None), "epoch": None, "global_step": None}
-        if not ckpt_path and not pretrained:
+        if random_init:
+            source = {"random_init": True, "init_seed": init_seed, "task": getattr(model, "task", None),
+                      "epoch": None, "global_step": None}
+        elif not ckpt_path and not pretrained:
             source["note"] = "randomly initialised (neither ckpt_path nor model.init_args.pretrained)"
         monitor.check(model, datamodule)  # before any W&B run exists
         datamodule.prepare_data()
@@ -91,7 +100,7 @@ class SSBTrainer(Trainer):
             for cb in self.callbacks:  # the run record and the config file, as in fit
                 if isinstance(cb, RunRecord) or hasattr(cb, "save_config"):
                     cb.setup(self, model, "analyze")
-            result = analyze_once(monitor, self, model, datamodule, source)
+            result = analyze_once(monitor, self, model, datamodule, source, init_seed if random_init else None)
             status = "success"
         finally:
             for logger in self.loggers:
@@ -100,16 +109,17 @@ class SSBTrainer(Trainer):
                 if isinstance(cb, RunRecord):
                     cb.note(status="finished" if status == "success" else "failed", analyzed=source,
                             seconds=round(time.perf_counter() - started, 1))
-        print(f"lightning_ssb analyze: {monitor.dirpath}/analyze ({len(result.scalars)} scalars, "
-              f"{time.perf_counter() - started:.1f} s)")
+        print(f"lightning_ssb analyze: {monitor.dirpath}/{epochs.dirname(result.epoch)} ({len(result.scalars)} "
+              f"scalars, {time.perf_counter() - started:.1f} s)")
         return result.scalars
 
 
 def analyze_once(monitor: SSBMonitor, trainer: Trainer, pl_module: LightningModule, datamodule,
-                 source: dict | None = None) -> EpochResult:
+                 source: dict | None = None, init_seed: int | None = None) -> EpochResult:
     """Outside any fit: ``monitor`` captures its probe once, analyses it and logs it to its sinks as
-    ``analyze/`` (epoch -2). One process; the data module must be set up. ``source`` (what was analysed,
-    its epoch and step) goes into meta.json."""
+    ``analyze/`` (epoch -2), or, with ``init_seed``, the model's architecture at that seeded random
+    initialisation as ``init/`` (epoch -3). One process; the data module must be set up. ``source``
+    (what was analysed, its epoch and step) goes into meta.json."""
     monitor.check(pl_module, datamodule)
     monitor._open_sinks(trainer)
     monitor.probe = monitor.probe_config.build(datamodule, monitor._task)
@@ -117,13 +127,20 @@ def analyze_once(monitor: SSBMonitor, trainer: Trainer, pl_module: LightningModu
     try:
         start = time.perf_counter()
         ctx = getattr(trainer.precision_plugin, "forward_context", None)
-        x_train, y_train, x_test, y_test = capture_probe(pl_module.model, monitor.probe, monitor.layers,
-                                                         monitor.sites, device=pl_module.device, autocast=ctx)
+        epoch = epochs.ANALYZE if init_seed is None else epochs.INIT
+        if init_seed is None:
+            captured = capture_probe(pl_module.model, monitor.probe, monitor.layers, monitor.sites,
+                                     device=pl_module.device, autocast=ctx)
+        else:
+            with random_init(pl_module.model, init_seed) as fresh:
+                captured = capture_probe(fresh, monitor.probe, monitor.layers, monitor.sites,
+                                         device=pl_module.device, autocast=ctx)
+        x_train, y_train, x_test, y_test = captured
         monitor.blocking_seconds.append(time.perf_counter() - start)
-        snap = EpochSnapshot(ANALYZE_EPOCH, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
+        snap = EpochSnapshot(epoch, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
                              monitor.probe.num_classes, list(monitor.probe.label_names))
         result = build_result(snap, monitor.analysis, monitor.analyses, monitor.make_figures, monitor.make_table,
-                              monitor.prefix)
+                              monitor.prefix, monitor.plan(epoch, last=True))
         result.meta["source"] = source
         monitor._log(result)
     finally:

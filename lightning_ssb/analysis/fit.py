@@ -115,15 +115,81 @@ def _check_finite(name: str, t: Tensor) -> None:
                          f"({(~torch.isfinite(t)).sum().item()} non-finite values after standardising)")
 
 
+def softmax_parts(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(log-sum-exp `[..., 1]`, softmax) of fields z `[..., K]` in one pass, overwriting z with the softmax
+    (torch's logsumexp and a separate softmax cost twice the exponentials)."""
+    top = z.amax(-1, keepdim=True)
+    z.sub_(top).exp_()
+    total = z.sum(-1, keepdim=True)
+    z.div_(total)
+    return top.add_(total.log_()), z
+
+
+def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: float):
+    """loss-and-gradient of G read-outs on standardised xs `[G, N, m]` (mean cross-entropy plus
+    l2/2 ||W||^2), theta = [W (K x m, row-major), b (K)] per read-out, in xs's dtype."""
+    g, n, m = xs.shape
+    k = num_classes
+    nw = k * m
+    target = y.view(1, n, 1)
+    minus_one = torch.full((1, n, 1), -1.0 / n, dtype=xs.dtype, device=xs.device)
+
+    def objective(theta: Tensor, idx: Tensor):
+        xg = xs if idx.numel() == g else xs[idx]
+        gg = xg.shape[0]
+        w = theta[:, :nw].view(gg, k, m)
+        z = torch.bmm(xg, w.transpose(1, 2))  # [g, N, K]
+        if bias:
+            z += theta[:, nw:].view(gg, 1, k)
+        tgt = target.expand(gg, n, 1)
+        zy = z.gather(2, tgt)
+        lse, p = softmax_parts(z)
+        loss = (lse - zy).squeeze(2).mean(1) + 0.5 * l2 * (w * w).sum((1, 2))
+        p.div_(n).scatter_add_(2, tgt, minus_one.expand(gg, n, 1))  # (softmax - onehot) / n
+        gw = torch.baddbmm(w, p.transpose(1, 2), xg, beta=l2)
+        grad = torch.cat([gw.flatten(1), p.sum(1)], 1) if bias else gw.flatten(1)
+        return loss, grad
+
+    return objective
+
+
+def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float):
+    """An approximate inverse Hessian of `group_objective` at the start (uniform softmax): for the
+    weights of every class (C / K + l2 I)^-1 with C = xs^T xs / N the nodes' second moments, for the
+    biases K. Correlated nodes make the plain problem ill-conditioned; this is L-BFGS's initial matrix."""
+    g, n, m = xs.shape
+    k = num_classes
+    nw = k * m
+    cov = torch.bmm(xs.transpose(1, 2), xs) / n
+    eye = torch.eye(m, dtype=xs.dtype, device=xs.device)
+    a = cov / k + (l2 + 1e-8) * eye  # the small ridge keeps constant (zeroed) nodes invertible
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(a))
+
+    def apply(q: Tensor, idx: Tensor) -> Tensor:
+        ig = inv if idx.numel() == g else inv[idx]
+        gg = q.shape[0]
+        rw = torch.bmm(q[:, :nw].view(gg, k, m), ig).flatten(1)
+        return torch.cat([rw, q[:, nw:] * k], 1) if bias else rw
+
+    return apply
+
+
+# The first phase of every L-BFGS fit runs in float32 (exponentials and matmuls several times faster on
+# a CPU) down to this gradient; the second phase continues in float64 from there to `gtol`. The result
+# is the float64 optimum either way (convex problems): only the number of float64 steps changes.
+FLOAT32_GTOL = 1e-4
+
+
 def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: FitSettings = FitSettings(),
                init: tuple[Tensor, Tensor] | None = None, what: str = "read-out") -> GroupFit:
     """Fit G independent read-outs from x `[G, N, m]` (or `[N, m]`, G = 1) to labels y `[N]`.
 
-    Each minimises its own mean cross-entropy plus ``l2/2 ||W_std||^2`` in float64 on x's device.
-    Returns ``GroupFit(weight [G, K, m], bias [G, K], report)`` on raw activations: fields
-    z = x @ weight.T + bias (bias all zero when `bias` is False). `init` (weight, bias on raw
-    activations) starts the optimiser there instead of at zero: the problem is convex, so only the
-    number of steps changes. `what` names the read-outs in errors.
+    Each minimises its own mean cross-entropy plus ``l2/2 ||W_std||^2`` on x's device: preconditioned
+    L-BFGS, first in float32 down to a gradient of `FLOAT32_GTOL`, then in float64 until its largest
+    gradient entry is at most ``gtol`` (the report says which did). Returns ``GroupFit(weight [G, K, m],
+    bias [G, K], report)`` on raw activations: fields z = x @ weight.T + bias (bias all zero when `bias`
+    is False). `init` (weight, bias on raw activations) starts the optimiser there instead of at zero:
+    the problem is convex, so only the number of steps changes. `what` names the read-outs in errors.
     """
     squeeze = x.dim() == 2
     if squeeze:
@@ -149,25 +215,14 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
         if bias:
             theta0[:, nw:] = b0 + (w0 * shift.unsqueeze(1)).sum(2)
     l2 = settings.l2
-    target = y.view(1, n, 1)
-
-    def objective(theta: Tensor, idx: Tensor):
-        xg = xs if idx.numel() == g else xs[idx]
-        gg = xg.shape[0]
-        w = theta[:, :nw].view(gg, k, m)
-        z = torch.bmm(xg, w.transpose(1, 2))  # [g, N, K]
-        if bias:
-            z += theta[:, nw:].view(gg, 1, k)
-        tgt = target.expand(gg, n, 1)
-        lse = torch.logsumexp(z, 2, keepdim=True)
-        loss = (lse - z.gather(2, tgt)).squeeze(2).mean(1) + 0.5 * l2 * (w * w).sum((1, 2))
-        p = z.sub_(lse).exp_()
-        p.scatter_add_(2, tgt, torch.full((gg, n, 1), -1.0, dtype=DTYPE, device=dev)).div_(n)
-        gw = torch.bmm(p.transpose(1, 2), xg) + l2 * w
-        grad = torch.cat([gw.flatten(1), p.sum(1)], 1) if bias else gw.flatten(1)
-        return loss, grad
-
-    theta, report = lbfgs(objective, theta0, settings.max_iter, settings.gtol)
+    xs32 = xs.float()
+    first, rep1 = lbfgs(group_objective(xs32, y, k, bias, l2), theta0.float(), settings.max_iter,
+                        max(settings.gtol, FLOAT32_GTOL), precond=group_preconditioner(xs32, k, bias, l2))
+    del xs32
+    left = settings.max_iter - rep1.iterations  # max_iter caps both phases together
+    theta, rep2 = lbfgs(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
+                        precond=group_preconditioner(xs, k, bias, l2))
+    report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations)
     w_std = theta[:, :nw].view(g, k, m)
     weight = w_std / scale.unsqueeze(1)
     b = theta[:, nw:] if bias else torch.zeros(g, k, dtype=DTYPE, device=dev)
@@ -258,11 +313,13 @@ def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
     def fun_hess(theta, idx):
         loss, grad, p, xb, wt = parts(theta, idx)
         g = theta.shape[0]
-        wp = p * (wt.unsqueeze(2) / n)  # [g, B, K]
+        # the Hessian only steers the steps (the gradient decides convergence): float32 is enough
+        p32, xb32 = p.float(), xb.float()
+        wp = p32 * (wt.unsqueeze(2).float() / n)  # [g, B, K]
         blocks = []
         for power in (2, 1, 0):
-            wpx = wp * xb ** power if power else wp
-            blocks.append(torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p))
+            wpx = wp * xb32 ** power if power else wp
+            blocks.append((torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p32)).to(DTYPE))
         h_aa, h_ac, h_cc = blocks
         h_aa = h_aa + l2 * torch.eye(k, dtype=DTYPE, device=theta.device)
         # softmax is unchanged when every intercept moves by the same amount: fix that flat direction

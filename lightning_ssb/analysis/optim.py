@@ -45,23 +45,29 @@ class FitReport:
                 "grad_max": float(self.grad_max.max()) if self.grad_max.numel() else 0.0}
 
 
-def lbfgs(fun: Objective, theta0: Tensor, max_iter: int, gtol: float, history: int = 10) -> tuple[Tensor, FitReport]:
+def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, history: int = 10,
+          precond: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, FitReport]:
     """Minimise G smooth convex problems from theta0 `[G, P]` by L-BFGS with Armijo backtracking.
 
     Each problem has its own curvature pairs (a pair with s.y <= 0 is skipped, keeping the
     approximation positive definite), its own step length and its own stop: the largest entry of its
-    gradient <= gtol (converged), ``max_iter`` steps, or no step that lowers its loss (stalled)."""
+    gradient <= gtol (converged), ``max_iter`` steps, or no step that lowers its loss (stalled).
+    ``precond(q, index)`` applies a fixed positive definite approximation of the inverse Hessian to
+    q `[g, P]` (the L-BFGS initial matrix, scaled by s.y / y.My); without it the initial matrix is
+    the usual scaled identity. ``max_iter`` may be a `[G]` tensor: a cap per problem."""
     theta = theta0.clone()
     g_all, p = theta.shape
     dev, dt = theta.device, theta.dtype
+    caps = torch.as_tensor(max_iter, device=dev).expand(g_all)
     f, grad = fun(theta, torch.arange(g_all, device=dev))
     s_hist = torch.zeros(g_all, history, p, device=dev, dtype=dt)
     y_hist = torch.zeros_like(s_hist)
     rho = torch.zeros(g_all, history, device=dev, dtype=dt)
     gamma = torch.zeros(g_all, device=dev, dtype=dt)  # 0: no curvature pair yet
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
-    active = grad.abs().amax(1) > gtol
-    for it in range(int(max_iter)):
+    active = (grad.abs().amax(1) > gtol) & (caps > 0)
+    apply = precond if precond is not None else (lambda q, idx: q)
+    for it in range(int(caps.max()) if g_all else 0):
         idx = active.nonzero().flatten()
         if idx.numel() == 0:
             break
@@ -77,13 +83,15 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int, gtol: float, history: i
             alphas.append(a)
             q -= a.unsqueeze(1) * y_h[:, j]
         gam = gamma if full else gamma[idx]
-        first = gam == 0
-        gam = torch.where(first, 1.0 / g.abs().amax(1).clamp_min(1.0), gam)  # first step: at most unit length
-        q *= gam.unsqueeze(1)
+        if precond is None:  # first step: at most unit length
+            gam = torch.where(gam == 0, 1.0 / g.abs().amax(1).clamp_min(1.0), gam)
+        else:
+            gam = torch.where(gam == 0, torch.ones_like(gam), gam)
+        q = apply(q, idx) * gam.unsqueeze(1)
         for j, a in zip(reversed(order), reversed(alphas)):
             b = r_h[:, j] * (y_h[:, j] * q).sum(1)
             q += (a - b).unsqueeze(1) * s_h[:, j]
-        d = -q
+        d = q.neg_()
         slope = (g * d).sum(1)
         bad = slope >= 0  # numerical trouble: restart that problem from its gradient
         if bad.any():
@@ -100,11 +108,11 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int, gtol: float, history: i
         s_hist[idx, slot] = torch.where(keep.unsqueeze(1), s, torch.zeros_like(s))
         y_hist[idx, slot] = torch.where(keep.unsqueeze(1), yv, torch.zeros_like(yv))
         rho[idx, slot] = torch.where(keep, 1.0 / torch.where(keep, sy, torch.ones_like(sy)), torch.zeros_like(sy))
-        gamma[idx] = torch.where(keep, sy / (yv * yv).sum(1).clamp_min(1e-300), gamma[idx])
-        moved = ok
-        theta[idx[moved]], f[idx[moved]], grad[idx[moved]] = new_theta[moved], new_f[moved], new_g[moved]
+        ymy = (yv * apply(yv, idx)).sum(1).clamp_min(1e-300)
+        gamma[idx] = torch.where(keep, sy / ymy, gamma[idx])
+        theta[idx[ok]], f[idx[ok]], grad[idx[ok]] = new_theta[ok], new_f[ok], new_g[ok]
         iters[idx] += 1
-        done = (grad[idx].abs().amax(1) <= gtol) | ~ok
+        done = (grad[idx].abs().amax(1) <= gtol) | ~ok | (iters[idx] >= caps[idx])
         active[idx[done]] = False
     gmax = grad.abs().amax(1)
     return theta, FitReport(gmax <= gtol, gmax, iters)

@@ -2,12 +2,13 @@
 
 A read-out's penalty decides how much of a unit's association with the labels survives, so it must
 not be set by looking at the result. The rule (docs/method.md section 3): for each penalised part of
-a read-out family (the shared read-out of the site, the own lines of single nodes, the own read-outs
-of heads and node subsets), fit it on k - 1 folds of probe-train for every penalty of a grid, score
-the held-out fold's mean cross-entropy, pool over the folds and over the part's units, and keep the
-penalty with the lowest pooled held-out log-loss. Probe-test is never seen. The monitor applies the
-rule once per run at the first analysed state and keeps the penalties for every later epoch, so
-that epochs compare like with like; a number in the config overrides the rule.
+the read-out families (the shared read-out of a site, the own lines of single nodes, the own
+read-outs of heads and node subsets), fit it on k - 1 folds of probe-train for every penalty of a
+grid, score the held-out fold's mean cross-entropy, pool over the folds and over the part's units
+(across the watched sites), and keep the penalty with the lowest pooled held-out log-loss. Probe-test
+is never seen. The monitor applies the rule once per run at the first analysed state and keeps the
+penalties for every later state, so that epochs compare like with like; a number in the config
+overrides the rule.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 from .fit import DTYPE, FitSettings, binned_nodes, fit_groups, solve_nodes
 
 PARTS = ("shared", "node", "group")   # shared read-out; own node lines; own heads and subsets
-DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+DEFAULT_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
 
 
 @dataclass

@@ -65,10 +65,10 @@ class AnalysisConfig:
     """The nulls, analysed on permuted probe labels (one seeded permutation per split): "train"
     (read-outs fitted on permuted probe-train, scored on the real probe-test labels: chance alignment
     of a read-out fitted on noise) and "both" (probe-test permuted too: calibration of the test)."""
-    null_mode: Literal["all", "ends", "reference", "off"] = "all"
-    """When the monitor runs the nulls: at every analysed state ("all"), at the reference states and
-    the last epoch ("ends"), at the reference states only ("reference"), or never ("off").
-    (Not called `null`: YAML reads that key as None.)"""
+    null_mode: Literal["all", "ends", "reference", "off"] = "ends"
+    """When the monitor runs the nulls: at the reference states (the start, random init) and the last
+    epoch ("ends"), at every analysed state ("all"), at the reference states only ("reference"), or
+    never ("off"). (Not called `null`: YAML reads that key as None.)"""
     tau: float = 0.3
     """Threshold on the row-centred, max-normalised field matrix that makes the 0/1 cluster matrix B_u."""
     l2: Penalty = "cv"
@@ -81,10 +81,15 @@ class AnalysisConfig:
     cv_folds: int = 4
     """Folds of the penalty's cross-validation (stratified by label, seeded by `seed`)."""
     cv_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
-    """Penalties the cross-validation compares (pooled held-out log-loss, lowest wins)."""
+    """Penalties the cross-validation compares (pooled held-out log-loss, lowest wins): one per decade
+    from 1e-4 to 1, the grid of the sensitivity analysis."""
     cv_max_nodes: int | None = 128
-    """Single nodes whose lines enter the cross-validation of `own_l2` (a seeded subset: the pooled
-    held-out loss is a mean over nodes); null uses every node."""
+    """Single nodes whose lines enter the cross-validation of `own_l2`, drawn (seeded) from every site
+    (the pooled held-out loss is a mean over nodes); null uses every node."""
+    cv_max_groups: int | None = 24
+    """Heads whose read-outs enter the cross-validation of `own_group_l2`, drawn from every site; null: all."""
+    cv_max_sites: int | None = 2
+    """Sites whose shared read-outs enter the cross-validation of `l2`; null: all."""
     sensitivity_grid: list[float] = field(default_factory=lambda: list(SENSITIVITY_GRID))
     """Penalties of the sensitivity analysis (live units, labels per unit and Phi against the penalty)."""
     gtol: float = DEFAULT_GTOL
@@ -141,6 +146,10 @@ class AnalysisConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 2:
                 raise ValueError(f"{name} must be null or an integer >= 2, got {value}")
+        for name in ("cv_max_groups", "cv_max_sites"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be null or an integer >= 1, got {value}")
         if self.top_nodes < 0:
             raise ValueError(f"top_nodes must be >= 0, got {self.top_nodes}")
         if self.cv_folds < 2:
@@ -167,18 +176,27 @@ class AnalysisConfig:
         return {"shared": self.l2, "node": self.own_l2, "group": self.own_group_l2}[part]
 
 
-def choose_penalties(x_train: Tensor, y_train: Tensor, num_classes: int, config: AnalysisConfig = AnalysisConfig(),
-                     name: str = "site") -> Penalties:
+def choose_penalties(x_train: Tensor | dict[str, Tensor], y_train: Tensor, num_classes: int,
+                     config: AnalysisConfig = AnalysisConfig(), name: str = "site") -> Penalties:
     """The L2 penalty of every part the config analyses (docs/method.md 3): a number from the config,
-    or "cv": k-fold cross-validation of pooled held-out log-loss on probe-train x_train `[N, H, d]`."""
-    check_features("x_train", x_train, 3)
-    y_train = check_labels("y_train", y_train, x_train.shape[0], num_classes)
+    or "cv": k-fold cross-validation of held-out log-loss on probe-train, pooled over the part's units.
+
+    x_train is one site `[N, H, d]` or ``{site: [N, H, d]}``: several sites of one snapshot share one
+    set of penalties, chosen on their units pooled (a seeded subset of at most `cv_max_nodes` nodes,
+    `cv_max_groups` heads and `cv_max_sites` site read-outs keeps it cheap)."""
+    sites = {name: x_train} if isinstance(x_train, Tensor) else dict(x_train)
+    if not sites:
+        raise ValueError("choose_penalties needs at least one site")
+    for site, x in sites.items():
+        check_features(f"{site}: x_train" if site != "site" else "x_train", x, 3)
+    first = next(iter(sites.values()))
+    y_train = check_labels("y_train", y_train, first.shape[0], num_classes)
     cfg = config
-    xtr = x_train.flatten(1)
-    if cfg.max_train is not None and xtr.shape[0] > cfg.max_train:
-        keep = seeded_rows(xtr.shape[0], cfg.max_train, cfg.seed)
-        xtr, y_train = xtr[keep.to(xtr.device)], y_train[keep.to(y_train.device)]
-    num_heads = x_train.shape[1]
+    rows = None
+    if cfg.max_train is not None and first.shape[0] > cfg.max_train:
+        rows = seeded_rows(first.shape[0], cfg.max_train, cfg.seed)
+        y_train = y_train[rows.to(y_train.device)]
+    flat = {s: (x if rows is None else x[rows.to(x.device)]) for s, x in sites.items()}
     families = cfg.families()
     parts = (["shared"] if "shared" in families else []) + (["node", "group"] if "own" in families else [])
     out = Penalties()
@@ -189,16 +207,27 @@ def choose_penalties(x_train: Tensor, y_train: Tensor, num_classes: int, config:
             setattr(out, part, float(value))
             out.source[part] = "config"
             continue
-        if part == "shared":
-            curve = cv_groups(xtr.unsqueeze(0), y_train, num_classes, cfg.shared_bias, cfg.cv_grid, cfg.cv_folds,
-                              cfg.seed, base)
-        elif part == "node":
-            cols = seeded_rows(xtr.shape[1], cfg.cv_max_nodes, cfg.seed + 7).to(xtr.device)
-            curve = cv_nodes(xtr[:, cols], y_train, num_classes, cfg.own_bins, cfg.cv_grid, cfg.cv_folds,
+        if part == "node":
+            nodes = torch.cat([x.flatten(1) for x in flat.values()], 1)
+            cols = seeded_rows(nodes.shape[1], cfg.cv_max_nodes, cfg.seed + 7).to(nodes.device)
+            curve = cv_nodes(nodes[:, cols], y_train, num_classes, cfg.own_bins, cfg.cv_grid, cfg.cv_folds,
                              cfg.seed, base)
         else:
-            groups = xtr.view(xtr.shape[0], num_heads, -1).transpose(0, 1).contiguous()
-            curve = cv_groups(groups, y_train, num_classes, True, cfg.cv_grid, cfg.cv_folds, cfg.seed, base)
+            # read-outs of the same width are fitted as one batch: every head (group), or every site (shared)
+            units = [(x.flatten(1).unsqueeze(0) if part == "shared" else x.transpose(0, 1)) for x in flat.values()]
+            units = [u for x in units for u in x.unbind(0)]  # [N, m] each
+            cap = cfg.cv_max_sites if part == "shared" else cfg.cv_max_groups
+            pick = seeded_rows(len(units), cap, cfg.seed + 11).tolist()
+            by_width: dict[int, list[Tensor]] = {}
+            for i in pick:
+                by_width.setdefault(units[i].shape[1], []).append(units[i])
+            pooled: dict[float, float] = {}
+            for group in by_width.values():
+                c = cv_groups(torch.stack(group), y_train, num_classes, cfg.shared_bias if part == "shared" else True,
+                              cfg.cv_grid, cfg.cv_folds, cfg.seed, base)
+                for l2, v in c:
+                    pooled[l2] = pooled.get(l2, 0.0) + v * len(group) / len(pick)
+            curve = sorted(pooled.items())
         setattr(out, part, argmin(curve))
         out.source[part] = "cv"
         out.curves[part] = curve
@@ -511,14 +540,12 @@ def null_labels(y_train: Tensor, y_test: Tensor, seed: int) -> tuple[Tensor, Ten
 
 def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
                 config: AnalysisConfig = AnalysisConfig(), nulls: list[str] | None = None,
-                penalties: Penalties | None = None, name: str = "site",
-                readout_init: Readout | None = None) -> SiteResults:
+                penalties: Penalties | None = None, name: str = "site") -> SiteResults:
     """Every family of `config.families()` on the real labels, and the nulls `nulls` (default:
     `config.nulls` unless config.null_mode is "off"). The nulls' read-outs are fitted once on permuted
     probe-train labels and scored twice: against the real probe-test labels ("train") and against
     permuted ones ("both"); they skip the crossover and the best-node matrices (they are the level of
-    the statistics, not a figure). `penalties` default to `choose_penalties` on this snapshot;
-    `readout_init` warm-starts the shared read-out (e.g. the previous epoch's)."""
+    the statistics, not a figure). `penalties` default to `choose_penalties` on this snapshot."""
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes, name)
     cfg = config
     if nulls is None:
@@ -528,14 +555,8 @@ def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
     real: dict[str, SiteAnalysis] = {}
     shared = None
     for family in sorted(cfg.families(), reverse=True):  # shared first: it warm-starts own's crossover
-        start = shared
-        if family == "shared" and readout_init is not None:
-            xtr, ytr = _train_rows(x_train.flatten(1), y_train, cfg)
-            start = fit_readout(xtr, ytr, num_classes, penalties.get("shared"), cfg.max_iter, bias=cfg.shared_bias,
-                                const_tol=cfg.const_tol, gtol=cfg.gtol, init=readout_init,
-                                what=f"{name}: shared read-out")
         real[family] = analyze_site(x_train, y_train, x_test, y_test, num_classes, replace(cfg, readout=family),
-                                    readout=start, penalties=penalties, name=name)
+                                    readout=shared, penalties=penalties, name=name)
         shared = real[family].readout if family == "shared" else shared
     real = {f: real[f] for f in cfg.families()}
     null: dict[str, dict[str, SiteAnalysis]] = {}

@@ -52,9 +52,13 @@ def binomial_pvalues(stats: LabelStats) -> Tensor:
     example has P(p_u = i) = 1 and p-value 1: predicting one label always is no association."""
     from scipy.stats import binom
 
-    n = stats.class_count.unsqueeze(0).expand_as(stats.hits).numpy()
-    p = binom.sf(stats.hits.numpy() - 1, n, stats.pred_freq.clamp(0, 1).numpy())
-    return torch.from_numpy(np.asarray(p, dtype=np.float64)).clamp_(0, 1)
+    out = torch.ones_like(stats.hits, dtype=torch.float64)  # no hit: P(X >= 0) = 1, no computation needed
+    some = stats.hits > 0
+    if some.any():
+        n = stats.class_count.unsqueeze(0).expand_as(stats.hits)[some].numpy()
+        p = binom.sf(stats.hits[some].numpy() - 1, n, stats.pred_freq[some].clamp(0, 1).numpy())
+        out[some] = torch.from_numpy(np.asarray(p, dtype=np.float64)).clamp_(0, 1)
+    return out
 
 
 def benjamini_hochberg(pvalues: Tensor, q: float) -> Tensor:

@@ -1,12 +1,14 @@
-"""``SSBMonitor``: the nodal symmetry-breaking analysis of METHOD.md, live while BERT trains.
+"""``SSBMonitor``: the nodal symmetry-breaking analysis of docs/method.md, live while BERT trains.
 
 Only the Lightning hooks, the schedule and the resumable state live here; the probe set is in
 ``probe.py``, capture-and-gather in ``capture.py``, snapshot -> result in ``results/build.py``, the
-sinks in ``results/sinks.py``. The reference (epoch -1) is analysed at ``on_train_start``, every
-``every_n_epochs``-th epoch at its end (training waits for the capture only; the analysis runs on a
-worker thread and is logged from the main thread). Before an epoch is captured the previous result
-is logged, so a checkpoint has at most its own epoch pending; a resume analyses that epoch again
-(same weights) unless a sink stored it.
+sinks in ``results/sinks.py``. The reference (epoch -1) is analysed at ``on_train_start`` (and, for a
+pre-trained start with ``init_reference``, the same architecture at a seeded random initialisation,
+epoch -3), every ``every_n_epochs``-th epoch at its end (training waits for the capture only; the
+analysis runs on a worker thread and is logged from the main thread). The first analysed state fixes
+the read-out penalties for the run (docs/method.md 3). Before an epoch is captured the previous
+result is logged, so a checkpoint has at most its own epoch pending; a resume analyses that epoch
+again (same weights) unless a sink stored it.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ import os
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from lightning_ssb.analysis import AnalysisConfig
+import torch
+
+from lightning_ssb.analysis import AnalysisConfig, Penalties
 from lightning_ssb.callbacks.capture import SITES, capture_probe, encoder_layers
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
-from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
-from lightning_ssb.results.sinks import REFERENCE_EPOCH, Sink, SinkError, close_all, make_sinks, write_all
+from lightning_ssb.results import epochs
+from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
+from lightning_ssb.results.sinks import Sink, SinkError, close_all, make_sinks, write_all
 
 
 class SSBMonitor(Callback):
@@ -35,12 +41,22 @@ class SSBMonitor(Callback):
         sites: What to capture per layer: ``attn.heads`` (per-head attention outputs, ``[N, H, d]``)
             and/or ``output`` (the layer's hidden-state output, one head of D nodes).
         every_n_epochs: Analyse after every n-th training epoch (the reference always runs).
-        reference: Analyse the untrained state before the first training step (logged as epoch -1).
+        reference: Analyse the state training starts from, before the first step (logged as epoch -1).
+        init_reference: When training starts from pre-trained weights, also analyse the same architecture
+            at a seeded random initialisation (the symmetric state; logged as epoch -3, folder ``init/``),
+            with the run's penalties.
+        init_seed: Seed of that random initialisation.
+        sensitivity: At the reference and at the last epoch, re-run the deepest watched layer's unit
+            statistics over ``analysis.sensitivity_grid`` (live units, labels per unit and Phi against
+            the L2 penalty; ``sensitivity.csv`` and the report's sensitivity figure).
         probe: The probe set (sizes, batch size, seed, MLM labels, position rule).
         analysis: The analysis settings (lightning_ssb.analysis.AnalysisConfig), passed on unchanged.
         figures: Log heatmaps, matrices, envelopes and crossover curves as images.
         table: Log the per-node and crossover tables.
-        background: Run the analysis on a worker thread so that training does not wait for it.
+        background: Run the analysis on a worker thread so that training does not wait for it (True), or
+            let training wait (False). ``auto``: in the background when the model trains on an accelerator
+            (the CPU cores are free then), in the foreground on a CPU, where training already uses every
+            core and a second stream of work would only make both wait for each other.
         strict: Raise analysis errors in training, and a sink's failure at the end of fit; False warns.
         sinks: Where results go: ``auto`` (W&B when the trainer has a WandbLogger, the disk, and
             every other Lightning logger), or a list of ``wandb``, ``disk``, ``logger``.
@@ -53,9 +69,11 @@ class SSBMonitor(Callback):
     """
 
     def __init__(self, layers: list[int] | None = None, sites: list[str] = ["attn.heads"],  # noqa: B006
-                 every_n_epochs: int = 1, reference: bool = True, probe: ProbeConfig = ProbeConfig(),  # noqa: B008
+                 every_n_epochs: int = 1, reference: bool = True, init_reference: bool = False, init_seed: int = 0,
+                 sensitivity: bool = True, probe: ProbeConfig = ProbeConfig(),  # noqa: B008
                  analysis: AnalysisConfig = AnalysisConfig(), figures: bool = True, table: bool = True,  # noqa: B008
-                 background: bool = True, strict: bool = True, sinks: list[str] = ["auto"],  # noqa: B006
+                 background: bool | Literal["auto"] = "auto", strict: bool = True,
+                 sinks: list[str] = ["auto"],  # noqa: B006
                  dirpath: str | None = None, prefix: str = "ssb", analyses: list[NodalAnalysis] | None = None,
                  report: bool = True) -> None:
         super().__init__()
@@ -68,6 +86,8 @@ class SSBMonitor(Callback):
         if any(not isinstance(a, NodalAnalysis) for a in analyses or []):
             raise TypeError("SSBMonitor.analyses must be NodalAnalysis instances")
         self.layers, self.sites, self.every_n_epochs, self.reference = layers, list(sites), every_n_epochs, reference
+        self.init_reference, self.init_seed, self.sensitivity = init_reference, init_seed, sensitivity
+        self._layers_arg = None if layers is None else list(layers)  # as given: the state key must not move
         self.probe_config, self.analysis = probe, analysis  # validated by their own __post_init__, once
         self.make_figures, self.make_table, self.background, self.strict = figures, table, background, strict
         self.sink_names, self.dirpath, self.prefix, self.analyses = list(sinks), dirpath, prefix, list(analyses or [])
@@ -85,6 +105,15 @@ class SSBMonitor(Callback):
         self._pending: list[Future] = []
         self._executor: ThreadPoolExecutor | None = None
         self._task: str | None = None
+        # the run's read-out penalties, fixed by the first analysed state (docs/method.md 3); filled by
+        # the worker of that state, read by the later ones (one worker: in order)
+        self.book = PenaltyBook()
+        self._progress = WaitProgress()
+
+    @property
+    def state_key(self) -> str:
+        """Tells monitors apart in one Trainer (and in a checkpoint): what they watch and where they log."""
+        return self._generate_state_key(layers=self._layers_arg, sites=self.sites, prefix=self.prefix)
 
     def check(self, pl_module: pl.LightningModule, datamodule) -> None:
         """The arguments against the model and data (the CLI calls this before any run is created)."""
@@ -122,8 +151,12 @@ class SSBMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None:
             self.probe = self.probe_config.build(trainer.datamodule, self._task, state=self._probe_state)
-        if self.reference and trainer.global_step == 0 and REFERENCE_EPOCH not in self.captured:
-            self._analyse_epoch(trainer, pl_module, REFERENCE_EPOCH)
+        if self.reference and trainer.global_step == 0 and epochs.REFERENCE not in self.captured:
+            self._analyse_epoch(trainer, pl_module, epochs.REFERENCE)
+        if (self.init_reference and trainer.global_step == 0 and epochs.INIT not in self.captured
+                and _pretrained(pl_module)):
+            with random_init(pl_module.model, self.init_seed) as fresh:
+                self._analyse_epoch(trainer, pl_module, epochs.INIT, model=fresh)
         # after a resume: epochs captured before the checkpoint was written but never logged
         for epoch in self._unlogged:
             stored = trainer.strategy.broadcast(any(s.has(epoch) for s in self.sinks), src=0)  # rank 0 decides
@@ -163,30 +196,57 @@ class SSBMonitor(Callback):
         self._shutdown()
 
     def state_dict(self) -> dict:
-        """The probe's seed and indices, the epochs captured and those logged; reads state only."""
+        """The probe's seed and indices, the epochs captured and those logged, the run's penalties;
+        reads state only."""
         probe_state = self.probe.state_dict() if self.probe is not None else self._probe_state
-        return {"history": [dict(h) for h in self.history], "captured": list(self.captured), "probe": probe_state}
+        chosen = self.book.penalties
+        return {"history": [dict(h) for h in self.history], "captured": list(self.captured), "probe": probe_state,
+                "penalties": None if chosen is None else chosen.as_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        chosen = state_dict.get("penalties")
+        self.book = PenaltyBook(None if chosen is None else Penalties.from_dict(chosen))
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.captured = list(state_dict.get("captured", [h["epoch"] for h in self.history]))
         self._unlogged = [e for e in self.captured if e not in {h["epoch"] for h in self.history}]
         self._probe_state = state_dict.get("probe")
         self.probe = None  # rebuilt from the saved indices and seed at on_train_start
 
-    def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+    def runs_in_background(self, pl_module: pl.LightningModule) -> bool:
+        """Whether the analysis runs beside training (``background``; ``auto``: when training is not on a CPU)."""
+        if self.background == "auto":
+            return pl_module.device.type != "cpu"
+        return bool(self.background)
+
+    def plan(self, epoch: int, last: bool) -> AnalysisPlan:
+        """What the state `epoch` computes besides the always-on analysis: the run's penalties (the
+        worker of the first analysed state fills them in), the nulls of ``analysis.null_mode``, and the
+        sensitivity of the deepest layer's sites at the reference states and the last epoch."""
+        ends = epoch < 0 or last
+        mode = self.analysis.null_mode
+        run_nulls = mode == "all" or (mode == "ends" and ends) or (mode == "reference" and epoch < 0)
+        deepest = [f"blocks.{max(self.layers)}.{site}" for site in self.sites]
+        return AnalysisPlan(book=self.book, nulls=list(self.analysis.nulls) if run_nulls else [],
+                            sensitivity=deepest if self.sensitivity and ends else [])
+
+    def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
+                       model: torch.nn.Module | None = None) -> None:
         start = time.perf_counter()
         self.captured.append(epoch)
         ctx = getattr(trainer.precision_plugin, "forward_context", None)
-        captured = capture_probe(pl_module.model, self.probe, self.layers, self.sites, trainer.global_rank,
-                                 trainer.world_size, pl_module.device, ctx)  # the HF model, never the DDP wrapper
+        model = pl_module.model if model is None else model  # the HF model, never the DDP wrapper
+        captured = capture_probe(model, self.probe, self.layers, self.sites, trainer.global_rank,
+                                 trainer.world_size, pl_module.device, ctx)
         if captured is not None:  # rank 0
             snap = EpochSnapshot(epoch, trainer.global_step, *(captured[i] for i in (0, 2, 1, 3)),
                                  self.probe.num_classes, list(self.probe.label_names))
+            last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
             self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
-            self._pending.append(self._executor.submit(build_result, snap, self.analysis, self.analyses,
-                                                       self.make_figures, self.make_table, self.prefix))
-            if not self.background:
+            self._pending.append(future := self._executor.submit(build_result, snap, self.analysis, self.analyses,
+                                                       self.make_figures, self.make_table, self.prefix,
+                                                       self.plan(epoch, last), self._progress.reporter(epoch)))
+            future.ssb_epoch = epoch
+            if not self.runs_in_background(pl_module):
                 self._drain(wait=True)
         self.blocking_seconds.append(time.perf_counter() - start)
 
@@ -195,7 +255,8 @@ class SSBMonitor(Callback):
         while self._pending and (wait or self._pending[0].done()):
             future = self._pending.pop(0)
             try:
-                result = future.result()
+                with self._progress.waiting(future):
+                    result = future.result()
             except Exception as err:
                 if self.strict:
                     raise
@@ -206,14 +267,24 @@ class SSBMonitor(Callback):
             self.log_seconds.append(time.perf_counter() - start)
 
     def _log(self, result: EpochResult) -> None:
+        unconverged = {site: c for site, c in (result.meta.get("convergence") or {}).items() if c.get("unconverged")}
+        if unconverged:
+            worst = max(c["grad_max"] for c in unconverged.values())
+            warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {int(sum(c['unconverged'] for c in unconverged.values()))} "
+                          f"read-out fits stopped before converging in {sorted(unconverged)} (largest final gradient "
+                          f"{worst:.2g} > analysis.gtol {self.analysis.gtol:g}); raise analysis.max_iter")
         for sink, message in write_all([s for s in self.sinks if s not in self.failed], result):
             self.failed[sink] = message
             warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on")
         self.history.append({"epoch": result.epoch, "step": result.step, "seconds": result.seconds})
 
     def _write_report(self) -> None:
+        import sys
+
         from lightning_ssb.report.publish import publish_report
 
+        print(f"lightning_ssb: SSBMonitor: writing the report of {self.dirpath} (figures from the disk results)",
+              file=sys.stderr, flush=True)
         self.report_path, failed = publish_report(self.dirpath, [s for s in self.sinks if s not in self.failed])
         self.failed.update(failed)
 
@@ -222,6 +293,81 @@ class SSBMonitor(Callback):
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
         close_all(self.sinks)
+
+
+class WaitProgress:
+    """While training waits for an analysis, say what it waits for: one line per stage on stderr
+    (``lightning_ssb: SSBMonitor: epoch 0: site 3/6 blocks.2.attn.heads: read-outs and statistics``),
+    with the seconds waited so far. While training runs beside the analysis, nothing is printed."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+        self.current: dict[int, str] = {}  # the latest stage of each pending analysis, by epoch
+        self.watching: int | None = None
+        self.started = 0.0
+
+    def reporter(self, epoch: int):
+        def report(stage: str) -> None:
+            self.current[epoch] = stage
+            if self.watching == epoch:
+                self._print(epoch, stage)
+        return report
+
+    def _print(self, epoch: int, stage: str) -> None:
+        import sys
+
+        stream = self.stream or sys.stderr
+        print(f"lightning_ssb: SSBMonitor: waiting for {epochs.label(epoch)} ({time.perf_counter() - self.started:.0f} s): "
+              f"{stage}", file=stream, flush=True)
+
+    class _Watch:
+        def __init__(self, owner: "WaitProgress", epoch: int | None) -> None:
+            self.owner, self.epoch = owner, epoch
+
+        def __enter__(self):
+            if self.epoch is not None:
+                self.owner.watching, self.owner.started = self.epoch, time.perf_counter()
+                stage = self.owner.current.get(self.epoch)
+                if stage:
+                    self.owner._print(self.epoch, stage)
+
+        def __exit__(self, *exc):
+            if self.epoch is not None:
+                self.owner.current.pop(self.epoch, None)
+            self.owner.watching = None
+
+    def waiting(self, future: Future) -> "_Watch":
+        """Context of the main thread waiting for `future` (nothing shown when it is done already)."""
+        epoch = getattr(future, "ssb_epoch", None)
+        return self._Watch(self, None if future.done() else epoch)
+
+
+def _pretrained(pl_module) -> bool:
+    """Whether the module's weights came from a pre-trained model or checkpoint (then its start is not
+    the symmetric state)."""
+    hparams = getattr(pl_module, "hparams", None) or {}
+    return bool(hparams.get("pretrained"))
+
+
+class random_init:
+    """Context manager: a copy of a Hugging Face model's architecture at a seeded random initialisation,
+    on the same device, in eval mode; the global random state is left as it was (training's draws do not
+    move)."""
+
+    def __init__(self, model: torch.nn.Module, seed: int) -> None:
+        self.model, self.seed = model, seed
+        self.fresh: torch.nn.Module | None = None
+
+    def __enter__(self) -> torch.nn.Module:
+        device = next(self.model.parameters()).device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            self.fresh = type(self.model)(self.model.config)
+        return self.fresh.to(device).eval()
+
+    def __exit__(self, *exc) -> None:
+        self.fresh = None
 
 
 def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> None:

@@ -70,6 +70,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     print(f"{len(cmp.names)} runs ({', '.join(cmp.names)}), {when}: mean\u00b1std over runs; identity and "
           f"matched agreement of the learned sets, mean over pairs")
     print(format_table(*summary_rows(cmp, epoch)))
+    for note in cmp.notes:
+        print(f"note: {note}")
     print(f"tables: {out / 'seeds.csv'}, {out / 'agreement.csv'}")
     for fig in figures:
         print(f"figure: {fig} (and .svg)")

@@ -14,8 +14,9 @@ import re
 
 import numpy as np
 
-from lightning_ssb.report.load import ANALYZE_EPOCH, REFERENCE_EPOCH, RunResults, Stat, epoch_label
+from lightning_ssb.report.load import RunResults, Stat, epoch_label
 from lightning_ssb.report.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
+from lightning_ssb.results import epochs as E
 
 # (statistic, panel title, y axis label, y range or None)
 EPOCH_STATISTICS = (
@@ -28,6 +29,17 @@ EPOCH_STATISTICS = (
 )
 GRAN_NAMES = {"node": "nodes", "head": "heads"}
 GRAN_COLOURS = {"node": "tab:blue", "head": "tab:orange"}
+# the real labels and the two nulls: series name, line style, marker, alpha, legend suffix
+KINDS = ((None, "real", "o-", 1.0, ""),
+         ("train", "null_train", "o--", 0.6, ", null: probe-train permuted"),
+         ("both", "null_both", "x:", 0.6, ", null: both splits permuted"))
+NULL_SENTENCES = {
+    "train": "The probe-train null fits the read-outs on permuted probe-train labels and scores them on the real "
+             "probe-test labels: it rules out that a read-out fitted on noise lands on labels by chance, given "
+             "how informative the activations are.",
+    "both": "The both-splits null permutes probe-test labels too, so predictions are independent of them by "
+            "construction: it rules out a miscalibrated significance test (it should read about 0 always).",
+}
 FAMILY_NAMES = {"own": "own read-out (one fitted per unit)", "shared": "shared read-out (the site's, silenced)"}
 
 
@@ -40,14 +52,19 @@ def layer_of(site: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def position(epoch: int) -> float:
+    """Where a state sits on an epoch axis: random init at -2, the start at -1, epoch e at e (a lone
+    post-hoc analysis at -1)."""
+    return {E.INIT: -2.0, E.REFERENCE: -1.0, E.ANALYZE: -1.0}.get(epoch, float(epoch))
+
+
 def epoch_ticks(ax, epochs: list[int]) -> None:
-    """Integer epoch ticks, the reference (-1) labelled "before training"."""
-    ticks = sorted(set(epochs))
-    if len(ticks) > 12:  # keep the reference, the last epoch and about ten between
-        step = math.ceil(len(ticks) / 10)
-        ticks = sorted(set(ticks[::step]) | {ticks[0], ticks[-1]})
-    ax.set_xticks(ticks, ["before\ntraining" if e == REFERENCE_EPOCH else "analyze" if e == ANALYZE_EPOCH else str(e)
-                          for e in ticks])
+    """One tick per state: "init", "start", then the epoch numbers (about ten when there are many)."""
+    states = sorted(set(epochs), key=E.order_key)
+    if len(states) > 12:  # keep the first and last states and about ten between
+        step = math.ceil(len(states) / 10)
+        states = sorted(set(states[::step]) | {states[0], states[-1]}, key=E.order_key)
+    ax.set_xticks([position(e) for e in states], [E.short_label(e) for e in states])
     ax.set_xlabel("epoch")
 
 
@@ -66,8 +83,10 @@ def node_where(site_shape, node: int) -> str:
 
 
 def statistics_over_epochs(run: RunResults, site: str, family: str):
-    """Live units, Phi, coverage, labels per unit and accuracies against the epoch, per granularity,
-    the null (permuted labels) dashed beside each. Data: ``{statistic: {"node/real": (epochs, values)}}``."""
+    """Live units, Phi, coverage, labels per unit and accuracies against the epoch (random init and the
+    start first), per granularity, with the two nulls beside each (probe-train permuted: dashed; both
+    splits permuted: dotted). Data: ``{statistic: {"node/real": (epochs, values), "node/null_train": ...}}``;
+    the lines' x values are `position(epoch)`."""
     fig = new_figure(12, 6.5)
     axes = fig.subplots(2, 3).flatten()
     data, missing, handles = {}, [], {}
@@ -80,18 +99,18 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
         ax.set_gid(stat)
         data[stat] = {}
         for gran in grans:
-            for null in (False, True):
-                epochs, values = run.series(site, family, gran, stat, null)
-                if not epochs:
+            for null, name, style, alpha, suffix in KINDS:
+                states, values = run.series(site, family, gran, stat, null)
+                if not states:
                     continue
-                series = f"{gran}/{'null' if null else 'real'}"
-                label = ("whole layer (one unit)" if gran == "head" and one_head else GRAN_NAMES[gran]) + (
-                    ", null (permuted labels)" if null else "")
-                (line,) = ax.plot(epochs, values, "o--" if null else "o-", color=GRAN_COLOURS[gran],
-                                  alpha=0.55 if null else 1.0, markersize=4 if null else 5,
-                                  markerfacecolor="none" if null else GRAN_COLOURS[gran], label=label, gid=series)
+                series = f"{gran}/{name}"
+                label = ("whole layer (one unit)" if gran == "head" and one_head else GRAN_NAMES[gran]) + suffix
+                (line,) = ax.plot([position(e) for e in states], values, style, color=GRAN_COLOURS[gran],
+                                  alpha=alpha, markersize=5 if null is None else 4,
+                                  markerfacecolor=GRAN_COLOURS[gran] if null is None else "none", label=label,
+                                  gid=series)
                 handles.setdefault(label, line)
-                data[stat][series] = (epochs, values)
+                data[stat][series] = (states, values)
         if stat.startswith("acc") and run.num_classes:
             handles.setdefault("chance 1/K", ax.axhline(1 / run.num_classes, color="0.3", linestyle=":",
                                                         linewidth=1, label="chance 1/K"))
@@ -103,16 +122,71 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
         ax.set_ylabel(ylabel, fontsize=8)
         if ylim:
             ax.set_ylim(*ylim)
-        all_epochs = [e for s in data[stat].values() for e in s[0]] or [e.epoch for e in run.epochs]
-        epoch_ticks(ax, all_epochs)
+        all_states = [e for s in data[stat].values() for e in s[0]] or [e.epoch for e in run.epochs]
+        epoch_ticks(ax, all_states)
         ax.grid(alpha=0.3)
         nan_phi = stat == "phi" and any(math.isnan(v) for s in data[stat].values() for v in s[1])
         if nan_phi:
             ax.text(0.02, 0.03, "missing points: undefined (< 2 live units)", transform=ax.transAxes, fontsize=7,
                     color="0.35")
-    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=5, fontsize=9)
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=4, fontsize=8)
     fig.suptitle(f"{site}, {FAMILY_NAMES.get(family, family)}: statistics by epoch", fontsize=11)
     return fig, {"site": site, "family": family, "statistics": data, "missing": missing}
+
+
+SENSITIVITY_STATISTICS = (("live_fraction", "live units (fraction)"), ("mean_labels", "labels per unit"),
+                          ("phi", "\u03a6 = 1 \u2212 overlap"))
+PART_OF = {("shared", "node"): "shared", ("shared", "head"): "shared", ("own", "node"): "node",
+           ("own", "head"): "group"}
+
+
+def sensitivity_curves(run: RunResults, site: str):
+    """Live units, labels per unit and Phi against the L2 penalty (log axis) at every state that ran the
+    sensitivity analysis, one row of panels per read-out family, the run's chosen penalty marked.
+
+    Data: ``{"states": [epochs], "rows": {(family, granularity, epoch): (l2s, {stat: values})},
+    "chosen": {(family, granularity): l2}}``."""
+    states = [e for e in run.epochs if any(r.get("site") == site for r in e.sensitivity)]
+    if not states:
+        raise MissingData(f"{site}: no sensitivity.csv rows (the monitor runs them at the start and the last epoch)")
+    families = [f for f in run.families if any(r.get("family") == f for e in states for r in e.sensitivity)]
+    fig = new_figure(12, 3.3 * len(families) + 1.0)
+    axes = np.atleast_2d(fig.subplots(len(families), 3, squeeze=False))
+    styles = ["o-", "s--", "^:", "d-."]
+    data_rows, chosen, handles = {}, {}, {}
+    penalties = run.penalties
+    for row_axes, family in zip(axes, families):
+        for ax, (stat, title) in zip(row_axes, SENSITIVITY_STATISTICS):
+            ax.set_gid(f"{family}/{stat}")
+            for i, e in enumerate(states):
+                for gran in ("node", "head"):
+                    rows = sorted((r for r in e.sensitivity if r.get("site") == site and r.get("family") == family
+                                   and r.get("granularity") == gran), key=lambda r: r["l2"])
+                    if not rows:
+                        continue
+                    l2s = [r["l2"] for r in rows]
+                    values = [r[stat] for r in rows]
+                    data_rows.setdefault((family, gran, e.epoch), (l2s, {}))[1][stat] = values
+                    label = f"{GRAN_NAMES[gran]}, {epoch_label(e.epoch)}"
+                    (line,) = ax.plot(l2s, values, styles[i % len(styles)], color=GRAN_COLOURS[gran],
+                                      alpha=1.0 if e is states[-1] else 0.55, label=label,
+                                      gid=f"{gran}/{e.epoch}")
+                    handles.setdefault(label, line)
+                    value = penalties.get(PART_OF[(family, gran)])
+                    if value is not None:
+                        chosen[(family, gran)] = value
+                        ax.axvline(value, color=GRAN_COLOURS[gran], linestyle=":", linewidth=1.2,
+                                   gid=f"chosen/{gran}")
+            ax.set_xscale("log")
+            ax.set_xlabel("L2 penalty (standardised nodes)", fontsize=8)
+            ax.set_title(f"{family}: {title}", fontsize=9)
+            if stat == "live_fraction":
+                ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+    handles["chosen"] = axes[0][0].plot([], [], ":", color="0.3", label="the run's penalty (dotted)")[0]
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(f"{site}: how the statistics move with the L2 penalty (the run's penalties dotted)", fontsize=11)
+    return fig, {"site": site, "states": [e.epoch for e in states], "rows": data_rows, "chosen": chosen}
 
 
 def _pick_epochs(run: RunResults, available: list[int], most: int = 6) -> list[int]:

@@ -16,15 +16,13 @@ from pathlib import Path
 
 import torch
 
+from lightning_ssb.results import epochs as E
 from lightning_ssb.results.keys import FAMILIES, PREFIX, ParsedKey, array_key, parse_key
-from lightning_ssb.results.sinks import ANALYZE_EPOCH, REFERENCE_EPOCH  # reference/ and analyze/ (epoch_dirname)
 
-def epoch_label(epoch: int) -> str:
-    """``before training`` (the reference, -1), ``analyze`` (a post-hoc analysis, -2) or ``epoch N``."""
-    return "analyze" if epoch == ANALYZE_EPOCH else "before training" if epoch < 0 else f"epoch {epoch}"
+REFERENCE_EPOCH, ANALYZE_EPOCH, INIT_EPOCH = E.REFERENCE, E.ANALYZE, E.INIT
+epoch_label = E.label
 
 BEST_ARRAYS = ("nodes", "accuracy", "confusion", "field")  # <site>/<family>/best/<name> in arrays.pt
-_EPOCH_DIR = re.compile(r"^(?:reference|(analyze)|epoch_(\d+))(?:-(\d+))?$")  # "-1", "-2": re-runs of an epoch
 
 
 class NoResultsError(ValueError):
@@ -39,7 +37,7 @@ class Stat:
     family: str
     granularity: str
     statistic: str
-    null: bool = False
+    null: str | None = None  # None: the real labels; "train" or "both": a null
 
     @classmethod
     def of(cls, key: ParsedKey) -> "Stat":
@@ -58,7 +56,22 @@ class EpochResults:
     arrays: dict[Stat, torch.Tensor] = field(default_factory=dict)  # "<site>/<family>[/null]/<gran>/<name>"
     best: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)  # (site, family)
     crossover: list[dict] = field(default_factory=list)  # crossover.csv rows, numbers as float
+    sensitivity: list[dict] = field(default_factory=list)  # sensitivity.csv rows, numbers as float
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def penalties(self) -> dict:
+        """{"shared", "node", "group", "source", "curves"}: the read-out penalties of meta.json (empty
+        when absent)."""
+        return self.meta.get("penalties") or {}
+
+    @property
+    def nulls(self) -> list[str]:
+        """The nulls this state ran ("train", "both"), from meta.json or, for older results, the scalars."""
+        listed = self.meta.get("nulls")
+        if listed is not None:
+            return list(listed)
+        return sorted({s.null for s in self.scalars if s.null})
 
     @property
     def name(self) -> str:
@@ -84,6 +97,15 @@ class RunResults:
             if key in e.meta:
                 return e.meta[key]
         return default
+
+    @property
+    def penalties(self) -> dict:
+        """{"shared", "node", "group", "source", "curves"}: the run's read-out penalties, as the first
+        analysed state recorded them (the run keeps them for every later state)."""
+        for e in self.epochs:
+            if e.penalties:
+                return e.penalties
+        return {}
 
     @property
     def label_names(self) -> list[str] | None:
@@ -129,7 +151,7 @@ class RunResults:
         return [f for f in FAMILIES if f in known or f in found] + [f for f in known if f not in FAMILIES]
 
     def series(self, site: str, family: str, granularity: str, statistic: str,
-               null: bool = False) -> tuple[list[int], list[float]]:
+               null: str | None = None) -> tuple[list[int], list[float]]:
         """The epochs that logged this statistic and its values (NaN where undefined)."""
         key = Stat(site, family, granularity, statistic, null)
         pairs = [(e.epoch, e.scalars[key]) for e in self.epochs if key in e.scalars]
@@ -158,14 +180,13 @@ def _epoch_dirs(folder: Path) -> dict[int, Path]:
         return {}
     best: dict[int, tuple[int, Path]] = {}
     for p in folder.iterdir():
-        m = _EPOCH_DIR.match(p.name)
-        if not m or not p.is_dir():
+        parsed = E.parse_dirname(p.name)
+        if parsed is None or not p.is_dir():
             continue
-        epoch = ANALYZE_EPOCH if m.group(1) else REFERENCE_EPOCH if m.group(2) is None else int(m.group(2))
-        rerun = int(m.group(3) or 0)
+        epoch, rerun = parsed
         if epoch not in best or rerun > best[epoch][0]:
             best[epoch] = (rerun, p)
-    return {e: p for e, (_, p) in sorted(best.items())}
+    return {e: best[e][1] for e in sorted(best, key=E.order_key)}
 
 
 def _infer_prefix(keys) -> str:
@@ -245,16 +266,16 @@ def _load_arrays(e: EpochResults) -> None:
                 e.best[(site, fam)] = best
 
 
-def _load_crossover(e: EpochResults) -> None:
-    path = e.folder / "crossover.csv"
+def _load_table(e: EpochResults, name: str, rows: list[dict], text: tuple[str, ...]) -> None:
+    path = e.folder / f"{name}.csv"
     if not path.exists():
         return
     try:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                e.crossover.append({k: (v if k in ("site", "family") else _number(v)) for k, v in row.items()})
+                rows.append({k: (v if k in text else _number(v)) for k, v in row.items()})
     except (OSError, csv.Error) as err:
-        e.notes.append(f"{e.name}: crossover.csv unreadable ({err})")
+        e.notes.append(f"{e.name}: {name}.csv unreadable ({err})")
 
 
 def load_epoch(folder: Path, epoch: int, prefix: str | None = None) -> tuple[EpochResults, str]:
@@ -267,9 +288,10 @@ def load_epoch(folder: Path, epoch: int, prefix: str | None = None) -> tuple[Epo
             e.notes.append(f"{e.name}: meta.json unreadable ({err})")
     else:
         e.notes.append(f"{e.name}: no meta.json (label names and site shapes taken from other epochs)")
-    prefix = _load_scalars(e, prefix)
+    prefix = _load_scalars(e, e.meta.get("prefix") or prefix)
     _load_arrays(e)
-    _load_crossover(e)
+    _load_table(e, "crossover", e.crossover, ("site", "family"))
+    _load_table(e, "sensitivity", e.sensitivity, ("site", "family", "granularity"))
     return e, prefix
 
 
@@ -279,12 +301,12 @@ def load_run(folder: Path) -> RunResults:
     dirs = _epoch_dirs(folder)
     if not dirs:
         raise NoResultsError(f"{folder}: no SSBMonitor results (no ssb/<run id>/reference or epoch_* folders)")
-    epochs, prefix = [], None
+    states, prefix = [], None
     for epoch, path in dirs.items():
         e, prefix = load_epoch(path, epoch, prefix)
-        epochs.append(e)
-    run = RunResults(run_id=folder.name, folder=folder, epochs=epochs, prefix=prefix or PREFIX)
-    if REFERENCE_EPOCH not in dirs and ANALYZE_EPOCH not in dirs:  # analyze/ is a run of its own
+        states.append(e)
+    run = RunResults(run_id=folder.name, folder=folder, epochs=states, prefix=prefix or PREFIX)
+    if REFERENCE_EPOCH not in dirs and ANALYZE_EPOCH not in dirs and INIT_EPOCH not in dirs:  # analyze: a run of its own
         run.notes.append("no reference/ folder: the state before training is not shown")
     return run
 

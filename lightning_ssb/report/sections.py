@@ -6,11 +6,12 @@ seeds) is writing one such function and appending it to ``SECTIONS``.
 from __future__ import annotations
 
 import html
+import math
 from typing import Callable, Optional
 
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.html import Book
-from lightning_ssb.report.load import RunResults
+from lightning_ssb.report.load import RunResults, Stat
 from lightning_ssb.report.seeds import across_seeds  # several runs of the same sites and labels
 from lightning_ssb.results.keys import FAMILIES
 
@@ -35,20 +36,38 @@ def _site_families(run: RunResults, book: Book, per: Callable[[str, str], str]) 
 
 
 def _has_null(run: RunResults) -> bool:
-    return any(e.meta.get("null") for e in run.epochs) or any(s.null for e in run.epochs for s in e.scalars)
+    return any(e.nulls for e in run.epochs)
+
+
+def _nulls_run(run: RunResults) -> str:
+    """Which nulls ran at which states, e.g. ``train, both (start, epoch 1)``."""
+    kinds = sorted({k for e in run.epochs for k in e.nulls})
+    if not kinds:
+        return "no"
+    where = [e.name for e in run.epochs if e.nulls]
+    return f"{', '.join(kinds)} ({'every state' if len(where) == len(run.epochs) else ', '.join(where)})"
+
+
+def _fmt(v) -> str:
+    return "undefined" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
 
 def overview(runs: list[RunResults], book: Book):
     rows = []
     for run in runs:
-        epochs = ", ".join(str(e.epoch) if e.epoch >= 0 else e.name for e in run.epochs)
-        null = _has_null(run)
+        states = ", ".join(str(e.epoch) if e.epoch >= 0 else e.name for e in run.epochs)
         k = run.num_classes
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
-            run.run_id, run.folder, epochs, ", ".join(run.sites) or "-", ", ".join(run.families) or "-",
-            k if k is not None else "?", f"{1 / k:.4f}" if k else "?", "yes" if null else "no")) + "</tr>")
-    table = ("<table><tr><th>run</th><th>folder</th><th>analysed epochs</th><th>sites</th><th>read-outs</th>"
-             "<th>labels K</th><th>chance 1/K</th><th>null run</th></tr>" + "".join(rows) + "</table>\n")
+            run.run_id, run.folder, states, ", ".join(run.sites) or "-", ", ".join(run.families) or "-",
+            k if k is not None else "?", f"{1 / k:.4f}" if k else "?", _nulls_run(run))) + "</tr>")
+    table = ("<table><tr><th>run</th><th>folder</th><th>analysed states</th><th>sites</th><th>read-outs</th>"
+             "<th>labels K</th><th>chance 1/K</th><th>nulls run</th></tr>" + "".join(rows) + "</table>\n")
+    for run in runs:
+        for e in run.epochs:
+            for site, c in (e.meta.get("convergence") or {}).items():
+                if c.get("unconverged"):
+                    book.note(f"{run.run_id}, {e.name}, {site}: {int(c['unconverged'])} read-out fits stopped before "
+                              f"converging (largest final gradient {c['grad_max']:.2g}).")
     notes = "".join(book.note(f"{run.run_id}: the {family} read-out is not in the results; its figures are "
                               f"left out.") for run in runs for family in FAMILIES if family not in run.families)
     notes += "".join(book.note(f"{run.run_id}: no null (permuted probe labels) in the results: the statistics are "
@@ -62,13 +81,78 @@ def statistics(runs: list[RunResults], book: Book):
     body = []
     for run in runs:
         body.append(_run_heading(run, runs))
+        kinds = sorted({k for e in run.epochs for k in e.nulls}, reverse=True)
+        nulls = ("Solid: the real probe labels. " + " ".join(
+            ("Dashed, hollow: " if k == "train" else "Dotted, crosses: ") + F.NULL_SENTENCES[k] for k in kinds) + " "
+            if kinds else "No null in these results. ")
         body.append(_site_families(run, book, lambda site, fam: book.draw(
             f"{run.run_id}__{site}__{fam}__statistics", F.statistics_over_epochs, run, site, fam,
             title=f"{site}, {fam}: statistics by epoch",
-            caption=f"{site}, {fam} read-out. " + ("Solid: the real probe labels; dashed, hollow markers: the null "
-                    "(probe labels permuted), the level chance alone reaches. " if _has_null(run) else
-                    "No null in these results. ") + "A unit is live when it has at least one learned label.")))
-    return "Symmetry breaking by epoch (with the null)", "".join(body)
+            caption=f"{site}, {fam} read-out. {nulls}A unit is live when it has at least one learned label; "
+                    f"'init' is the architecture at a random initialisation (the symmetric state), 'start' the "
+                    f"model training started from.")))
+    return "Symmetry breaking by epoch (with the nulls)", "".join(body)
+
+
+def states_side_by_side(runs: list[RunResults], book: Book):
+    """The deepest layer's statistics at random init, the start and every epoch, in one table per site."""
+    body = []
+    for run in runs:
+        deepest = max((F.layer_of(s) for s in run.sites if F.layer_of(s) is not None), default=None)
+        sites = [s for s in run.sites if F.layer_of(s) == deepest]
+        if not sites:
+            continue
+        body.append(_run_heading(run, runs))
+        for site in sites:
+            head = ("<tr><th>read-out</th><th>units</th><th>statistic</th>"
+                    + "".join(f"<th>{html.escape(e.name)}</th>" for e in run.epochs) + "</tr>")
+            rows = []
+            for fam in run.families:
+                for gran in ("node", "head"):
+                    for stat, null, name in (("live_fraction", None, "live fraction"),
+                                             ("mean_labels", None, "labels per unit"), ("phi", None, "\u03a6"),
+                                             ("coverage", None, "coverage"),
+                                             ("live_fraction", "train", "live fraction, null: probe-train permuted"),
+                                             ("live_fraction", "both", "live fraction, null: both splits permuted")):
+                        values = [e.scalars.get(Stat(site, fam, gran, stat, null)) for e in run.epochs]
+                        if all(v is None for v in values):
+                            continue
+                        cells = "".join(f"<td>{'-' if v is None else _fmt(v)}</td>" for v in values)
+                        rows.append(f"<tr><td>{fam}</td><td>{gran}s</td><td>{name}</td>{cells}</tr>")
+            if rows:
+                body.append(f"<h4>{html.escape(site)}</h4><table>{head}{''.join(rows)}</table>\n")
+    if not body:
+        return None
+    return "The deepest layer at each state: random init, start, epochs", "".join(body)
+
+
+def penalties(runs: list[RunResults], book: Book):
+    """The run's read-out penalties (how each was set) and how the statistics move with them."""
+    body = []
+    for run in runs:
+        pen = run.penalties
+        if not pen and not any(e.sensitivity for e in run.epochs):
+            continue
+        body.append(_run_heading(run, runs))
+        if pen:
+            src = pen.get("source") or {}
+            cells = "".join(f"<td>{pen[k]:g} ({src.get(k, '?')})</td>" if pen.get(k) is not None else "<td>-</td>"
+                            for k in ("shared", "node", "group"))
+            body.append("<p>Chosen once, at the first analysed state, and kept for every state of the run: "
+                        "\"cv\" is the lowest held-out log-loss of k-fold cross-validation on probe-train (probe-test "
+                        "never seen), pooled over the units of the watched sites; \"config\" a number set in the "
+                        "config.</p><table><tr><th>shared read-out</th><th>own: single nodes</th>"
+                        f"<th>own: heads and subsets</th></tr><tr>{cells}</tr></table>\n")
+        sites = sorted({r["site"] for e in run.epochs for r in e.sensitivity if r.get("site")})
+        for site in sites:
+            body.append(book.draw(f"{run.run_id}__{site}__sensitivity", F.sensitivity_curves, run, site,
+                                  title=f"{site}: sensitivity to the penalty",
+                                  caption="Each family's read-outs refitted at every penalty of a decade grid, at "
+                                          "the start and at the last epoch. Where the curves are flat near the "
+                                          "dotted line, the conclusion does not depend on the penalty."))
+    if not body:
+        return None
+    return "Read-out penalties and the sensitivity to them", "".join(body)
 
 
 def head_accuracy(runs: list[RunResults], book: Book):
@@ -139,8 +223,8 @@ def best_nodes(runs: list[RunResults], book: Book):
     return "The best nodes: field and confusion matrices", "".join(body)
 
 
-SECTIONS: list[Section] = [overview, statistics, head_accuracy, learned_labels, crossover_section, hull_bound,
-                           best_nodes, across_seeds]
+SECTIONS: list[Section] = [overview, statistics, states_side_by_side, penalties, head_accuracy, learned_labels,
+                           crossover_section, hull_bound, best_nodes, across_seeds]
 
 
 def chance_text(runs: list[RunResults]) -> str:

@@ -46,6 +46,7 @@ class SeedComparison:
     epochs: list[int]  # analysed in every run
     statistics: list[dict] = field(default_factory=list)  # STAT_COLUMNS + names + mean, std, spread
     pairs: list[dict] = field(default_factory=list)  # PAIR_COLUMNS
+    notes: list[str] = field(default_factory=list)  # e.g. runs analysed at different read-out penalties
 
     def agreement(self, epoch: int, site: str, family: str, granularity: str) -> dict[str, list[float]]:
         """``{identity_agreement: [...], matched_agreement: [...]}`` over the pairs of runs."""
@@ -102,7 +103,7 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def compare_runs(runs: list[RunResults], where: list[str] | None = None) -> SeedComparison:
-    """METHOD.md 5 across seeds for runs of the same sites and labels (``where``: how to name each
+    """docs/method.md 5 across seeds for runs of the same sites and labels (``where``: how to name each
     run's folder in an error, default its ``ssb/<run id>/`` folder)."""
     from lightning_ssb.analysis import match_units  # here: the report itself loads without scipy's optimiser
 
@@ -135,7 +136,25 @@ def compare_runs(runs: list[RunResults], where: list[str] | None = None) -> Seed
                                   "matched_agreement": m.matched_agreement,
                                   "identity_jaccard_mean": m.identity_jaccard_mean,
                                   "matched_jaccard_mean": m.matched_jaccard_mean, "fixed_fraction": m.fixed_fraction})
+    cmp.notes += penalty_differences(runs, names)
     return cmp
+
+
+def penalty_differences(runs: list[RunResults], names: list[str]) -> list[str]:
+    """One line per read-out part whose L2 penalty differs between the runs: statistics fitted at
+    different penalties do not compare like with like (docs/method.md 3)."""
+    notes = []
+    for part, what in (("shared", "shared read-out"), ("node", "own single-node read-outs"),
+                       ("group", "own head and subset read-outs")):
+        values = [r.penalties.get(part) for r in runs]
+        if len({v for v in values if v is not None}) > 1:
+            listed = ", ".join(f"{n} {v:g}" if v is not None else f"{n} -" for n, v in zip(names, values))
+            notes.append(f"the runs used different L2 penalties for the {what} ({listed}): their statistics "
+                         f"differ by the penalty as well as the seed")
+    if any(not r.penalties for r in runs) and any(r.penalties for r in runs):
+        notes.append("some runs recorded no read-out penalties (results of an earlier version): they may have "
+                     "used other ones")
+    return notes
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -212,7 +231,12 @@ def agreement_figure(cmp: SeedComparison, family: str, epoch: int | None = None)
                 means.append(float(np.mean(vals)) if vals else math.nan)
                 if len(vals) > 1:  # several pairs: each pair a dot on its bar
                     ax.plot([i + offset] * len(vals), vals, ".", color="black", markersize=3)
-            ax.bar(x + offset, np.nan_to_num(means), width=0.38, color=colour, label=label, gid=q)
+            defined = [i for i, m in enumerate(means) if not math.isnan(m)]
+            ax.bar(x[defined] + offset, [means[i] for i in defined], width=0.38, color=colour, label=label, gid=q)
+            for i, m in enumerate(means):  # undefined (no unit live in either run): no bar, said so
+                if math.isnan(m):
+                    ax.text(i + offset, 0.02, "n/a", ha="center", va="bottom", fontsize=6, color="0.4", rotation=90,
+                            gid=f"{q}/undefined")
             data[gran][q] = means
         ax.set_title(f"{gran}s: agreement of learned sets between runs", fontsize=9)
         ax.set_ylim(0, 1.02)
@@ -294,6 +318,7 @@ def across_seeds(runs: list[RunResults], book):
              f"learned set is the same in both (same unit index); matched: the same after matching units one to "
              f"one (Hungarian algorithm on Jaccard similarity); both are means over the pairs of runs. "
              f"Spontaneous breaking: equal statistics, identity well below matched.</p>\n")
+    intro += "".join(book.note(n) for n in cmp.notes)
     figs = "".join(book.draw(f"across_seeds__{family}", agreement_figure, cmp, family,
                              title=f"across seeds, {family}",
                              caption=f"{family} read-out, {when}: \u03a6 and live fraction of every run per site "

@@ -58,39 +58,89 @@ class EpochResult:
     seconds: float = 0.0
 
 
-def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX
-                 ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, tuple[list[str], list[list]]]]:
-    """The built-in analysis of every captured site: ``(scalars, arrays, tables)``.
+@dataclass
+class PenaltyBook:
+    """The run's read-out penalties (an ``analysis.Penalties``), None until the first analysed state
+    chose them. One book is shared by every state of a run, so that all use the same penalties."""
+
+    penalties: Any = None
+
+
+@dataclass
+class AnalysisPlan:
+    """What one analysed state computes besides the always-on analysis (the monitor's schedule decides).
+
+    Attributes:
+        book: the run's penalties (docs/method.md 3); when it is empty, they are chosen here on this
+            snapshot by the config's rule and written into it, for every later state.
+        nulls: the nulls to run ("train", "both"; none when empty).
+        sensitivity: the sites whose statistics are re-run over ``AnalysisConfig.sensitivity_grid``.
+    """
+
+    book: PenaltyBook = field(default_factory=PenaltyBook)
+    nulls: list[str] = field(default_factory=list)
+    sensitivity: list[str] = field(default_factory=list)
+
+
+def _quiet(stage: str) -> None:
+    pass
+
+
+def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: AnalysisPlan | None = None,
+                 progress=_quiet
+                 ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, tuple[list[str], list[list]]], dict]:
+    """The built-in analysis of every captured site: ``(scalars, arrays, tables, meta)``.
 
     The one place that calls ``lightning_ssb.analysis`` for the monitor; ``config`` is the
     ``AnalysisConfig`` of the monitor's ``analysis:`` group, passed through unchanged: every read-out
-    family it names, and the null (permuted labels) every epoch (``null_mode: all``), before training only
-    (``reference``) or never (``off``). Fills ``snapshot.results`` (a ``SiteAnalysis`` per site, the
-    shared family when there is one) for the figures and the custom analyses.
+    family it names, at the plan's penalties, the plan's nulls and sensitivity sites. Fills
+    ``snapshot.results`` (a ``SiteAnalysis`` per site, the shared family when there is one) for the
+    figures and the custom analyses. ``meta`` has the penalties, the fits' convergence and the nulls.
+    ``progress(stage)`` hears what is being computed (the monitor shows it while training waits).
     """
     from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
 
+    plan = plan if plan is not None else AnalysisPlan(nulls=list(getattr(config, "nulls", [])))
     scalars: dict[str, float] = {}
     arrays: dict[str, Tensor] = {}
     families: dict[str, dict] = {}  # site -> {family: SiteAnalysis}, for the tables
-    for name in snapshot.train:
-        mode = getattr(config, "null_mode", "off")
-        res = analysis.analyze_all(snapshot.train[name], snapshot.y_train, snapshot.test[name], snapshot.y_test,
-                                   snapshot.num_classes, config,
-                                   null=mode == "all" or (mode == "reference" and snapshot.epoch < 0))
+    convergence, sens_rows = {}, []
+    if plan.book.penalties is None:
+        progress(f"read-out penalties by cross-validation on probe-train, {len(snapshot.train)} sites pooled "
+                 f"(once per run)")
+        plan.book.penalties = analysis.choose_penalties(snapshot.train, snapshot.y_train, snapshot.num_classes,
+                                                        config)
+    penalties = plan.book.penalties
+    for i, name in enumerate(snapshot.train, 1):
+        xtr, xte = snapshot.train[name], snapshot.test[name]
+        where = f"site {i}/{len(snapshot.train)} {name}"
+        progress(f"{where}: read-outs and statistics" + (f", nulls {'+'.join(plan.nulls)}" if plan.nulls else ""))
+        res = analysis.analyze_all(xtr, snapshot.y_train, xte, snapshot.y_test, snapshot.num_classes, config,
+                                   nulls=list(plan.nulls), penalties=penalties, name=name)
         snapshot.results[name] = res.real.get("shared") or next(iter(res.real.values()))
         families[name] = res.real
-        for family, is_null, granularity, statistic, value in res.statistics():
-            scalars[scalar_key(name, family, granularity, statistic, is_null, prefix)] = float(value)
+        for family, null, granularity, statistic, value in res.statistics():
+            scalars[scalar_key(name, family, granularity, statistic, null, prefix)] = float(value)
         arrays.update({f"{name}/{key}": value for key, value in res.arrays().items()})
+        convergence[name] = res.convergence()
+        if name in plan.sensitivity:
+            progress(f"{where}: sensitivity to the penalty ({len(config.sensitivity_grid)} values)")
+            rows = analysis.sensitivity(xtr, snapshot.y_train, xte, snapshot.y_test, snapshot.num_classes, config,
+                                        name=name)
+            sens_rows += [{"site": name, **row} for row in rows]
     tables = {"nodes": render.node_table(snapshot, families)}
     if any(site.crossover for per_family in families.values() for site in per_family.values()):
         tables["crossover"] = render.crossover_table(snapshot, families)
-    return scalars, arrays, tables
+    if sens_rows:
+        columns = list(sens_rows[0])
+        tables["sensitivity"] = (columns, [[row[c] for c in columns] for row in sens_rows])
+    meta = {"penalties": penalties.as_dict(), "convergence": convergence, "nulls": list(plan.nulls)}
+    return scalars, arrays, tables, meta
 
 
 def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: bool = True,
-                 table: bool = True, prefix: str = PREFIX) -> EpochResult:
+                 table: bool = True, prefix: str = PREFIX, plan: AnalysisPlan | None = None,
+                 progress=_quiet) -> EpochResult:
     """The whole result of one analysed epoch: built-in sites, figures, tables, custom analyses.
 
     Args:
@@ -99,16 +149,20 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
         analyses: ``NodalAnalysis`` objects, run after the built-in analysis.
         figures, table: whether to draw the figures / keep the tables.
         prefix: first segment of every key.
+        plan: penalties, nulls and sensitivity of this state (`AnalysisPlan`; default: the rule's
+            penalties chosen on this snapshot and every null of the config).
+        progress: called with a line saying what is being computed.
     """
     start = time.perf_counter()
     result = EpochResult(epoch=snapshot.epoch, step=snapshot.step)
     result.scalars[run_key("epoch", prefix)] = float(snapshot.epoch)
-    scalars, result.arrays, tables = site_results(snapshot, config, prefix)
+    scalars, result.arrays, tables, site_meta = site_results(snapshot, config, prefix, plan, progress)
     result.scalars.update(scalars)
     if table:
         result.tables.update(tables)
     granularities = list(getattr(config, "granularities", ("node", "head")))
     if figures:
+        progress("figures")
         result.figures.update(render.site_figures(snapshot, prefix, granularities))
     for analysis in analyses:
         for key, value in (analysis.analyze(snapshot) or {}).items():
@@ -121,9 +175,8 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
     parsed = [parse_key(k, prefix) for k in scalars]
     families = sorted({p.family for p in parsed if p.family})
     result.meta = {"epoch": snapshot.epoch, "step": snapshot.step, "num_classes": snapshot.num_classes,
-                   "label_names": list(snapshot.label_names), "families": families,
-                   "null": any(p.null for p in parsed),
-                   "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}}
+                   "label_names": list(snapshot.label_names), "families": families, "prefix": prefix,
+                   "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}, **site_meta}
     result.seconds = time.perf_counter() - start
     result.scalars[run_key("analysis_seconds", prefix)] = result.seconds
     return result

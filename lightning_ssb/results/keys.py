@@ -1,7 +1,9 @@
 """The one place that builds a logged key, and the one place that parses it (docs/RESULTS.md).
 
-``ssb/<site>/<family>[/null]/<granularity>/<statistic>``, plus ``ssb/epoch``,
-``ssb/analysis_seconds`` and ``ssb/<custom name>/<key>`` for a user's analysis.
+``ssb/<site>/<family>[/null_<kind>]/<granularity>/<statistic>``, plus ``ssb/epoch``,
+``ssb/analysis_seconds`` and ``ssb/<custom name>/<key>`` for a user's analysis. ``<kind>`` is a null:
+``train`` (read-outs fitted on permuted probe-train labels, scored on the real ones) or ``both``
+(probe-test labels permuted too).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 PREFIX = "ssb"
 FAMILIES = ("own", "shared")
 GRANULARITIES = ("node", "head", "site")
-NULL = "null"
+NULLS = ("both", "train")
+NULL_PREFIX = "null_"
+LEGACY_NULL = "null"  # the one null of earlier versions (both splits permuted), read as "both"
 RUN_KEYS = ("epoch", "analysis_seconds")
 
 
@@ -25,7 +29,7 @@ class ParsedKey:
     site: str | None = None
     family: str | None = None
     granularity: str | None = None
-    null: bool = False
+    null: str | None = None  # None (the real labels), "train" or "both"
     prefix: str = PREFIX
 
 
@@ -33,16 +37,23 @@ def _is_site(name: str) -> bool:
     return name.startswith("blocks.")
 
 
-def scalar_key(site: str, family: str, granularity: str, statistic: str, null: bool = False,
+def null_segment(kind: str) -> str:
+    """``null_train`` or ``null_both``: the key segment of a null."""
+    if kind not in NULLS:
+        raise ValueError(f"null must be one of {NULLS}, got {kind!r}")
+    return NULL_PREFIX + kind
+
+
+def scalar_key(site: str, family: str, granularity: str, statistic: str, null: str | None = None,
                prefix: str = PREFIX) -> str:
-    """``ssb/<site>/<family>[/null]/<granularity>/<statistic>``."""
+    """``ssb/<site>/<family>[/null_<kind>]/<granularity>/<statistic>``."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if not _is_site(site) or "/" in site or "/" in statistic:
         raise ValueError(f"bad site or statistic name: {site!r}, {statistic!r}")
-    parts = [prefix, site, family] + ([NULL] if null else []) + [granularity, statistic]
+    parts = [prefix, site, family] + ([null_segment(null)] if null else []) + [granularity, statistic]
     return "/".join(parts)
 
 
@@ -70,9 +81,12 @@ def parse_key(key: str, prefix: str = PREFIX) -> ParsedKey:
         return ParsedKey("run", rest[0], prefix=prefix)
     if not _is_site(rest[0]):
         return ParsedKey("custom", "/".join(rest[1:]), site=rest[0], prefix=prefix)
-    null = len(rest) == 5 and rest[2] == NULL
-    if len(rest) != (5 if null else 4) or rest[1] not in FAMILIES or rest[-2] not in GRANULARITIES:
-        raise ValueError(f"not a site key ({prefix}/<site>/<family>[/null]/<granularity>/<statistic>): {key!r}")
+    null = rest[2][len(NULL_PREFIX):] if len(rest) == 5 and rest[2].startswith(NULL_PREFIX) else None
+    if len(rest) == 5 and rest[2] == LEGACY_NULL:  # results written before the two nulls: both splits permuted
+        null = "both"
+    if (len(rest) != (5 if null else 4) or rest[1] not in FAMILIES or rest[-2] not in GRANULARITIES
+            or (null is not None and null not in NULLS)):
+        raise ValueError(f"not a site key ({prefix}/<site>/<family>[/null_<kind>]/<granularity>/<statistic>): {key!r}")
     return ParsedKey("site", rest[-1], site=rest[0], family=rest[1], granularity=rest[-2], null=null, prefix=prefix)
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lightning_ssb.results import epochs
 from lightning_ssb.results.keys import figure_key
 
 if TYPE_CHECKING:  # figures (matplotlib) are imported where drawn: results/ loads without callbacks/
@@ -49,7 +50,7 @@ def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -
     from lightning_ssb.callbacks import figures
 
     out = {}
-    title = "reference (before training)" if snap.epoch < 0 else f"epoch {snap.epoch}"
+    title = epochs.label(snap.epoch)
     head_sites = [n for n in snap.results if n.endswith("attn.heads")]
     if "head" in granularities and head_sites and snap.results[head_sites[0]].head_accuracy is not None:
         grid = torch.stack([snap.results[n].head_accuracy for n in head_sites])

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lightning_ssb.results import epochs
 from lightning_ssb.results.keys import PREFIX
 
 
@@ -74,14 +75,9 @@ class Sink:
         self.flush(result.step)
 
 
-REFERENCE_EPOCH = -1  # the analysis before the first training step
-ANALYZE_EPOCH = -2  # a post-hoc analysis of a checkpoint or pre-trained model (``python -m lightning_ssb analyze``)
-
-
-def epoch_dirname(epoch: int) -> str:
-    """``reference`` for the analysis before training (epoch -1), ``analyze`` for a post-hoc analysis
-    (epoch -2), else ``epoch_{e:03d}``."""
-    return "analyze" if epoch == ANALYZE_EPOCH else "reference" if epoch < 0 else f"epoch_{epoch:03d}"
+REFERENCE_EPOCH = epochs.REFERENCE
+ANALYZE_EPOCH = epochs.ANALYZE
+epoch_dirname = epochs.dirname
 
 
 class DiskSink(Sink):

@@ -14,7 +14,7 @@ from lightning_ssb.callbacks.capture import capture_batches
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.loggers.wandb_records import read_wandb_run
-from lightning_ssb.results.build import EpochSnapshot, site_results
+from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, site_results
 from lightning_ssb.results.sinks import SinkError
 from tests.callbacks.toys import ToyClassificationData, ToyMLMData, ToyTask, fast_analysis
 
@@ -60,7 +60,7 @@ def test_fewrel_fit_logs_reference_and_epochs_to_wandb_and_disk(tmp_path, monkey
     x_tr, y_tr = capture_batches(initial.model, probe.train_batches, [1], ["attn.heads"])
     x_te, y_te = capture_batches(initial.model, probe.test_batches, [1], ["attn.heads"])
     snap = EpochSnapshot(-1, 0, x_tr, x_te, y_tr, y_te, 4, probe.label_names)
-    expected, arrays_expected, _ = site_results(snap, ANALYSIS)
+    expected, arrays_expected, _, _ = site_results(snap, ANALYSIS, plan=AnalysisPlan(nulls=[]))
     assert expected  # keys of blocks.1.attn.heads
     for key, value in expected.items():
         logged = ref[key]

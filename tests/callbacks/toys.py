@@ -158,12 +158,14 @@ class ToyTask(L.LightningModule):
 
 
 def fast_analysis(**overrides):
-    """An ``AnalysisConfig`` for callback tests: one read-out family and no null where the analysis has
-    them (they multiply the analysis time; the analysis tests cover them), plus ``overrides``."""
+    """An ``AnalysisConfig`` for callback tests: one read-out family, no null and fixed penalties (the
+    nulls and the cross-validation multiply the analysis time; the analysis tests cover them), plus
+    ``overrides``."""
     import dataclasses
 
     from lightning_ssb.analysis import AnalysisConfig
 
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    quick = {k: v for k, v in {"readout": "shared", "null_mode": "off"}.items() if k in names}
+    quick = {k: v for k, v in {"readout": "shared", "null_mode": "off", "l2": 1e-3, "own_l2": 1e-3,
+                               "own_group_l2": 1e-3}.items() if k in names}
     return AnalysisConfig(**{**quick, **overrides})

@@ -3,7 +3,9 @@ monitor code): the report is tested against files whose every number is known.
 
 Structure: a quarter of the nodes learn labels by epoch 0 and three quarters by the last epoch,
 each node its own label (every third node a second one), in a shuffled order so only a sorted
-learned-label matrix shows the blocks; the null stays near dead; the reference has no live node.
+learned-label matrix shows the blocks; the nulls stay near dead; the random initialisation (init) and
+the reference have no live node. The reference and the last epoch carry sensitivity rows, and every
+state the run's penalties in meta.json.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ LABELS = ["country", "located in the administrative territorial entity", "countr
 SITES = {"blocks.0.attn.heads": [4, 4], "blocks.1.attn.heads": [4, 4], "blocks.1.output": [1, 16]}
 FAMILIES = ("own", "shared")
 EPOCHS = (-1, 0, 1, 2)
+WITH_INIT = (-3, -1, 0, 1, 2)  # the random initialisation analysed too
 K = len(LABELS)
+PENALTIES = {"shared": 0.003, "node": 0.01, "group": 0.001}
+SENSITIVITY_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
+
+
+def epoch_dir(epoch: int) -> str:
+    return {-1: "reference", -3: "init", -2: "analyze"}.get(epoch, f"epoch_{epoch:03d}")
 
 
 def _jaccard_phi(labels: np.ndarray) -> tuple[float, float]:
@@ -60,9 +69,11 @@ def write_run(root: Path, run_id: str = "synthetic01", epochs=EPOCHS, sites: dic
     run = Path(root) / "ssb" / run_id
     perms = {(s, f): rng.permutation(h * d) for s, (h, d) in sites.items() for f in FAMILIES}
     for epoch in epochs:
-        folder = run / ("reference" if epoch < 0 else f"epoch_{epoch:03d}")
+        folder = run / epoch_dir(epoch)
         folder.mkdir(parents=True)
-        progress = (epoch - epochs[0]) / max(1, len(epochs) - 1)  # 0 at the first (the reference), 1 at the last
+        trained = [e for e in epochs if e >= 0]
+        progress = (epoch + 1) / max(1, len(trained)) if epoch >= 0 else 0.0  # 0 before training, 1 at the last
+        sens_rows = []
         scalars = {"ssb/epoch": float(epoch), "ssb/analysis_seconds": 1.5}
         arrays, cross_rows, node_rows = {}, [], []
         for (site, (h, d)), fam in itertools.product(sites.items(), FAMILIES):
@@ -83,14 +94,21 @@ def write_run(root: Path, run_id: str = "synthetic01", epochs=EPOCHS, sites: dic
             null_acc = 1 / K + 0.02 * rng.random(n)
             null_head_labels = np.zeros((h, K), dtype=bool)
             null_head_acc = 1 / K + 0.02 * rng.random(h)
-            for gran, lab, a, null in (("node", labels, acc, False), ("head", head_labels, head_acc, False),
-                                       ("node", null_labels, null_acc, True),
-                                       ("head", null_head_labels, null_head_acc, True)):
-                mid = f"{fam}/null/{gran}" if null else f"{fam}/{gran}"
+            units = [("node", labels, acc, None), ("head", head_labels, head_acc, None)]
+            for kind in ("train", "both"):
+                units += [("node", null_labels, null_acc + (0.01 if kind == "train" else 0.0), kind),
+                          ("head", null_head_labels, null_head_acc, kind)]
+            for gran, lab, a, null in units:
+                mid = f"{fam}/null_{null}/{gran}" if null else f"{fam}/{gran}"
                 for stat, v in _stats(lab, a).items():
                     scalars[f"ssb/{site}/{mid}/{stat}"] = v
                 arrays[f"{site}/{mid}/labels"] = torch.from_numpy(lab)
                 arrays[f"{site}/{mid}/accuracy"] = torch.from_numpy(a).float()
+            if epoch in (-1, epochs[-1]) and site == list(sites)[-1]:
+                for gran in ("node", "head"):
+                    for i, l2 in enumerate(SENSITIVITY_GRID):
+                        live = max(0.0, (0.3 + 0.6 * progress) - 0.15 * i)
+                        sens_rows.append([site, fam, gran, l2, live * n, live, 2 * live, live / 2, 0.9 - 0.05 * i])
             scalars[f"ssb/{site}/{fam}/node/hull_labels"] = float(hull.sum(1).mean())
             scalars[f"ssb/{site}/{fam}/node/hull_labels_all"] = float(hull.sum(1).mean()) + 1
             scalars[f"ssb/{site}/{fam}/node/hull_bound"] = float(bound.mean())
@@ -121,7 +139,14 @@ def write_run(root: Path, run_id: str = "synthetic01", epochs=EPOCHS, sites: dic
                                   " ".join(LABELS[k] for k in np.nonzero(labels[node])[0]),
                                   " ".join(LABELS[k] for k in np.nonzero(hull[node])[0]), bound[node]])
         meta = {"epoch": epoch, "step": 0 if epoch < 0 else 10 * (epoch + 1), "num_classes": K,
-                "label_names": LABELS, "sites": sites, "families": list(FAMILIES), "null": True}
+                "label_names": LABELS, "sites": sites, "families": list(FAMILIES), "nulls": ["train", "both"],
+                "prefix": "ssb", "penalties": {**PENALTIES, "source": {p: "cv" for p in PENALTIES}, "curves": {}}}
+        if sens_rows:
+            with open(folder / "sensitivity.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["site", "family", "granularity", "l2", "live", "live_fraction", "mean_labels", "coverage",
+                            "phi"])
+                w.writerows(sens_rows)
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
         (folder / "scalars.json").write_text(
             json.dumps({k: (None if v != v else v) for k, v in scalars.items()}, indent=1))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.report.synthetic import LABELS
+from tests.report.synthetic import LABELS, PENALTIES, epoch_dir
 
 
 def _figures(book, suffix):
@@ -21,7 +21,7 @@ def _figures(book, suffix):
 
 
 def _epoch_dir(run, epoch):
-    return run / ("reference" if epoch < 0 else f"epoch_{epoch:03d}")
+    return run / epoch_dir(epoch)
 
 
 def _scalars(run, epoch):
@@ -50,22 +50,53 @@ def test_statistics_lines_are_the_logged_scalars(synthetic_report):
             if stat is None:
                 continue
             lines = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
-            assert set(lines) == {"node/real", "node/null", "head/real", "head/null"}, (site, fam, stat)
+            assert set(lines) == {f"{g}/{k}" for g in ("node", "head") for k in ("real", "null_train", "null_both")}, \
+                (site, fam, stat)
             for gid, line in lines.items():
                 gran, kind = gid.split("/")
-                key = f"ssb/{site}/{fam}/null/{gran}/{stat}" if kind == "null" else f"ssb/{site}/{fam}/{gran}/{stat}"
-                epochs = [-1, 0, 1, 2]
-                expected = [_scalars(run, e)[key] for e in epochs]
+                key = f"ssb/{site}/{fam}/{kind}/{gran}/{stat}" if kind != "real" else f"ssb/{site}/{fam}/{gran}/{stat}"
+                states = [-3, -1, 0, 1, 2]  # random init, the start, the epochs: in that order on the axis
+                expected = [_scalars(run, e)[key] for e in states]
                 expected = [math.nan if v is None else v for v in expected]
-                assert list(line.get_xdata()) == epochs, (key, line.get_xdata())
+                assert list(line.get_xdata()) == [-2, -1, 0, 1, 2], (key, line.get_xdata())
                 assert _same(line.get_ydata(), expected), (key, line.get_ydata(), expected)
                 checked += 1
-    assert checked == 4 * 6 * 4
+    assert checked == 4 * 6 * 6
     # Phi is undefined before training (no live node): a gap in the line, not a zero
     phi = next(ax for ax in figs[0].figure.axes if ax.get_gid() == "phi")
     node_phi = next(ln for ln in phi.get_lines() if ln.get_gid() == "node/real")
     assert math.isnan(node_phi.get_ydata()[0]) and not math.isnan(node_phi.get_ydata()[-1])
-    assert phi.get_xticklabels()[0].get_text() == "before\ntraining"
+    assert [t.get_text() for t in phi.get_xticklabels()] == ["init", "start", "0", "1", "2"]
+
+
+def test_sensitivity_curves_are_the_csv_rows_with_the_chosen_penalty_marked(synthetic_report):
+    run, book = synthetic_report
+    figs = _figures(book, "__sensitivity")
+    assert len(figs) == 1 and figs[0].data["site"] == "blocks.1.attn.heads" and figs[0].data["states"] == [-1, 2]
+    rows = {}
+    for epoch in (-1, 2):
+        with open(_epoch_dir(run, epoch) / "sensitivity.csv") as f:
+            for r in csv.DictReader(f):
+                rows.setdefault((r["family"], r["granularity"], epoch), []).append(r)
+    checked = 0
+    for ax in figs[0].figure.axes:
+        if not ax.get_gid():
+            continue
+        family, stat = ax.get_gid().split("/")
+        for line in ax.get_lines():
+            gid = line.get_gid() or ""
+            if gid.startswith("chosen/"):
+                part = PENALTIES["shared"] if family == "shared" else PENALTIES["node" if gid.endswith("node") else "group"]
+                assert list(line.get_xdata()) == [part, part]
+                continue
+            if not gid:
+                continue
+            gran, epoch = gid.split("/")
+            expected = rows[(family, gran, int(epoch))]
+            assert list(line.get_xdata()) == [float(r["l2"]) for r in expected]
+            assert _same(line.get_ydata(), [float(r[stat]) for r in expected])
+            checked += 1
+    assert checked == 2 * 3 * 2 * 2  # families x statistics x granularities x states
 
 
 def test_learned_label_matrix_is_the_last_epochs_label_sets_in_block_order(synthetic_report):
@@ -127,8 +158,8 @@ def test_head_accuracy_grid_is_layers_by_heads(synthetic_report):
     for fig in _figures(book, "__head_accuracy__own") + _figures(book, "__head_accuracy__shared"):
         fam = fig.data["family"]
         panels = [ax for ax in fig.figure.axes if (ax.get_gid() or "").startswith("epoch")]
-        assert len(panels) == 4
-        for ax, epoch in zip(panels, [-1, 0, 1, 2]):
+        assert len(panels) == 5
+        for ax, epoch in zip(panels, [-3, -1, 0, 1, 2]):  # random init, the start, the epochs
             arrays = _arrays(run, epoch)
             expected = np.stack([arrays[f"blocks.{layer}.attn.heads/{fam}/head/accuracy"].numpy() for layer in (0, 1)])
             assert _same(ax.get_images()[0].get_array(), expected), (fam, epoch)

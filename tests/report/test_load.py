@@ -100,10 +100,10 @@ def test_a_run_with_one_family_and_no_null_still_reports(tmp_path):
     folder = write_run(tmp_path, sites=ONE_SITE, epochs=(0, 1))
     for d in folder.iterdir():
         scalars = json.loads((d / "scalars.json").read_text())
-        keep = {k: v for k, v in scalars.items() if "/shared/" not in k and "/null/" not in k}
+        keep = {k: v for k, v in scalars.items() if "/shared/" not in k and "/null_" not in k}
         (d / "scalars.json").write_text(json.dumps(keep))
         meta = json.loads((d / "meta.json").read_text())
-        (d / "meta.json").write_text(json.dumps({**meta, "families": ["own"], "null": False}))
+        (d / "meta.json").write_text(json.dumps({**meta, "families": ["own"], "nulls": []}))
         arrays = torch.load(d / "arrays.pt", weights_only=True)
         torch.save({k: v for k, v in arrays.items() if "/shared/" not in k}, d / "arrays.pt")
     (run,) = load_runs([folder])

@@ -2,9 +2,9 @@
 
 import torch
 
-from lightning_ssb.analysis import AnalysisConfig, analyze_all
+from lightning_ssb.analysis import AnalysisConfig, Penalties, analyze_all
 from lightning_ssb.callbacks.custom import NodalAnalysis
-from lightning_ssb.results.build import EpochSnapshot, build_result
+from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook, build_result
 from lightning_ssb.results.keys import parse_key
 
 SITE = "blocks.0.attn.heads"
@@ -12,11 +12,14 @@ UNIT_STATS = ["acc_max", "acc_mean", "cluster_count", "cluster_noise", "cluster_
               "live_fraction", "mean_labels", "overlap", "phi"]
 NODE_ONLY = ["hull_bound", "hull_labels", "hull_labels_all", "hull_tightness", "hull_violations"]
 
-# every key a run with one site (2 heads of 2 nodes), both families and the null logs: written out
+# every key a run with one site (2 heads of 2 nodes), both families and both nulls logs: written out
 PINNED = sorted(
-    ["ssb/epoch", "ssb/analysis_seconds", f"ssb/{SITE}/shared/site/acc", "ssb/count_live/n"]
+    ["ssb/epoch", "ssb/analysis_seconds", "ssb/count_live/n"]
+    + [f"ssb/{SITE}/shared/site/{s}" for s in ("acc", "l2", "fit_unconverged", "fit_grad_max")]
+    + [f"ssb/{SITE}/own/site/{s}" for s in ("fit_unconverged", "fit_grad_max")]
+    + [f"ssb/{SITE}/own/{g}/l2" for g in ("node", "head")]
     + [f"ssb/{SITE}/{family}{null}/{g}/{stat}"
-       for family in ("own", "shared") for null in ("", "/null")
+       for family in ("own", "shared") for null in ("", "/null_train", "/null_both")
        for g, stats in (("node", UNIT_STATS + NODE_ONLY), ("head", UNIT_STATS)) for stat in stats])
 
 
@@ -38,23 +41,35 @@ class CountLive(NodalAnalysis):
 
 
 def test_the_full_key_list_of_a_tiny_run_is_pinned():
-    result = build_result(snapshot(), AnalysisConfig(crossover_sizes=[1, 2]), analyses=[CountLive()], figures=False)
+    plan = AnalysisPlan(nulls=["train", "both"], sensitivity=[SITE])
+    result = build_result(snapshot(), AnalysisConfig(crossover_sizes=[1, 2], sensitivity_grid=[1e-2, 1.0]),
+                          analyses=[CountLive()], figures=False, plan=plan)
     assert sorted(result.scalars) == PINNED
-    assert len(PINNED) == 4 + 2 * 2 * (16 + 11)  # 112: never one key per node
+    assert len(PINNED) == 3 + 8 + 2 * 3 * (16 + 11)  # 173: never one key per node
     for key in PINNED:
         parse_key(key)  # the one parser reads every key back
     assert result.scalars["ssb/epoch"] == -1.0
-    assert sorted(result.tables) == ["crossover", "nodes"]
-    assert result.meta["families"] == ["own", "shared"] and result.meta["null"] is True
-    assert result.meta["sites"] == {SITE: [2, 2]} and result.meta["step"] == 7
+    assert sorted(result.tables) == ["crossover", "nodes", "sensitivity"]
+    columns, rows = result.tables["sensitivity"]
+    assert columns[:4] == ["site", "family", "granularity", "l2"] and len(rows) == 2 * 2 * 2
+    assert result.meta["families"] == ["own", "shared"] and result.meta["nulls"] == ["train", "both"]
+    assert result.meta["sites"] == {SITE: [2, 2]} and result.meta["step"] == 7 and result.meta["prefix"] == "ssb"
+    # the penalties were chosen here (the rule's) and handed back through the plan for the later states
+    chosen = result.meta["penalties"]
+    assert chosen["source"] == {"shared": "cv", "node": "cv", "group": "cv"} and plan.book.penalties.node == chosen["node"]
+    assert result.scalars[f"ssb/{SITE}/own/node/l2"] == chosen["node"]
+    assert result.meta["convergence"][SITE] == {"unconverged": 0.0, "grad_max": result.meta["convergence"][SITE]["grad_max"]}
 
 
-def test_values_are_the_analysis_values_and_the_null_setting_is_honoured():
-    config = AnalysisConfig(crossover_sizes=[], null_mode="reference")
-    snap = snapshot(epoch=3)  # not the reference: no null keys
-    result = build_result(snap, config, figures=False)
-    assert not any("/null/" in k for k in result.scalars) and result.meta["null"] is False
-    direct = analyze_all(snap.train[SITE], snap.y_train, snap.test[SITE], snap.y_test, 3, config, null=False)
+def test_values_are_the_analysis_values_at_the_plans_penalties():
+    config = AnalysisConfig(crossover_sizes=[])
+    fixed = Penalties(shared=0.02, node=0.03, group=0.04)
+    snap = snapshot(epoch=3)
+    result = build_result(snap, config, figures=False, plan=AnalysisPlan(book=PenaltyBook(fixed), nulls=[]))
+    assert not any("/null" in k for k in result.scalars) and result.meta["nulls"] == []
+    direct = analyze_all(snap.train[SITE], snap.y_train, snap.test[SITE], snap.y_test, 3, config, nulls=[],
+                         penalties=fixed)
+    assert result.scalars[f"ssb/{SITE}/own/head/l2"] == 0.04 and result.scalars[f"ssb/{SITE}/shared/site/l2"] == 0.02
     for family, is_null, g, stat, value in direct.statistics():
         logged = result.scalars[f"ssb/{SITE}/{family}/{g}/{stat}"]
         assert logged == value or (logged != logged and value != value), (family, g, stat)
