@@ -2,11 +2,13 @@
 
 1. Single-node prediction at K = 30522 (the whole vocabulary), N = 20,000, 64 nodes: the envelope path
    against brute-force argmax over all K fields; checks that the predictions are identical.
-2. A full analysis (`analyze_all`: both read-out families, the null, crossover 11 sizes x 5 draws with
-   exact reachability) at the FewRel scale: N = 4,480 probe-test, 40,320 probe-train (or --train),
-   D = 768 as 12 x 64, K = 64: the time of each part and the peak memory.
+2. One FewRel-scale site (N = 40,320 probe-train, 4,480 probe-test, D = 768 as 12 x 64, K = 64):
+   the penalty rule (cross-validation on probe-train, once per run), then one analysis as the monitor
+   runs it at its reference and last epoch (both read-out families, both nulls, crossover 11 sizes x 5
+   draws with exact reachability), with the time of every stage (``lightning_ssb.analysis.timing``)
+   and the peak memory; on the CPU and, when a GPU is present, on the GPU.
 
-    python benchmarks/bench_analysis.py [--bf-nodes 64] [--train 40320] [--threads 0]
+    python benchmarks/bench_analysis.py [--bf-nodes 64] [--train 40320] [--threads 0] [--device cpu cuda]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 import torch
 
-from lightning_ssb.analysis import AnalysisConfig, Readout, analyze_site, node_predictions
+from lightning_ssb.analysis import AnalysisConfig, Readout, node_predictions
 
 
 def brute_force(x: torch.Tensor, readout: Readout, nodes: int, chunk: int = 512) -> torch.Tensor:
@@ -53,54 +55,47 @@ def fewrel_like(n: int, gen: torch.Generator, centres: torch.Tensor) -> tuple[to
     return centres[y] + torch.randn(n, 12, 64, generator=gen), y
 
 
-def bench_site(n_train: int) -> None:
-    """analyze_all at FewRel scale, every part timed on its own; their sum is one full analysis."""
-    from dataclasses import replace
-
-    from lightning_ssb.analysis.crossover import crossover
-    from lightning_ssb.analysis.site import permuted
+def bench_site(n_train: int, device: str) -> None:
+    """choose_penalties and analyze_all at FewRel scale on `device`, every stage timed."""
+    from lightning_ssb.analysis import analyze_all, choose_penalties
+    from lightning_ssb.analysis.timing import collect
 
     gen = torch.Generator().manual_seed(1)
     centres = torch.randn(64, 12, 64, generator=gen) * 0.3
     x_train, y_train = fewrel_like(n_train, gen, centres)
     x_test, y_test = fewrel_like(4480, gen, centres)
+    x_train, y_train = x_train.to(device), y_train.to(device)
     config = AnalysisConfig(crossover_draws=5)
-    quiet = replace(config, crossover_sizes=[])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, results = {}, {}
     cpu0 = time.process_time()
-    for family in ("shared", "own"):
-        t0 = time.perf_counter()
-        results[family] = analyze_site(x_train, y_train, x_test, y_test, 64, replace(quiet, readout=family),
-                                       readout=results["shared"].readout if "shared" in results else None)
-        times[f"{family} read-out fits + node/head statistics + hull"] = time.perf_counter() - t0
-    xte = x_test.flatten(1)
-    for family in ("shared", "own"):
-        r = results[family]
-        t0 = time.perf_counter()
-        rows = crossover(xte, y_test, r.readout, r.node_labels, 12, None, config.crossover_draws, config.seed,
-                         config.ablation, config.theta, config.q, family, x_train.flatten(1), y_train,
-                         config.fit_settings(own=family == "own"), config.crossover_max_train)
-        times[f"{family} crossover ({len(rows)} sizes x {config.crossover_draws} draws, exact reachability)"] = \
-            time.perf_counter() - t0
-    g = torch.Generator().manual_seed(config.seed + 104729)
-    ytr, yte = permuted(y_train, g), permuted(y_test, g)
-    nulls = {}
-    for family in ("shared", "own"):
-        t0 = time.perf_counter()
-        nulls[family] = analyze_site(x_train, ytr, x_test, yte, 64, replace(quiet, readout=family, top_nodes=0))
-        times[f"{family} null (permuted labels)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with collect() as cv_seconds:
+        penalties = choose_penalties(x_train, y_train, 64, config, "blocks.5.attn.heads")
+    t_cv = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with collect() as seconds:
+        res = analyze_all(x_train, y_train, x_test, y_test, 64, config, nulls=["train", "both"], penalties=penalties,
+                          name="blocks.5.attn.heads")
+    wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    wall = sum(times.values())
-    print(f"[site] N_train={n_train} N_test=4480 D=12x64 K=64, both families, the null on:")
-    for name, t in times.items():
-        print(f"[site]   {t:6.1f} s  {name}")
-    print(f"[site] total {wall:.1f} s wall, {time.process_time() - cpu0:.1f} s CPU; peak RSS {rss / 2**20:.2f} GiB "
-          f"(inputs and process before: {base_rss / 2**20:.2f} GiB)")
+    print(f"[site/{device}] N_train={n_train} N_test=4480 D=12x64 K=64; penalties {penalties.shared:g} (shared), "
+          f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
+    print(f"[site/{device}] penalty rule (once per run): {t_cv:.1f} s")
+    print(f"[site/{device}] one analysis, both families, both nulls, crossover: {wall:.1f} s wall")
+    for name, t in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        print(f"[site/{device}]   {t:6.1f} s  {name}")
+    print(f"[site/{device}] {time.process_time() - cpu0:.1f} s CPU in all; peak RSS {rss / 2**20:.2f} GiB "
+          f"(inputs and process before: {base_rss / 2**20:.2f} GiB)"
+          + (f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda")
+             else ""))
+    print(f"[site/{device}] fits: {res.convergence()}")
     for family in ("own", "shared"):
-        s, n = results[family].scalars(), nulls[family].scalars()
-        print(f"[site] {family}: node live {s['node/live']:.0f}/768 (null {n['node/live']:.0f}), "
-              f"head live {s['head/live']:.0f}/12 (null {n['head/live']:.0f}), node acc max {s['node/acc_max']:.3f}")
+        s_, n_ = res.real[family].scalars(), res.null["train"][family].scalars()
+        print(f"[site/{device}] {family}: node live {s_['node/live']:.0f}/768 (probe-train null {n_['node/live']:.0f}), "
+              f"head live {s_['head/live']:.0f}/12, node acc max {s_['node/acc_max']:.3f}")
 
 
 def main() -> None:
@@ -108,12 +103,17 @@ def main() -> None:
     parser.add_argument("--bf-nodes", type=int, default=64, help="nodes to brute-force (time extrapolated)")
     parser.add_argument("--train", type=int, default=40_320, help="probe-train examples for the read-out")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", nargs="*", default=None, help="devices (default: cpu, and cuda when present)")
+    parser.add_argument("--skip-envelope", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_site(args.train)
-    bench_envelope(args.bf_nodes)
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    for device in devices:
+        bench_site(args.train, device)
+    if not args.skip_envelope:
+        bench_envelope(args.bf_nodes)
 
 
 if __name__ == "__main__":

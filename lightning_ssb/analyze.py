@@ -46,8 +46,10 @@ def load_weights(model: LightningModule, ckpt_path: str) -> dict:
     if missing or unexpected:
         raise ValueError(f"ckpt_path: {ckpt_path}: its weights do not fit the model the config builds "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}): use the config that trained it")
+    penalties = next((state["penalties"] for key, state in (ckpt.get("callbacks") or {}).items()
+                      if str(key).startswith("SSBMonitor") and isinstance(state, dict) and state.get("penalties")), None)
     return {"ckpt_path": str(Path(ckpt_path).resolve()), "task": task, "epoch": ckpt.get("epoch"),
-            "global_step": ckpt.get("global_step")}
+            "global_step": ckpt.get("global_step"), "run_penalties": penalties}
 
 
 class SSBTrainer(Trainer):
@@ -124,6 +126,12 @@ def analyze_once(monitor: SSBMonitor, trainer: Trainer, pl_module: LightningModu
     monitor._open_sinks(trainer)
     monitor.probe = monitor.probe_config.build(datamodule, monitor._task)
     source = dict(source or {})
+    run_penalties = source.pop("run_penalties", None)
+    if run_penalties and init_seed is None:  # a checkpoint of a monitored run: its penalties, like with like
+        from lightning_ssb.analysis import Penalties
+
+        monitor.book.penalties = Penalties.from_dict(run_penalties)
+        source["penalties"] = "the checkpoint's run (chosen at its first analysed state)"
     try:
         start = time.perf_counter()
         ctx = getattr(trainer.precision_plugin, "forward_context", None)
@@ -140,7 +148,7 @@ def analyze_once(monitor: SSBMonitor, trainer: Trainer, pl_module: LightningModu
         snap = EpochSnapshot(epoch, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
                              monitor.probe.num_classes, list(monitor.probe.label_names))
         result = build_result(snap, monitor.analysis, monitor.analyses, monitor.make_figures, monitor.make_table,
-                              monitor.prefix, monitor.plan(epoch, last=True))
+                              monitor.prefix, monitor.plan(epoch, last=True, device=pl_module.device))
         result.meta["source"] = source
         monitor._log(result)
     finally:

@@ -14,6 +14,7 @@ from .hull import reachable_labels
 from .optim import FitReport
 from .readout import Readout
 from .sampling import seeded_rows
+from .timing import timed
 from .units import label_stats, learned_labels
 
 CROSSOVER_COLUMNS = ("m", "draws", "acc_mean", "acc_std", "reachable_mean", "reachable_all_mean",
@@ -116,8 +117,9 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
             if init is not None:
                 init = (init[0][uniq], init[1][uniq])
             idx = [subsets[i].to(x_train.device) for i in uniq]
-            fit = fit_groups(torch.stack([x_train[:, s] for s in idx]), y_train, k, True, settings, init,
-                             what=f"own read-outs of {m}-node subsets")
+            with timed("crossover: own subset fits"):
+                fit = fit_groups(torch.stack([x_train[:, s] for s in idx]), y_train, k, True, settings, init,
+                                 what=f"own read-outs of {m}-node subsets")
             reports.append(fit.report)
             where = [uniq.index(first[key]) for key in keys]
             w, b = fit.weight.cpu()[where], fit.bias.cpu()[where]
@@ -138,12 +140,13 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
         members = torch.cat(subsets)
         node_learned = learned_labels(label_stats(node_pred[members], y, k), theta, q).sum()
         reach, reach_all, distinct = [], [], []
-        for i, s in enumerate(subsets):
-            wins, n_distinct = seen[i]
-            r = reachable_labels(w[i], b[i], lo_all[s], hi_all[s], predicted=wins)
-            reach.append(int(r.sum()))
-            reach_all.append(int(reachable_labels(w[i], b[i], predicted=r).sum()))
-            distinct.append(n_distinct)
+        with timed("crossover: reachability (linear programs)"):
+            for i, s in enumerate(subsets):
+                wins, n_distinct = seen[i]
+                r = reachable_labels(w[i], b[i], lo_all[s], hi_all[s], predicted=wins)
+                reach.append(int(r.sum()))
+                reach_all.append(int(reachable_labels(w[i], b[i], predicted=r).sum()))
+                distinct.append(n_distinct)
         denom = float(node_learned)
         acc = stats.accuracy
         rows.append({

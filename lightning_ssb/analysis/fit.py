@@ -181,7 +181,7 @@ FLOAT32_GTOL = 1e-4
 
 
 def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: FitSettings = FitSettings(),
-               init: tuple[Tensor, Tensor] | None = None, what: str = "read-out") -> GroupFit:
+               init: tuple[Tensor, Tensor] | None = None, what: str = "read-out", polish: bool = True) -> GroupFit:
     """Fit G independent read-outs from x `[G, N, m]` (or `[N, m]`, G = 1) to labels y `[N]`.
 
     Each minimises its own mean cross-entropy plus ``l2/2 ||W_std||^2`` on x's device: preconditioned
@@ -190,6 +190,8 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     bias [G, K], report)`` on raw activations: fields z = x @ weight.T + bias (bias all zero when `bias`
     is False). `init` (weight, bias on raw activations) starts the optimiser there instead of at zero:
     the problem is convex, so only the number of steps changes. `what` names the read-outs in errors.
+    polish False stops after the float32 phase (the penalty's cross-validation, which only ranks held-out
+    losses, uses that; every read-out that makes a statistic is polished).
     """
     squeeze = x.dim() == 2
     if squeeze:
@@ -219,10 +221,13 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     first, rep1 = lbfgs(group_objective(xs32, y, k, bias, l2), theta0.float(), settings.max_iter,
                         max(settings.gtol, FLOAT32_GTOL), precond=group_preconditioner(xs32, k, bias, l2))
     del xs32
-    left = settings.max_iter - rep1.iterations  # max_iter caps both phases together
-    theta, rep2 = lbfgs(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
-                        precond=group_preconditioner(xs, k, bias, l2))
-    report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations)
+    if polish:
+        left = settings.max_iter - rep1.iterations  # max_iter caps both phases together
+        theta, rep2 = lbfgs(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
+                            precond=group_preconditioner(xs, k, bias, l2))
+        report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations)
+    else:
+        theta, report = first.to(DTYPE), rep1
     w_std = theta[:, :nw].view(g, k, m)
     weight = w_std / scale.unsqueeze(1)
     b = theta[:, nw:] if bias else torch.zeros(g, k, dtype=DTYPE, device=dev)

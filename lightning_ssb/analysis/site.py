@@ -33,6 +33,7 @@ from .order import order_parameters
 from .penalty import DEFAULT_GRID, Penalties, argmin, cv_groups, cv_nodes
 from .readout import Readout, fit_readout
 from .sampling import seeded_rows
+from .timing import timed
 from .units import centre_fields, class_means, cluster_stats, confusion_matrices, head_field_matrices, \
     label_stats, learned_labels, node_field_matrices
 
@@ -112,6 +113,9 @@ class AnalysisConfig:
     """Subset sizes m of the crossover; null gives 1, 2, 4, ..., D; [] skips the crossover."""
     crossover_draws: int = 5
     """Random subsets drawn per size."""
+    crossover_mode: Literal["all", "ends"] = "ends"
+    """When the monitor runs the crossover: at the reference states and the last epoch ("ends"), or at
+    every analysed state ("all")."""
     crossover_max_train: int | None = 4096
     """Own family: each subset's read-out is fitted on at most this many probe-train examples."""
     top_nodes: int = 8
@@ -125,6 +129,8 @@ class AnalysisConfig:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.null_mode not in NULL_MODES:
             raise ValueError(f"null_mode must be one of {NULL_MODES}, got {self.null_mode!r}")
+        if self.crossover_mode not in ("all", "ends"):
+            raise ValueError(f"crossover_mode must be 'all' or 'ends', got {self.crossover_mode!r}")
         self.nulls = list(self.nulls)
         if any(n not in NULLS for n in self.nulls) or len(set(self.nulls)) != len(self.nulls):
             raise ValueError(f"nulls must be distinct entries of {list(NULLS)}, got {self.nulls}")
@@ -178,6 +184,11 @@ class AnalysisConfig:
 
 def choose_penalties(x_train: Tensor | dict[str, Tensor], y_train: Tensor, num_classes: int,
                      config: AnalysisConfig = AnalysisConfig(), name: str = "site") -> Penalties:
+    with timed("penalties (cross-validation)"):
+        return _choose_penalties(x_train, y_train, num_classes, config, name)
+
+
+def _choose_penalties(x_train, y_train, num_classes, config, name) -> Penalties:
     """The L2 penalty of every part the config analyses (docs/method.md 3): a number from the config,
     or "cv": k-fold cross-validation of held-out log-loss on probe-train, pooled over the part's units.
 
@@ -460,9 +471,10 @@ def analyze_site(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tenso
     site = score_family(ff, xte, yte, k, cfg)
     if cfg.crossover_sizes != []:
         group = cfg.settings(penalties.get("group")) if family == "own" else cfg.settings(0.0)
-        res = crossover(xte, yte, ff.readout, ff.nodes, num_heads, cfg.crossover_sizes, cfg.crossover_draws,
-                        cfg.seed, cfg.ablation, cfg.theta, cfg.q, family, xtr, ytr, group, cfg.crossover_max_train,
-                        node_pred=site._node_pred)
+        with timed("crossover"):
+                res = crossover(xte, yte, ff.readout, ff.nodes, num_heads, cfg.crossover_sizes, cfg.crossover_draws,
+                            cfg.seed, cfg.ablation, cfg.theta, cfg.q, family, xtr, ytr, group,
+                            cfg.crossover_max_train, node_pred=site._node_pred)
         site.crossover = res.rows
         if res.report is not None:
             site.fits["subset"] = res.report
@@ -555,8 +567,9 @@ def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
     real: dict[str, SiteAnalysis] = {}
     shared = None
     for family in sorted(cfg.families(), reverse=True):  # shared first: it warm-starts own's crossover
-        real[family] = analyze_site(x_train, y_train, x_test, y_test, num_classes, replace(cfg, readout=family),
-                                    readout=shared, penalties=penalties, name=name)
+        with timed(f"{family} family"):
+            real[family] = analyze_site(x_train, y_train, x_test, y_test, num_classes, replace(cfg, readout=family),
+                                        readout=shared, penalties=penalties, name=name)
         shared = real[family].readout if family == "shared" else shared
     real = {f: real[f] for f in cfg.families()}
     null: dict[str, dict[str, SiteAnalysis]] = {}
@@ -566,11 +579,12 @@ def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
         xte = x_test.flatten(1).detach().to(DTYPE).cpu()
         quiet = replace(cfg, top_nodes=0)
         for family in cfg.families():
-            ff = fit_family(family, xtr, ytr_p, num_classes, x_train.shape[1], quiet, penalties,
-                            want_heads="head" in cfg.granularities, name=f"{name} (null)")
-            for kind in nulls:
-                labels = y_test.cpu() if kind == "train" else yte_p.cpu()
-                null.setdefault(kind, {})[family] = score_family(ff, xte, labels, num_classes, quiet, best=False)
+            with timed("nulls"):
+                ff = fit_family(family, xtr, ytr_p, num_classes, x_train.shape[1], quiet, penalties,
+                                want_heads="head" in cfg.granularities, name=f"{name} (null)")
+                for kind in nulls:
+                    labels = y_test.cpu() if kind == "train" else yte_p.cpu()
+                    null.setdefault(kind, {})[family] = score_family(ff, xte, labels, num_classes, quiet, best=False)
     return SiteResults(real, null, penalties)
 
 
@@ -581,6 +595,11 @@ def sensitivity(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
     penalty over `grid` (default `config.sensitivity_grid`): each family's read-outs refitted at each
     penalty (nodes and heads of the own family at the same value). One row per family, granularity and
     penalty: {"family", "granularity", "l2", "live", "live_fraction", "mean_labels", "coverage", "phi"}."""
+    with timed("sensitivity"):
+        return _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, name)
+
+
+def _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, name) -> list[dict]:
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes)
     cfg = config
     k = num_classes

@@ -100,6 +100,8 @@ class SSBMonitor(Callback):
         self.captured: list[int] = []  # epochs whose probe was captured (the same on every rank)
         self.blocking_seconds: list[float] = []  # main-thread time per analysed epoch (capture + gather)
         self.log_seconds: list[float] = []  # main-thread time handing each result to the sinks
+        self.wait_seconds: list[float] = []  # main-thread time waiting for each analysis to finish
+        self.report_seconds = 0.0  # time writing the end-of-fit report
         self._probe_state: dict | None = None
         self._unlogged: list[int] = []  # after a resume: captured before the checkpoint, never logged
         self._pending: list[Future] = []
@@ -218,16 +220,18 @@ class SSBMonitor(Callback):
             return pl_module.device.type != "cpu"
         return bool(self.background)
 
-    def plan(self, epoch: int, last: bool) -> AnalysisPlan:
+    def plan(self, epoch: int, last: bool, device="cpu") -> AnalysisPlan:
         """What the state `epoch` computes besides the always-on analysis: the run's penalties (the
-        worker of the first analysed state fills them in), the nulls of ``analysis.null_mode``, and the
-        sensitivity of the deepest layer's sites at the reference states and the last epoch."""
+        worker of the first analysed state fills them in), the nulls of ``analysis.null_mode``, the
+        crossover of ``analysis.crossover_mode``, and the sensitivity of the deepest layer's sites at the
+        reference states and the last epoch."""
         ends = epoch < 0 or last
         mode = self.analysis.null_mode
         run_nulls = mode == "all" or (mode == "ends" and ends) or (mode == "reference" and epoch < 0)
         deepest = [f"blocks.{max(self.layers)}.{site}" for site in self.sites]
         return AnalysisPlan(book=self.book, nulls=list(self.analysis.nulls) if run_nulls else [],
-                            sensitivity=deepest if self.sensitivity and ends else [])
+                            sensitivity=deepest if self.sensitivity and ends else [],
+                            crossover=self.analysis.crossover_mode == "all" or ends, device=device)
 
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
                        model: torch.nn.Module | None = None) -> None:
@@ -244,7 +248,8 @@ class SSBMonitor(Callback):
             self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
             self._pending.append(future := self._executor.submit(build_result, snap, self.analysis, self.analyses,
                                                        self.make_figures, self.make_table, self.prefix,
-                                                       self.plan(epoch, last), self._progress.reporter(epoch)))
+                                                       self.plan(epoch, last, pl_module.device),
+                                                       self._progress.reporter(epoch)))
             future.ssb_epoch = epoch
             if not self.runs_in_background(pl_module):
                 self._drain(wait=True)
@@ -255,8 +260,10 @@ class SSBMonitor(Callback):
         while self._pending and (wait or self._pending[0].done()):
             future = self._pending.pop(0)
             try:
+                start = time.perf_counter()
                 with self._progress.waiting(future):
                     result = future.result()
+                self.wait_seconds.append(time.perf_counter() - start)
             except Exception as err:
                 if self.strict:
                     raise
@@ -285,7 +292,9 @@ class SSBMonitor(Callback):
 
         print(f"lightning_ssb: SSBMonitor: writing the report of {self.dirpath} (figures from the disk results)",
               file=sys.stderr, flush=True)
+        start = time.perf_counter()
         self.report_path, failed = publish_report(self.dirpath, [s for s in self.sinks if s not in self.failed])
+        self.report_seconds = time.perf_counter() - start
         self.failed.update(failed)
 
     def _shutdown(self) -> None:

@@ -175,7 +175,7 @@ def sensitivity_curves(run: RunResults, site: str):
                     value = penalties.get(PART_OF[(family, gran)])
                     if value is not None:
                         chosen[(family, gran)] = value
-                        ax.axvline(value, color=GRAN_COLOURS[gran], linestyle=":", linewidth=1.2,
+                        ax.axvline(value, color=GRAN_COLOURS[gran], alpha=0.22, linewidth=7,
                                    gid=f"chosen/{gran}")
             ax.set_xscale("log")
             ax.set_xlabel("L2 penalty (standardised nodes)", fontsize=8)
@@ -183,9 +183,11 @@ def sensitivity_curves(run: RunResults, site: str):
             if stat == "live_fraction":
                 ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
-    handles["chosen"] = axes[0][0].plot([], [], ":", color="0.3", label="the run's penalty (dotted)")[0]
+    handles["chosen"] = axes[0][0].plot([], [], "-", color="0.3", alpha=0.22, linewidth=7,
+                                        label="the run's penalty (wide band)")[0]
     fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=3, fontsize=8)
-    fig.suptitle(f"{site}: how the statistics move with the L2 penalty (the run's penalties dotted)", fontsize=11)
+    fig.suptitle(f"{site}: how the statistics move with the L2 penalty (the run's penalties as wide bands)",
+                 fontsize=11)
     return fig, {"site": site, "states": [e.epoch for e in states], "rows": data_rows, "chosen": chosen}
 
 

@@ -148,8 +148,9 @@ def penalties(runs: list[RunResults], book: Book):
             body.append(book.draw(f"{run.run_id}__{site}__sensitivity", F.sensitivity_curves, run, site,
                                   title=f"{site}: sensitivity to the penalty",
                                   caption="Each family's read-outs refitted at every penalty of a decade grid, at "
-                                          "the start and at the last epoch. Where the curves are flat near the "
-                                          "dotted line, the conclusion does not depend on the penalty."))
+                                          "random init, the start and the last epoch. Where the curves are flat "
+                                          "around the wide band (the run's penalty), a conclusion does not depend "
+                                          "on the penalty."))
     if not body:
         return None
     return "Read-out penalties and the sensitivity to them", "".join(body)

@@ -75,11 +75,15 @@ class AnalysisPlan:
             snapshot by the config's rule and written into it, for every later state.
         nulls: the nulls to run ("train", "both"; none when empty).
         sensitivity: the sites whose statistics are re-run over ``AnalysisConfig.sensitivity_grid``.
+        crossover: whether the crossover runs (``AnalysisConfig.crossover_sizes``) at this state.
+        device: where the read-outs are fitted (the training device; the snapshot itself stays on the CPU).
     """
 
     book: PenaltyBook = field(default_factory=PenaltyBook)
     nulls: list[str] = field(default_factory=list)
     sensitivity: list[str] = field(default_factory=list)
+    crossover: bool = True
+    device: Any = "cpu"
 
 
 def _quiet(stage: str) -> None:
@@ -100,22 +104,27 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     """
     from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
 
+    from dataclasses import replace
+
     plan = plan if plan is not None else AnalysisPlan(nulls=list(getattr(config, "nulls", [])))
+    if not plan.crossover:
+        config = replace(config, crossover_sizes=[])
     scalars: dict[str, float] = {}
     arrays: dict[str, Tensor] = {}
     families: dict[str, dict] = {}  # site -> {family: SiteAnalysis}, for the tables
     convergence, sens_rows = {}, []
+    device = torch.device(plan.device)
+    train = {name: x.to(device) for name, x in snapshot.train.items()}  # the fits run where training runs
+    y_train = snapshot.y_train.to(device)
     if plan.book.penalties is None:
-        progress(f"read-out penalties by cross-validation on probe-train, {len(snapshot.train)} sites pooled "
-                 f"(once per run)")
-        plan.book.penalties = analysis.choose_penalties(snapshot.train, snapshot.y_train, snapshot.num_classes,
-                                                        config)
+        progress(f"read-out penalties by cross-validation on probe-train, {len(train)} sites pooled (once per run)")
+        plan.book.penalties = analysis.choose_penalties(train, y_train, snapshot.num_classes, config)
     penalties = plan.book.penalties
     for i, name in enumerate(snapshot.train, 1):
-        xtr, xte = snapshot.train[name], snapshot.test[name]
+        xtr, xte = train[name], snapshot.test[name]
         where = f"site {i}/{len(snapshot.train)} {name}"
         progress(f"{where}: read-outs and statistics" + (f", nulls {'+'.join(plan.nulls)}" if plan.nulls else ""))
-        res = analysis.analyze_all(xtr, snapshot.y_train, xte, snapshot.y_test, snapshot.num_classes, config,
+        res = analysis.analyze_all(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
                                    nulls=list(plan.nulls), penalties=penalties, name=name)
         snapshot.results[name] = res.real.get("shared") or next(iter(res.real.values()))
         families[name] = res.real
@@ -125,7 +134,7 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
         convergence[name] = res.convergence()
         if name in plan.sensitivity:
             progress(f"{where}: sensitivity to the penalty ({len(config.sensitivity_grid)} values)")
-            rows = analysis.sensitivity(xtr, snapshot.y_train, xte, snapshot.y_test, snapshot.num_classes, config,
+            rows = analysis.sensitivity(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
                                         name=name)
             sens_rows += [{"site": name, **row} for row in rows]
     tables = {"nodes": render.node_table(snapshot, families)}
@@ -153,8 +162,19 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
             penalties chosen on this snapshot and every null of the config).
         progress: called with a line saying what is being computed.
     """
+    from lightning_ssb.analysis.timing import collect, timed
+
     start = time.perf_counter()
     result = EpochResult(epoch=snapshot.epoch, step=snapshot.step)
+    with collect() as seconds:
+        _build(result, snapshot, config, analyses, figures, table, prefix, plan, progress, timed)
+    result.meta["seconds"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
+    result.seconds = time.perf_counter() - start
+    result.scalars[run_key("analysis_seconds", prefix)] = result.seconds
+    return result
+
+
+def _build(result, snapshot, config, analyses, figures, table, prefix, plan, progress, timed) -> None:
     result.scalars[run_key("epoch", prefix)] = float(snapshot.epoch)
     scalars, result.arrays, tables, site_meta = site_results(snapshot, config, prefix, plan, progress)
     result.scalars.update(scalars)
@@ -163,21 +183,21 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
     granularities = list(getattr(config, "granularities", ("node", "head")))
     if figures:
         progress("figures")
-        result.figures.update(render.site_figures(snapshot, prefix, granularities))
-    for analysis in analyses:
-        for key, value in (analysis.analyze(snapshot) or {}).items():
-            if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
-                result.scalars[custom_key(analysis.name, key, prefix)] = float(value)
-            else:
-                result.figures[custom_key(analysis.name, key, prefix)] = value
-    for fig in result.figures.values():
-        render.to_png(fig)  # render here, off the main thread; sinks reuse the bytes
+        with timed("figures"):
+            result.figures.update(render.site_figures(snapshot, prefix, granularities))
+    with timed("custom analyses"):
+        for analysis in analyses:
+            for key, value in (analysis.analyze(snapshot) or {}).items():
+                if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
+                    result.scalars[custom_key(analysis.name, key, prefix)] = float(value)
+                else:
+                    result.figures[custom_key(analysis.name, key, prefix)] = value
+    with timed("figures"):
+        for fig in result.figures.values():
+            render.to_png(fig)  # render here, off the main thread; sinks reuse the bytes
     parsed = [parse_key(k, prefix) for k in scalars]
     families = sorted({p.family for p in parsed if p.family})
     result.meta = {"epoch": snapshot.epoch, "step": snapshot.step, "num_classes": snapshot.num_classes,
                    "label_names": list(snapshot.label_names), "families": families, "prefix": prefix,
                    "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}, **site_meta}
-    result.seconds = time.perf_counter() - start
-    result.scalars[run_key("analysis_seconds", prefix)] = result.seconds
-    return result
 

@@ -14,7 +14,8 @@ from lightning_ssb.callbacks.capture import capture_batches
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.loggers.wandb_records import read_wandb_run
-from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, site_results
+from lightning_ssb.analysis import Penalties
+from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook, site_results
 from lightning_ssb.results.sinks import SinkError
 from tests.callbacks.toys import ToyClassificationData, ToyMLMData, ToyTask, fast_analysis
 
@@ -92,6 +93,47 @@ def test_fewrel_fit_logs_reference_and_epochs_to_wandb_and_disk(tmp_path, monkey
     assert len(list((media / "images" / "ssb" / "blocks.1.attn.heads").glob("envelope_*.png"))) == 3
     assert len(list((media / "table" / "ssb").glob("nodes_*.table.json"))) == 3
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.model.bert.encoder.modules())
+
+
+class PretrainedToy(ToyTask):
+    """A toy whose weights count as pre-trained (the monitor reads ``hparams.pretrained``)."""
+
+    def __init__(self) -> None:
+        super().__init__("classification")
+        self.save_hyperparameters({"pretrained": "toy-checkpoint"})
+
+
+def test_init_reference_is_a_seeded_random_init_that_leaves_training_alone(tmp_path, capsys):
+    data = ToyClassificationData()
+    runs = {}
+    for init in (True, False):
+        L.seed_everything(0)
+        model = PretrainedToy()
+        monitor = SSBMonitor(layers=[1], init_reference=init, init_seed=5, figures=False, sensitivity=False,
+                             dirpath=str(tmp_path / f"ssb_{init}"), **FAST)
+        _trainer(tmp_path, monitor, max_epochs=1).fit(model, data)
+        runs[init] = (model, monitor)
+    model, monitor = runs[True]
+    root = tmp_path / "ssb_True"
+    assert sorted(os.listdir(root)) == ["epoch_000", "init", "reference"]
+    assert sorted(os.listdir(tmp_path / "ssb_False")) == ["epoch_000", "reference"]
+    # training drew the same numbers with and without the extra initialisation
+    for a, b in zip(model.parameters(), runs[False][0].parameters()):
+        assert torch.equal(a, b)
+    # init/ is the analysis of BertForSequenceClassification(config) built under manual_seed(5), at the run's penalties
+    torch.manual_seed(5)
+    fresh = type(model.model)(model.model.config)
+    x_tr, y_tr = capture_batches(fresh, monitor.probe.train_batches, [1], ["attn.heads"])
+    x_te, y_te = capture_batches(fresh, monitor.probe.test_batches, [1], ["attn.heads"])
+    snap = EpochSnapshot(-3, 0, x_tr, x_te, y_tr, y_te, 4, monitor.probe.label_names)
+    expected, _, _, _ = site_results(snap, ANALYSIS, plan=AnalysisPlan(book=PenaltyBook(monitor.book.penalties)))
+    logged = _scalars(root / "init")
+    for key, value in expected.items():
+        assert (logged[key] is None and value != value) or logged[key] == pytest.approx(value, abs=1e-9), key
+    assert json.loads((root / "init" / "meta.json").read_text())["penalties"] == monitor.book.penalties.as_dict()
+    # the foreground analysis (a CPU run) says what training waits for
+    err = capsys.readouterr().err
+    assert "lightning_ssb: SSBMonitor: waiting for random init" in err or "waiting for before training" in err
 
 
 def test_mlm_fit_every_n_epochs_foreground_csv_logger(tmp_path):

@@ -149,3 +149,26 @@ def test_one_line_errors_name_the_folder(seeds, tmp_path, capsys):
         f"lightning_ssb: error: {seeds / 'seed_0'}: holds one run only; compare needs two or more runs")
     with pytest.raises(IncomparableRunsError):
         compare_runs(load_runs([seeds / "seed_0", tmp_path / "wide"]))
+
+
+def test_an_undefined_agreement_is_no_bar_and_different_penalties_are_noted(tmp_path):
+    """No unit live in either run: the agreement is undefined (NaN), drawn as no bar with "n/a", never a
+    0 bar; runs analysed at different read-out penalties are said to be so."""
+    from lightning_ssb.report.seeds import agreement_figure
+
+    for seed in (0, 1):
+        write_run(tmp_path / f"seed_{seed}", run_id=f"run{seed}", sites=SITES, seed=seed, epochs=(-1, 0))
+    meta = tmp_path / "seed_1/ssb/run1/reference/meta.json"
+    m = json.loads(meta.read_text())
+    m["penalties"]["node"] = 0.1
+    meta.write_text(json.dumps(m))
+    runs = load_runs([tmp_path / "seed_0", tmp_path / "seed_1"])
+    cmp = compare_runs(runs)
+    assert any("different L2 penalties for the own single-node read-outs (seed_0 0.01, seed_1 0.1)" in n
+               for n in cmp.notes)
+    fig, data = agreement_figure(cmp, "own", epoch=-1)     # before training no node is live in either run
+    assert all(math.isnan(v) for v in data["node"]["identity_agreement"])
+    ax = next(a for a in fig.axes if a.get_gid() == "node/agreement")
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [] or not any(h == 0 for h in heights)  # no zero-height bar stands for "undefined"
+    assert sum(t.get_text() == "n/a" for t in ax.texts) == 2 * len(SITES)

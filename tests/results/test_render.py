@@ -28,3 +28,20 @@ def test_envelope_figure_uses_the_mean_ablation_intercepts():
         # independent: the other nodes held at their probe-train mean, plus the bias
         const = r.bias[label] + (r.weight[label] * mu).sum() - r.weight[label, node] * mu[node]
         np.testing.assert_allclose(zs, xs * float(r.weight[label, node]) + float(const), rtol=1e-4, atol=1e-4)
+
+
+def test_figure_titles_name_the_state():
+    """An `analyze` result was titled "reference (before training)": every state has its own name."""
+    gen = torch.Generator().manual_seed(1)
+    k, n = 3, 90
+    y = torch.arange(n) % k
+    x = torch.randn(k, 2, 2, generator=gen)[y] + torch.randn(n, 2, 2, generator=gen)
+    site = analyze_site(x, y, x, y, k, AnalysisConfig(readout="shared", crossover_sizes=[], top_nodes=1, l2=1e-3))
+    for epoch, name in ((-2, "analyze"), (-3, "random init"), (-1, "before training"), (4, "epoch 4")):
+        snap = EpochSnapshot(epoch, 0, {"blocks.0.attn.heads": x}, {"blocks.0.attn.heads": x}, y, y, k, list("abc"))
+        snap.results["blocks.0.attn.heads"] = site
+        figs = site_figures(snap, "ssb", ["node", "head"])
+        titles = [ax.get_title() for fig in figs.values() for ax in fig.axes if ax.get_title()]
+        titles += [fig._suptitle.get_text() for fig in figs.values() if fig._suptitle is not None]
+        assert titles and all(name in t for t in titles if "accuracy" in t or "envelope" in t), (epoch, titles)
+        assert not any("reference" in t for t in titles if epoch != -1)
