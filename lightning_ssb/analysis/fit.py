@@ -303,9 +303,9 @@ def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
         cnt = cnt_all if full else cnt_all[idx]
         a, c = theta[:, :k].unsqueeze(1), theta[:, k:].unsqueeze(1)  # [g, 1, K]
         z = xb * a + c  # [g, B, K]
-        lse = torch.logsumexp(z, 2, keepdim=True)
-        loss = ((wt * lse.squeeze(2)).sum(1) - (cnt * z).sum((1, 2))) / n + 0.5 * l2 * (a * a).sum((1, 2))
-        p = z.sub_(lse).exp_()  # [g, B, K]
+        zc = (cnt * z).sum((1, 2))
+        lse, p = softmax_parts(z)  # p overwrites z: [g, B, K]
+        loss = ((wt * lse.squeeze(2)).sum(1) - zc) / n + 0.5 * l2 * (a * a).sum((1, 2))
         r = (p * wt.unsqueeze(2) - cnt) / n
         ga = (r * xb).sum(1) + l2 * a[:, 0]
         grad = torch.cat([ga, r.sum(1)], 1)
@@ -324,9 +324,9 @@ def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
         blocks = []
         for power in (2, 1, 0):
             wpx = wp * xb32 ** power if power else wp
-            blocks.append((torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p32)).to(DTYPE))
+            blocks.append((torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p32)).to(theta.dtype))
         h_aa, h_ac, h_cc = blocks
-        h_aa = h_aa + l2 * torch.eye(k, dtype=DTYPE, device=theta.device)
+        h_aa = h_aa + l2 * torch.eye(k, dtype=theta.dtype, device=theta.device)
         # softmax is unchanged when every intercept moves by the same amount: fix that flat direction
         flat = h_cc.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300) / k
         h_cc = h_cc + flat.view(g, 1, 1) / k
@@ -337,18 +337,29 @@ def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
 
 
 def solve_nodes(data: BinnedNodes, num_classes: int, settings: FitSettings,
-                init: Tensor | None = None) -> tuple[Tensor, FitReport]:
-    """Solve the D single-node problems of `data`; theta `[D, 2K]` on standardised activations."""
+                init: Tensor | None = None, polish: bool = True) -> tuple[Tensor, FitReport]:
+    """Solve the D single-node problems of `data`; theta `[D, 2K]` on standardised activations, float64.
+    Newton steps (L-BFGS above `NEWTON_MAX_CLASSES`), first in float32 down to a gradient of
+    `FLOAT32_GTOL`, then in float64 down to ``gtol`` (polish False: the float32 phase only)."""
     k = num_classes
     d = data.xb.shape[0]
     dev = data.xb.device
     if init is None:
         prior = data.counts.sum((0, 1)).div(data.weights.sum()).clamp_min(0.5 / data.n)
         init = torch.cat([torch.zeros(d, k, dtype=DTYPE, device=dev), prior.log().expand(d, k)], 1)
-    fun, fun_hess = node_objectives(data, k, settings.l2)
-    if k <= NEWTON_MAX_CLASSES:
-        return newton(fun_hess, fun, init, settings.max_iter, settings.gtol)
-    return lbfgs(fun, init, settings.max_iter, settings.gtol)
+    data32 = BinnedNodes(*(t.float() if isinstance(t, Tensor) and t.is_floating_point() else t for t in data))
+    phases = [(data32, max(settings.gtol, FLOAT32_GTOL))] + ([(data, settings.gtol)] if polish else [])
+    theta, iters, report = init, None, None
+    for part, gtol in phases:
+        fun, fun_hess = node_objectives(part, k, settings.l2)
+        left = settings.max_iter if iters is None else (settings.max_iter - iters).clamp_min(0)  # per node
+        start = theta.to(part.xb.dtype)
+        if k <= NEWTON_MAX_CLASSES:
+            theta, report = newton(fun_hess, fun, start, left, gtol)
+        else:
+            theta, report = lbfgs(fun, start, left, gtol)
+        iters = report.iterations if iters is None else iters + report.iterations
+    return theta.to(DTYPE), FitReport(report.converged, report.grad_max, iters)
 
 
 def node_lines_from(theta: Tensor, data: BinnedNodes, num_classes: int) -> tuple[Tensor, Tensor]:

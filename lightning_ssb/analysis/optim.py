@@ -141,20 +141,22 @@ def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tenso
 
 
 def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], fun: Objective, theta0: Tensor,
-           max_iter: int, gtol: float) -> tuple[Tensor, FitReport]:
+           max_iter: int | Tensor, gtol: float) -> tuple[Tensor, FitReport]:
     """Minimise G small strictly convex problems by damped Newton steps (batched Cholesky solves).
 
     ``fun_hess(theta, index)`` returns (loss [g], grad [g, P], hessian [g, P, P]); ``fun`` is the
     cheaper loss-and-gradient used by the line search. Each problem stops on its own: largest
-    gradient entry <= gtol, ``max_iter`` steps, or no step that lowers its loss."""
+    gradient entry <= gtol, ``max_iter`` steps (a `[G]` tensor: a cap per problem), or no step that
+    lowers its loss."""
     theta = theta0.clone()
     g_all, p = theta.shape
     dev, dt = theta.device, theta.dtype
+    caps = torch.as_tensor(max_iter, device=dev).expand(g_all)
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
     active = torch.ones(g_all, dtype=torch.bool, device=dev)
     grad = torch.zeros_like(theta)
     eye = torch.eye(p, device=dev, dtype=dt)
-    for _ in range(int(max_iter) + 1):
+    for _ in range(int(caps.max()) + 1 if g_all else 0):
         idx = active.nonzero().flatten()
         if idx.numel() == 0:
             break
@@ -162,7 +164,7 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
         grad[idx] = g
         conv = g.abs().amax(1) <= gtol
         active[idx[conv]] = False
-        run = ~conv & (iters[idx] < max_iter)
+        run = ~conv & (iters[idx] < caps[idx])
         active[idx[~run & ~conv]] = False
         if not run.any():
             break

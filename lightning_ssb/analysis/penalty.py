@@ -118,7 +118,7 @@ def cv_nodes(x: Tensor, y: Tensor, num_classes: int, bins: int | None, grid, fol
         yt = y[te]
         theta = None
         for l2 in grid:
-            theta, _ = solve_nodes(data, k, settings.with_l2(l2), init=theta)
+            theta, _ = solve_nodes(data, k, settings.with_l2(l2), init=theta, polish=False)
             slope = theta[:, :k] / data.scale.unsqueeze(1)
             intercept = theta[:, k:] - slope * data.shift.unsqueeze(1)
             loss = 0.0
