@@ -135,6 +135,9 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     top = fields.max(1, keepdims=True)
     strict = (fields == top).sum(1) == 1
     reach[np.unique(fields.argmax(1)[strict])] = True
+    todo = ~reach
+    if todo.sum() > 1:  # a witness searched for every remaining label at once: fewer programs to solve
+        reach |= _witnesses(a_u, c_u, box, todo)
     # Beaten everywhere by one other label: min over the domain of (f_j - f_k) > 0.
     da = a_u[None, :, :] - a_u[:, None, :]          # [k, j, m]: a_j - a_k
     dc = c_u[None, :] - c_u[:, None]
@@ -148,6 +151,46 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
         reach[i] = _lp_wins(*_normalise(rows, consts, box), box)
     reach &= single
     out[torch.as_tensor(first[reach], dtype=torch.long)] = True
+    return out
+
+
+_WITNESS_STEPS = 60
+
+
+def _witnesses(a: np.ndarray, c: np.ndarray, box: bool, todo: np.ndarray) -> np.ndarray:
+    """Labels (of `todo`) found to win strictly somewhere, by a projected subgradient ascent of each
+    label's margin min_j (f_i - f_j) over the domain, all labels at once. Only a point where the label is
+    verified to be the strict argmax counts; a label not found here still gets its linear program (the
+    search proves reachability, never unreachability). Over all x the search runs in a box wide enough
+    for the slopes to dominate the constants."""
+    labels = np.nonzero(todo)[0]
+    k, m = a.shape
+    if box:
+        lo, hi = 0.0, 1.0
+    else:
+        span = np.abs(c).max(initial=0.0) / max(np.abs(a).max(initial=0.0), 1e-300) or 1.0
+        lo, hi = -100.0 * span, 100.0 * span
+    at = torch.from_numpy(a)
+    ct = torch.from_numpy(c)
+    ai, ci = at[labels], ct[labels]                                      # [L, m], [L]
+    mean = at.mean(0)
+    u = torch.where(ai > mean, hi, lo).to(torch.float64)                 # start at the corner that favours i
+    width = hi - lo
+    found = torch.zeros(len(labels), dtype=torch.bool)
+    for step in range(_WITNESS_STEPS):
+        fields = u @ at.T + ct                                            # [L, K]
+        own = fields.gather(1, torch.from_numpy(labels).view(-1, 1))
+        others = fields.clone()
+        others[torch.arange(len(labels)), torch.from_numpy(labels)] = -torch.inf
+        rival = others.argmax(1)
+        found |= own.squeeze(1) > others.max(1).values
+        if found.all():
+            break
+        direction = ai - at[rival]                                        # ascent direction of the margin
+        norm = direction.abs().amax(1, keepdim=True).clamp_min(1e-300)
+        u = (u + width * 0.5 ** (step // 10 + 1) * direction / norm).clamp(lo, hi)
+    out = np.zeros(k, dtype=bool)
+    out[labels[found.numpy()]] = True
     return out
 
 

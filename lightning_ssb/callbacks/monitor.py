@@ -52,6 +52,9 @@ class SSBMonitor(Callback):
         probe: The probe set (sizes, batch size, seed, MLM labels, position rule).
         analysis: The analysis settings (lightning_ssb.analysis.AnalysisConfig), passed on unchanged.
         figures: Log heatmaps, matrices, envelopes and crossover curves as images.
+        figures_every_n_epochs: Draw those figures at the reference states, the last epoch and every n-th
+            epoch (null: only there). Each state draws a few per site: W&B's workspace stays readable and
+            a 50-epoch run does not leave thousands of images.
         table: Log the per-node and crossover tables.
         background: Run the analysis on a worker thread so that training does not wait for it (True), or
             let training wait (False). ``auto``: in the background when the model trains on an accelerator
@@ -71,7 +74,8 @@ class SSBMonitor(Callback):
     def __init__(self, layers: list[int] | None = None, sites: list[str] = ["attn.heads"],  # noqa: B006
                  every_n_epochs: int = 1, reference: bool = True, init_reference: bool = False, init_seed: int = 0,
                  sensitivity: bool = True, probe: ProbeConfig = ProbeConfig(),  # noqa: B008
-                 analysis: AnalysisConfig = AnalysisConfig(), figures: bool = True, table: bool = True,  # noqa: B008
+                 analysis: AnalysisConfig = AnalysisConfig(), figures: bool = True,  # noqa: B008
+                 figures_every_n_epochs: int | None = None, table: bool = True,
                  background: bool | Literal["auto"] = "auto", strict: bool = True,
                  sinks: list[str] = ["auto"],  # noqa: B006
                  dirpath: str | None = None, prefix: str = "ssb", analyses: list[NodalAnalysis] | None = None,
@@ -90,6 +94,11 @@ class SSBMonitor(Callback):
         self._layers_arg = None if layers is None else list(layers)  # as given: the state key must not move
         self.probe_config, self.analysis = probe, analysis  # validated by their own __post_init__, once
         self.make_figures, self.make_table, self.background, self.strict = figures, table, background, strict
+        if figures_every_n_epochs is not None and (not isinstance(figures_every_n_epochs, int)
+                                                   or figures_every_n_epochs < 1):
+            raise ValueError(f"SSBMonitor.figures_every_n_epochs must be null or an integer >= 1, "
+                             f"got {figures_every_n_epochs!r}")
+        self.figures_every_n_epochs = figures_every_n_epochs
         self.sink_names, self.dirpath, self.prefix, self.analyses = list(sinks), dirpath, prefix, list(analyses or [])
         self.report, self.report_path = report, None
 
@@ -220,6 +229,11 @@ class SSBMonitor(Callback):
             return pl_module.device.type != "cpu"
         return bool(self.background)
 
+    def draws_figures(self, epoch: int, last: bool) -> bool:
+        """Figures at the reference states, the last epoch and every ``figures_every_n_epochs``-th epoch."""
+        every = self.figures_every_n_epochs
+        return self.make_figures and (epoch < 0 or last or (every is not None and (epoch + 1) % every == 0))
+
     def plan(self, epoch: int, last: bool, device="cpu") -> AnalysisPlan:
         """What the state `epoch` computes besides the always-on analysis: the run's penalties (the
         worker of the first analysed state fills them in), the nulls of ``analysis.null_mode``, the
@@ -247,7 +261,7 @@ class SSBMonitor(Callback):
             last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
             self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
             self._pending.append(future := self._executor.submit(build_result, snap, self.analysis, self.analyses,
-                                                       self.make_figures, self.make_table, self.prefix,
+                                                       self.draws_figures(epoch, last), self.make_table, self.prefix,
                                                        self.plan(epoch, last, pl_module.device),
                                                        self._progress.reporter(epoch)))
             future.ssb_epoch = epoch
