@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lightning_ssb import run_folder
 from lightning_ssb.analyze import ANALYZE_SUFFIX, SSBTrainer
+from lightning_ssb.hub import DownloadError
 from lightning_ssb.results.sinks import SinkError
 from lightning_ssb.run_folder import RunRecord
 
@@ -276,7 +277,7 @@ class SSBCLI(LightningCLI):
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError,
-               PermissionError, SinkError)
+               PermissionError, SinkError, DownloadError)
 
 
 def one_line(err: Exception) -> str:
