@@ -22,9 +22,14 @@ import sys
 import time
 from pathlib import Path
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+# the model and data classes are imported before parsing, so that jsonargparse resolves their short
+# names (--model.help MLMModule, class_path: FewRelDataModule) among the subclasses it knows
+import lightning_ssb.data  # noqa: F401
+import lightning_ssb.models  # noqa: F401
 from lightning_ssb import run_folder
 from lightning_ssb.analyze import ANALYZE_SUFFIX, SSBTrainer
 from lightning_ssb.callbacks.monitor import SSBMonitor
@@ -40,6 +45,49 @@ CONFIG_FLAGS = ("--config", "-c")
 def shipped_configs() -> list[str]:
     """Names of the configs that travel inside the package."""
     return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def program_name() -> str:
+    """How the user called us, for usage lines: ``lightning-ssb`` or ``python -m lightning_ssb``."""
+    return "python -m lightning_ssb" if Path(sys.argv[0]).name in ("__main__.py", "-c", "") else "lightning-ssb"
+
+
+def top_help() -> tuple[str, str]:
+    """The top-level ``--help``'s description and epilog: every subcommand, and the shipped configs."""
+    description = ("Pre-train and fine-tune BERT with Lightning and watch single heads and nodes break the\n"
+                   "symmetry of their layer, epoch by epoch (the method: docs/method.md).")
+    epilog = "\n".join([
+        "subcommands that do not train (their own --help):",
+        "  report RUN_DIR [RUN_DIR ...] [--out PATH]     the HTML report of runs' monitor results",
+        "  compare RUN_DIR [RUN_DIR ...] [--out DIR]     runs of different seeds side by side",
+        "  seeds --config X.yaml --seeds S [S ...] [fit options]   one fit per seed, then compare",
+        "",
+        "shipped configs (--config NAME from any folder; a file of that name in the working folder wins):",
+        *(f"  {name:<24}{_first_comment(CONFIG_DIR / name)}" for name in shipped_configs()),
+        "",
+        "options of a class by its short name: fit --model.help MLMModule, --data.help FewRelDataModule,",
+        "--monitor.help SSBMonitor; one setting: --monitor.probe.train_size 500; no monitor: --monitor null",
+    ])
+    return description, epilog
+
+
+def _first_comment(path: Path, width: int = 72) -> str:
+    """The first sentence of a config's header comment, shortened to ``width`` characters at a word."""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#") or not line.strip("# "):
+            break
+        header.append(line.lstrip("# ").strip())
+    sentence = re.split(r"\.(\s|$)", " ".join(header), maxsplit=1)[0]
+    return sentence if len(sentence) <= width else sentence[:width].rsplit(" ", 1)[0] + " ..."
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's formatter, with the description and epilog kept as written (argparse's
+    RawDescriptionHelpFormatter rule): the epilog is a list, not a paragraph."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 def resolve_config(value: str) -> str:
@@ -178,7 +226,9 @@ class SSBCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveAndLogConfig)
         kwargs.setdefault("trainer_class", SSBTrainer)  # Lightning's Trainer plus analyze (lightning_ssb/analyze.py)
         kwargs.setdefault("parser_class", SSBArgumentParser)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        description, epilog = top_help()
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": program_name(), "description": description,
+                                            "epilog": epilog, "formatter_class": HelpFormatter})
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          auto_configure_optimizers=False, load_from_checkpoint_support=False, **kwargs)
 

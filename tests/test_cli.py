@@ -1,5 +1,6 @@
 """The command line: every shipped config parses against the real CLI; lookup, overrides, errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,50 @@ def test_a_monitor_in_both_places_is_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "lightning_ssb: error: monitor: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
         "set it as the top-level monitor: group)")
+
+
+def installed_script():
+    """The function pyproject.toml installs as the ``lightning-ssb`` script."""
+    import importlib
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    module, function = project["scripts"]["lightning-ssb"].split("#")[0].strip().split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+@pytest.mark.parametrize("command, usage", [
+    ("report", "usage: python -m lightning_ssb report"),
+    ("compare", "usage: python -m lightning_ssb compare"),
+    ("seeds", "usage: python -m lightning_ssb seeds"),
+    ("fit", "--monitor CONFIG | CLASS_PATH_OR_NAME"),
+])
+def test_the_installed_script_knows_every_subcommand(command, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        installed_script()([command, "--help"])
+    assert exit_info.value.code in (0, None)
+    assert usage in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_subcommand_and_shipped_config():
+    res = subprocess.run([sys.executable, "-m", "lightning_ssb", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: python -m lightning_ssb ")
+    listed = set(re.findall(r"^ {2,4}([a-z]+) ", res.stdout, flags=re.M))
+    assert {"fit", "validate", "test", "predict", "analyze", "report", "compare", "seeds"} <= listed
+    for name in CONFIGS:
+        assert re.search(rf"^  {re.escape(name)} +\S", res.stdout, flags=re.M), name  # with what it is
+
+
+@pytest.mark.parametrize("flag, name, option", [
+    ("--model.help", "MLMModule", "--model.pretrained"),
+    ("--model.help", "SequenceClassifier", "--model.num_labels"),
+    ("--data.help", "FewRelDataModule", "--data.train_per_relation"),
+    ("--monitor.help", "SSBMonitor", "--monitor.probe.train_size"),
+])
+def test_class_help_by_short_name(flag, name, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", flag, name])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert option in out and f"Help for {flag}=lightning_ssb." in out
