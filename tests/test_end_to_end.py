@@ -115,6 +115,13 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     assert saved["trainer"]["max_epochs"] == 2
     assert (only_run(save) / "files/lightning_config.yaml").is_file()
     assert_monitor_logged(save, run, epochs=2)
+    # what produced it: the run record and every results folder name the versions (and the git commit)
+    from lightning_ssb.provenance import versions
+
+    record = json.loads((save / "run.json").read_text())
+    assert record["provenance"]["versions"] == versions() and record["provenance"]["versions"]["torch"] == torch.__version__
+    for meta in (save / "ssb").glob("*/*/meta.json"):
+        assert json.loads(meta.read_text())["provenance"] == record["provenance"], meta
 
 
 @pytest.mark.slow  # needs the MLM fit of the mlm_stage fixture

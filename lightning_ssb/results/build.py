@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_ssb.provenance import provenance
 from lightning_ssb.results import render
 from lightning_ssb.results.keys import PREFIX, custom_key, parse_key, run_key, scalar_key
 
@@ -123,7 +124,8 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
     result.meta = {"epoch": snapshot.epoch, "step": snapshot.step, "num_classes": snapshot.num_classes,
                    "label_names": list(snapshot.label_names), "families": families,
                    "null": any(p.null for p in parsed),
-                   "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}}
+                   "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()},
+                   "provenance": provenance()}  # the code and library versions behind these numbers
     result.seconds = time.perf_counter() - start
     result.scalars[run_key("analysis_seconds", prefix)] = result.seconds
     return result
