@@ -67,7 +67,7 @@ class SSBTrainer(Trainer):
         """
         monitor = next((cb for cb in self.callbacks if isinstance(cb, SSBMonitor)), None)
         if monitor is None:
-            raise ValueError("analyze: the config has no monitor (monitor: lightning_ssb.callbacks.SSBMonitor, or one "
+            raise ValueError("analyze: the config has no monitor (ssb: lightning_ssb.callbacks.SSBMonitor, or one "
                              "in trainer.callbacks)")
         if datamodule is None:
             raise ValueError("analyze: the config has no data module (data:) to draw the probe from")

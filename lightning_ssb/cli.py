@@ -38,7 +38,7 @@ from lightning_ssb.results.sinks import SinkError
 from lightning_ssb.run_folder import RunRecord
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-REBASED = ("trainer", "model", "data", "monitor")  # config groups whose paths move with the run folder
+REBASED = ("trainer", "model", "data", "ssb")  # config groups whose paths move with the run folder
 CONFIG_FLAGS = ("--config", "-c")
 
 
@@ -66,7 +66,7 @@ def top_help() -> tuple[str, str]:
         *(f"  {name:<24}{_first_comment(CONFIG_DIR / name)}" for name in shipped_configs()),
         "",
         "options of a class by its short name: fit --model.help MLMModule, --data.help FewRelDataModule,",
-        "--monitor.help SSBMonitor; one setting: --monitor.probe.train_size 500; no monitor: --monitor null",
+        "--ssb.help SSBMonitor; one setting: --ssb.probe.train_size 500; no monitor: --ssb null",
     ])
     return description, epilog
 
@@ -248,8 +248,9 @@ class SSBCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # the monitor is a top-level group (LightningCLI appends it to the trainer's callbacks), so that a
         # second config or a flag changes one of its settings without restating trainer.callbacks;
-        # ``monitor: null`` is a fit without it (subclasses of SSBMonitor are accepted too)
-        parser.add_lightning_class_args(SSBMonitor, "monitor", subclass_mode=True, required=False)
+        # ``ssb: null`` is a fit without it (subclasses of SSBMonitor are accepted too). Named ssb, like its
+        # logged keys and results folder: torchrun would take a bare --monitor for its --monitor-interval
+        parser.add_lightning_class_args(SSBMonitor, "ssb", subclass_mode=True, required=False)
         parser.add_argument("--if_exists", choices=run_folder.IF_EXISTS, default="refuse",
                             help="fit into a run folder that holds a run: refuse (default), overwrite it, or "
                                  "version (write to the first free sibling <folder>-vN). --ckpt_path last resumes it.")
@@ -318,16 +319,16 @@ class SSBCLI(LightningCLI):
         return {"folder": folder, "resumed_from": None, "run_id": None}
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
-        """LightningCLI's, less the top-level callback groups set to null (``monitor: null``): Lightning
+        """LightningCLI's, less the top-level callback groups set to null (``ssb: null``): Lightning
         appends every callback group's value, None included. Private in Lightning 2.6; pinned by
-        tests/test_cli.py (a fit with ``--monitor null`` runs without the monitor)."""
+        tests/test_cli.py (a fit with ``--ssb null`` runs without the monitor)."""
         callbacks = [cb for cb in callbacks if cb is not None]
         listed = config.get("callbacks") or []
         if any(isinstance(cb, SSBMonitor) for cb in callbacks) and any(
                 isinstance(cb, SSBMonitor) for cb in (listed if isinstance(listed, list) else [listed])):
             # two monitors would share one results folder (and Lightning refuses them with a traceback)
-            raise ValueError("monitor: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
-                             "set it as the top-level monitor: group)")
+            raise ValueError("ssb: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
+                             "set it as the top-level ssb: group)")
         return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:

@@ -31,7 +31,7 @@ def fast(folder: Path, **monitor) -> str:
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}}]},
-        "monitor": {"init_args": args}}))
+        "ssb": {"init_args": args}}))
     return str(path)
 
 

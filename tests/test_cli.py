@@ -99,7 +99,7 @@ def test_monitor_argument_errors_come_before_any_wandb_run(tmp_path, monkeypatch
     monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SystemExit) as exit_info:  # layer 9 of a 6-layer model: known only with the model
         main(["fit", "--config", "quickstart_mlm.yaml", "--data.init_args.num_articles", "64",
-              "--monitor.layers", "[9]"])
+              "--ssb.layers", "[9]"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "lightning_ssb: error: SSBMonitor.layers must be in 0..5, got [9]")
@@ -151,7 +151,7 @@ def test_paper_config_on_this_cpu_runs_in_fp32(tmp_path, monkeypatch, capfd):
                 "--model.init_args.architecture.num_hidden_layers", "1", "--model.init_args.architecture.hidden_size", "24",
                 "--model.init_args.architecture.num_attention_heads", "2",
                 "--model.init_args.architecture.intermediate_size", "24",
-                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--monitor", "null", "--trainer.max_steps", "1",
+                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--ssb", "null", "--trainer.max_steps", "1",
                 "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.precision == "32-true"
     assert "trainer.precision bf16-mixed -> 32-true: this run is on the CPU" in capfd.readouterr().err
@@ -174,14 +174,14 @@ def test_a_second_config_changes_one_monitor_setting_and_keeps_every_callback(tm
     settings and trainer.callbacks (checkpoint, interrupt, learning rate) as the first file has them."""
     monkeypatch.chdir(tmp_path)
     extra = tmp_path / "extra.yaml"
-    extra.write_text("monitor:\n  init_args:\n    probe:\n      train_size: 7\n")
-    cli = build("--config", "quickstart_mlm.yaml", "--config", str(extra), "--monitor.analysis.theta", "0.4")
+    extra.write_text("ssb:\n  init_args:\n    probe:\n      train_size: 7\n")
+    cli = build("--config", "quickstart_mlm.yaml", "--config", str(extra), "--ssb.analysis.theta", "0.4")
     types = callback_types(cli)
     for name in ("ModelCheckpoint", "InterruptCheckpoint", "LearningRateMonitor", "SSBMonitor"):
         assert types.count(name) == 1, (name, types)
     monitor = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SSBMonitor")
     assert monitor.probe_config.train_size == 7 and monitor.analysis.theta == 0.4  # the two changes
-    shipped = yaml.safe_load(resolve_config_path("quickstart_mlm.yaml").read_text())["monitor"]["init_args"]
+    shipped = yaml.safe_load(resolve_config_path("quickstart_mlm.yaml").read_text())["ssb"]["init_args"]
     assert monitor.probe_config.top_k_tokens == shipped["probe"]["top_k_tokens"] == 50  # the rest as shipped
     assert monitor.analysis.tau == shipped["analysis"]["tau"] and monitor.every_n_epochs == shipped["every_n_epochs"]
 
@@ -189,25 +189,25 @@ def test_a_second_config_changes_one_monitor_setting_and_keeps_every_callback(tm
 def test_monitor_null_is_a_fit_without_the_monitor(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with_it = callback_types(build("--config", "quickstart_mlm.yaml"))
-    without = callback_types(build("--config", "quickstart_mlm.yaml", "--monitor", "null"))
+    without = callback_types(build("--config", "quickstart_mlm.yaml", "--ssb", "null"))
     assert "SSBMonitor" in with_it and "SSBMonitor" not in without
     assert [t for t in with_it if t != "SSBMonitor"] == without  # every other callback stays
 
 
 @pytest.mark.parametrize("args, reason", [
     (["--config", "bad.yaml"], "Group 'probe' does not accept option 'trian_size'"),  # jsonargparse's own words
-    (["--monitor.probe.trian_size", "10"], "(not an option of lightning_ssb.callbacks.SSBMonitor)"),
+    (["--ssb.probe.trian_size", "10"], "(not an option of lightning_ssb.callbacks.SSBMonitor)"),
 ])
 def test_a_typo_in_a_nested_monitor_group_keeps_jsonargparse_reason(args, reason, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LIGHTNING_SSB_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "bad.yaml").write_text("monitor:\n  init_args:\n    probe:\n      trian_size: 10\n")
+    (tmp_path / "bad.yaml").write_text("ssb:\n  init_args:\n    probe:\n      trian_size: 10\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "quickstart_mlm.yaml", *args, "--print_config"])
     assert exit_info.value.code == 2
     separator = ": " if reason.startswith("Group") else " "
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"lightning_ssb: error: unknown key 'monitor.init_args.probe.trian_size'{separator}{reason} (see --help)")
+        f"lightning_ssb: error: unknown key 'ssb.init_args.probe.trian_size'{separator}{reason} (see --help)")
 
 
 def test_a_monitor_in_both_places_is_one_line(tmp_path, monkeypatch, capsys):
@@ -216,8 +216,8 @@ def test_a_monitor_in_both_places_is_one_line(tmp_path, monkeypatch, capsys):
         main(["fit", "--config", "quickstart_mlm.yaml", "--trainer.callbacks+", "lightning_ssb.callbacks.SSBMonitor"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "lightning_ssb: error: monitor: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
-        "set it as the top-level monitor: group)")
+        "lightning_ssb: error: ssb: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
+        "set it as the top-level ssb: group)")
 
 
 def installed_script():
@@ -234,7 +234,7 @@ def installed_script():
     ("report", "usage: python -m lightning_ssb report"),
     ("compare", "usage: python -m lightning_ssb compare"),
     ("seeds", "usage: python -m lightning_ssb seeds"),
-    ("fit", "--monitor CONFIG | CLASS_PATH_OR_NAME"),
+    ("fit", "--ssb CONFIG | CLASS_PATH_OR_NAME"),
 ])
 def test_the_installed_script_knows_every_subcommand(command, usage, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -257,7 +257,7 @@ def test_top_level_help_lists_every_subcommand_and_shipped_config():
     ("--model.help", "MLMModule", "--model.pretrained"),
     ("--model.help", "SequenceClassifier", "--model.num_labels"),
     ("--data.help", "FewRelDataModule", "--data.train_per_relation"),
-    ("--monitor.help", "SSBMonitor", "--monitor.probe.train_size"),
+    ("--ssb.help", "SSBMonitor", "--ssb.probe.train_size"),
 ])
 def test_class_help_by_short_name(flag, name, option, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -62,7 +62,7 @@ def fast_monitor(folder: Path, name: str = "quickstart_mlm.yaml") -> str:
                                               if k in names}}
     # report: the end-of-fit report is tested by tests/test_quickstart.py
     path = folder / f"fast_{name}"
-    path.write_text(yaml.safe_dump({"monitor": {"init_args": {"analysis": analysis, "report": False}}}))
+    path.write_text(yaml.safe_dump({"ssb": {"init_args": {"analysis": analysis, "report": False}}}))
     return str(path)
 
 
@@ -146,7 +146,7 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
 def test_validate_subcommand_restores_the_checkpoint(mlm_stage, workdir):
     ckpt = workdir / "runs/quickstart/mlm/checkpoints/last.ckpt"
     cli = main(["validate", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
-                "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.callbacks", "[]", "--monitor", "null"])
+                "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.callbacks", "[]", "--ssb", "null"])
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     ours = cli.model.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in state.items() if k.startswith("model."))

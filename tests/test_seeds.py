@@ -67,7 +67,7 @@ def test_two_seeds_of_a_short_quick_start_break_symmetry_differently(tmp_path, m
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}}]},
-        "monitor": {"init_args": {"probe": {"train_size": 256}, "figures": False, "background": False,
+        "ssb": {"init_args": {"probe": {"train_size": 256}, "figures": False, "background": False,
                                   "analysis": {"readout": "own", "null_mode": "off", "crossover_sizes": [1, 4],
                                                "crossover_draws": 2}}}}))
     assert seeds_main(["--config", "quickstart_fewrel.yaml", "--config", str(extra), *TINY, "--seeds", "0", "1"]) == 0

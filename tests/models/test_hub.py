@@ -113,12 +113,12 @@ def test_fit_and_analyze_take_a_hub_id(hub_cache, tmp_path):
     short = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar",
              "false", "--data.init_args.train_per_relation", "4", "--data.init_args.test_per_relation", "2"]
     res = run(["-m", "lightning_ssb", "fit", "--config", "quickstart.yaml", "--model.init_args.pretrained",
-               "test-org/minilm-l6", "--monitor", "null", *short], hub_cache, tmp_path)
+               "test-org/minilm-l6", "--ssb", "null", *short], hub_cache, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "runs/quickstart/minilm/checkpoints/last.ckpt").is_file()
     res = run(["-m", "lightning_ssb", "analyze", "--config", "quickstart.yaml", "--model.init_args.pretrained",
-               "test-org/minilm-l6", "--monitor.init_args.layers", "[5]", "--monitor.init_args.figures", "false",
-               "--monitor.init_args.analysis.null_mode", "off", "--monitor.init_args.analysis.crossover_sizes", "[1]",
+               "test-org/minilm-l6", "--ssb.init_args.layers", "[5]", "--ssb.init_args.figures", "false",
+               "--ssb.init_args.analysis.null_mode", "off", "--ssb.init_args.analysis.crossover_sizes", "[1]",
                "--data.init_args.train_per_relation", "4", "--data.init_args.test_per_relation", "2"],
               hub_cache, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
