@@ -1,4 +1,4 @@
-"""METHOD.md section 8 on a real pre-trained BERT: MiniLM-L6 (6 layers, 12 heads of 32 nodes) before and
+"""docs/method.md section 8 on a real pre-trained BERT: MiniLM-L6 (6 layers, 12 heads of 32 nodes) before and
 after a short fine-tuning on the shipped FewRel sample, read at the [CLS] attention-head outputs of its
 last layer.
 
@@ -101,7 +101,7 @@ def test_nodes_learn_labels_only_after_fine_tuning(activations):
 
 
 def test_shared_readout_with_a_bias_makes_single_nodes_useless(activations):
-    # METHOD.md 3 and 8: with a bias, one node's small field rarely beats it: nodes predict one or two
+    # docs/method.md 3 and 8: with a bias, one node's small field rarely beats it: nodes predict one or two
     # labels at chance level, and almost none learns a label (where the own read-out finds most live)
     (xtr, ytr), (xte, yte) = activations["after"]
     biased = analyze_site(xtr, ytr, xte, yte, 64, AnalysisConfig(readout="shared", shared_bias=True,

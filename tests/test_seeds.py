@@ -1,5 +1,5 @@
 """Seeds as an experiment (issue #10.3): the ``seeds`` command, its per-seed configs, the sweep file,
-and two seeds of a short quick start compared (METHOD.md 5 across seeds)."""
+and two seeds of a short quick start compared (docs/method.md 5 across seeds)."""
 
 import math
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""METHOD.md sections 2-7 as plain functions over tensors: no Lightning, no wandb, no file I/O.
+"""docs/method.md sections 2-7 as plain functions over tensors: no Lightning, no wandb, no file I/O.
 
 Shapes: N examples, D = H*d nodes of a site (H heads of d nodes), K labels, U units.
 Ties: argmax picks the lowest label index among tied fields, everywhere (envelopes included).

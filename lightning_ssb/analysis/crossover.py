@@ -1,4 +1,4 @@
-"""The crossover in the number of nodes (METHOD.md section 7): random node subsets of growing size."""
+"""The crossover in the number of nodes (docs/method.md section 7): random node subsets of growing size."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def default_sizes(num_nodes: int) -> list[int]:
 
 
 def draw_subset(m: int, num_nodes: int, num_heads: int, gen: torch.Generator) -> Tensor:
-    """m distinct nodes: within one random head while m <= d (METHOD.md 7), across heads beyond."""
+    """m distinct nodes: within one random head while m <= d (docs/method.md 7), across heads beyond."""
     d = num_nodes // num_heads
     if num_heads > 1 and m <= d:
         h = int(torch.randint(num_heads, (1,), generator=gen))
@@ -51,7 +51,7 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, node_labels: Tensor
     with a bias fitted on S alone on (x_train, y_train), at most `max_train` of its examples (a seeded
     draw), the draws of one size in one batched fit, started from S's part of `readout` when given. Row keys (`CROSSOVER_COLUMNS`):
     acc_mean, acc_std over draws; reachable_mean |R_S| over the probe box of S (its range on x) and
-    reachable_all_mean over all x, both exact (one linear program per label, METHOD.md 6);
+    reachable_all_mean over all x, both exact (one linear program per label, docs/method.md 6);
     distinct_mean, the labels the data actually produced; guess_level, the mean of 1/|R_S|;
     learned_mean, |L_S| (the significance test over the draws x labels of one size);
     cooperation = sum over draws of |L_S| / sum over draws of sum_{n in S} |L_n| (node_labels `[D, K]`

@@ -1,4 +1,4 @@
-"""The two read-out families of METHOD.md 3 as one interface: what a node, a head or a subset outputs.
+"""The two read-out families of docs/method.md 3 as one interface: what a node, a head or a subset outputs.
 
 - ``shared``: the unit's own contribution to one read-out of the whole site (bias-free by default);
   silenced nodes leave the sum (zero ablation) or stay at their probe-train mean (mean ablation).

@@ -1,4 +1,4 @@
-"""Multinomial logistic regression for many independent read-outs at once (METHOD.md section 3).
+"""Multinomial logistic regression for many independent read-outs at once (docs/method.md section 3).
 
 Every read-out of the package is fitted here: the shared read-out of a whole site (one group of D
 nodes, no bias by default), the own read-outs of heads and node subsets (G groups of m nodes, with a

@@ -1,4 +1,4 @@
-"""The convex-hull bound (METHOD.md section 6): labels a node, or a set of m nodes, can ever output.
+"""The convex-hull bound (docs/method.md section 6): labels a node, or a set of m nodes, can ever output.
 
 A label k can be the argmax of the fields of a node set S only if the point (W[k, S], b_k) is a
 vertex of the upper convex hull of the K points in R^{m+1}: one exposed by a direction (x, 1).
@@ -69,7 +69,7 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
                      predicted: Tensor | None = None, method: str = "lp") -> Tensor:
     """Labels `[K]` bool that the node set with read-out columns w `[K, m]` and constants b `[K]` outputs
     as the strictly largest field for some activation x in the box [lo, hi] (`[m]` each; all x when
-    both are None). METHOD.md 6: one linear program per label, exact for every m.
+    both are None). docs/method.md 6: one linear program per label, exact for every m.
 
     Labels in `predicted` `[K]` (the data already produced them) need no program; nor do labels that
     win at one of a few hundred seeded random points of the box, or that one other label beats

@@ -1,4 +1,4 @@
-"""The linear read-out of a site (METHOD.md section 3): fitting it, and the fields it gives a node set."""
+"""The linear read-out of a site (docs/method.md section 3): fitting it, and the fields it gives a node set."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class Readout:
     """A read-out z = weight @ x + bias from the D nodes of a site to K outputs.
 
     weight `[K, D]`, bias `[K]`, both on raw (unstandardised) activations, so that
-    z_k = sum_n W[k, n] x_n + b_k is exactly METHOD.md's field.
+    z_k = sum_n W[k, n] x_n + b_k is exactly docs/method.md's field.
     mean `[D]` is the probe-train mean of each node, used by mean ablation (None if unknown).
     """
 
@@ -69,7 +69,7 @@ class Readout:
 def fit_readout(x: Tensor, y: Tensor, num_classes: int, l2: float = DEFAULT_L2,
                 max_iter: int = DEFAULT_MAX_ITER, seed: int = 0, max_examples: int | None = None,
                 bias: bool = False, const_tol: float = DEFAULT_CONST_TOL) -> Readout:
-    """The shared read-out of a site (METHOD.md 3): multinomial logistic regression of y `[N]` on all D
+    """The shared read-out of a site (docs/method.md 3): multinomial logistic regression of y `[N]` on all D
     nodes x `[N, D]`, without a bias unless `bias` (full-batch L-BFGS; see `fit.py` for the
     standardisation, the penalty and constant nodes). `seed` only draws the `max_examples` subset when
     N is larger. The result's `mean` is the probe-train mean of each node (for mean ablation).

@@ -1,4 +1,4 @@
-"""One analysis of one site: METHOD.md sections 3 to 7 on a probe snapshot.
+"""One analysis of one site: docs/method.md sections 3 to 7 on a probe snapshot.
 
 `analyze_site` analyses one read-out family (`AnalysisConfig.readout` "own" or "shared");
 `analyze_all` runs every family the config asks for, and the null (the same analysis with the probe
@@ -31,18 +31,18 @@ NULL_MODES = ("all", "reference", "off")
 
 @dataclass
 class AnalysisConfig:
-    """Every choice METHOD.md leaves open, with its default (the monitor's ``analysis:`` group)."""
+    """Every choice docs/method.md leaves open, with its default (the monitor's ``analysis:`` group)."""
 
     readout: Literal["both", "own", "shared"] = "both"
-    """Read-out family (METHOD.md 3): "own" (a read-out fitted on the unit alone, with a bias),
+    """Read-out family (docs/method.md 3): "own" (a read-out fitted on the unit alone, with a bias),
     "shared" (the unit's contribution to one read-out of the site) or "both" (`analyze_all` only)."""
     shared_bias: bool = False
     """Give the shared read-out a bias. Off by default: on a fine-tuned BERT the bias dominates a single
-    node's small field and every node predicts one label (METHOD.md 3); kept for comparison."""
+    node's small field and every node predicts one label (docs/method.md 3); kept for comparison."""
     ablation: Literal["zero", "mean"] = "zero"
     """Shared family: "zero" (silenced nodes leave the sum) or "mean" (they stay at their probe-train mean)."""
     theta: float = 0.5
-    """Recall a label needs to be learned by a unit (METHOD.md 4)."""
+    """Recall a label needs to be learned by a unit (docs/method.md 4)."""
     q: float | None = 0.05
     """False discovery rate of the binomial test of learned labels (Benjamini-Hochberg over the site's
     (unit, label) pairs); null switches the test off (noise then passes)."""
@@ -336,7 +336,7 @@ def permuted(y: Tensor, gen: torch.Generator) -> Tensor:
 def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
                 config: AnalysisConfig = AnalysisConfig(), null: bool | None = None) -> SiteResults:
     """Every family of `config.families()` on the real labels and, when `null` (default: unless
-    config.null_mode is "off"), on labels permuted with a seeded draw in both splits (METHOD.md 5). The null
+    config.null_mode is "off"), on labels permuted with a seeded draw in both splits (docs/method.md 5). The null
     skips the crossover and the best-node matrices: it is the level of the statistics, not a figure."""
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes)
     from dataclasses import replace

@@ -1,4 +1,4 @@
-"""What a unit (node or head) has learned (METHOD.md section 4): per-label statistics, confusion and
+"""What a unit (node or head) has learned (docs/method.md section 4): per-label statistics, confusion and
 field matrices, learned label sets and the cluster statistics of the field matrix."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def label_stats(pred: Tensor, y: Tensor, num_classes: int) -> LabelStats:
 
 def binomial_pvalues(stats: LabelStats) -> Tensor:
     """One-sided p-values `[U, K]`: P(X >= hits[u, i]) for X ~ Binomial(n_i, P(p_u = i)), i.e. against a
-    unit whose predictions are independent of the label (METHOD.md 4). A unit that predicts i for every
+    unit whose predictions are independent of the label (docs/method.md 4). A unit that predicts i for every
     example has P(p_u = i) = 1 and p-value 1: predicting one label always is no association."""
     from scipy.stats import binom
 
@@ -73,7 +73,7 @@ def benjamini_hochberg(pvalues: Tensor, q: float) -> Tensor:
 
 
 def learned_labels(stats: LabelStats, theta: float = 0.5, q: float | None = 0.05) -> Tensor:
-    """Learned label sets L_u `[U, K]` bool (METHOD.md 4): recall >= theta, and the hits of the label
+    """Learned label sets L_u `[U, K]` bool (docs/method.md 4): recall >= theta, and the hits of the label
     are significant against the unit's own prediction rate (one-sided binomial test) with the
     Benjamini-Hochberg false discovery rate q over all (unit, label) pairs passed in. q None drops the
     test (then noise passes: a unit splitting the data between two labels reaches recall 0.5 by chance)."""
@@ -100,7 +100,7 @@ def node_field_matrices(means: Tensor, weight: Tensor, nodes: Tensor | None = No
                         intercept: Tensor | None = None) -> Tensor:
     """Field matrices `[U, K, K]` of single nodes: F[n, i, k] = W[k, n] * mean_{y=i} x_n + c[n, k].
 
-    The field of a node alone (METHOD.md 4) is linear in its activation, so its class mean is the
+    The field of a node alone (docs/method.md 4) is linear in its activation, so its class mean is the
     field of the class mean: F needs only the class means `[K, D]`. intercept `[D, K]` is the node's
     constant part where its read-out has one (own lines, a shared bias, a mean-ablation constant).
     """
@@ -162,7 +162,7 @@ class ClusterStats:
 
 
 def cluster_stats(fields: Tensor, tau: float = 0.3) -> ClusterStats:
-    """Cluster statistics of field matrices `[U, K, K]` (METHOD.md 4): F_u / max(F_u) >= tau gives B_u.
+    """Cluster statistics of field matrices `[U, K, K]` (docs/method.md 4): F_u / max(F_u) >= tau gives B_u.
 
     A unit whose largest field is not positive has no ones (B_u = 0): normalising by a negative
     maximum would flip the order of the fields.
@@ -181,7 +181,7 @@ def cluster_stats(fields: Tensor, tau: float = 0.3) -> ClusterStats:
 
 @dataclass
 class UnitReport:
-    """Everything METHOD.md 4 defines for a set of U units: predictions `[U, N]`, accuracy `[U]`,
+    """Everything docs/method.md 4 defines for a set of U units: predictions `[U, N]`, accuracy `[U]`,
     recall / precision / pred_freq `[U, K]`, learned `[U, K]` bool, confusion and field `[U, K, K]`,
     and their cluster statistics."""
 
@@ -202,7 +202,7 @@ def unit_report(x: Tensor, y: Tensor, readout: Readout, granularity: str = "node
                 field_x: Tensor | None = None, field_y: Tensor | None = None, q: float | None = 0.05) -> UnitReport:
     """Per-unit predictions, recall, precision, learned sets, confusion and field matrices on x `[N, D]`.
 
-    The shared read-out family (METHOD.md 3): each unit's contribution to `readout`, its bias included.
+    The shared read-out family (docs/method.md 3): each unit's contribution to `readout`, its bias included.
     granularity "node" (U = D) or "head" (U = num_heads); `units` selects some of them (the K x K
     matrices cost U K^2 memory); the significance test of the learned sets runs over the selected
     units. Field matrices use the class means of (field_x, field_y) when given, else of (x, y).

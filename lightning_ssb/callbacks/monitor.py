@@ -1,4 +1,4 @@
-"""``SSBMonitor``: the nodal symmetry-breaking analysis of METHOD.md, live while BERT trains.
+"""``SSBMonitor``: the nodal symmetry-breaking analysis of docs/method.md, live while BERT trains.
 
 Only the Lightning hooks, the schedule and the resumable state live here; the probe set is in
 ``probe.py``, capture-and-gather in ``capture.py``, snapshot -> result in ``results/build.py``, the

@@ -1,4 +1,4 @@
-"""FewRel 1.0 relation classification (METHOD.md section 1).
+"""FewRel 1.0 relation classification (docs/method.md section 1).
 
 The official format: ``{relation_id: [{"tokens": [...], "h": [name, Qid, [[positions]]],
 "t": [...]}, ...]}``. Each relation's instances are split, seeded, into

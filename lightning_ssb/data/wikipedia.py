@@ -1,4 +1,4 @@
-"""English Wikipedia for masked-language-model pre-training (METHOD.md section 1).
+"""English Wikipedia for masked-language-model pre-training (docs/method.md section 1).
 
 Each article becomes one example: its first ``max_length`` WordPiece tokens,
 [CLS] and [SEP] included (the paper's first-128-tokens rule). A seeded draw picks

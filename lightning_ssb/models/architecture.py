@@ -20,7 +20,7 @@ from lightning_ssb.hub import ensure_model, looks_like_hub_id
 
 @dataclass
 class BertArchitecture:
-    """Shape of the BERT encoder (METHOD.md section 1: BERT-6 defaults).
+    """Shape of the BERT encoder (docs/method.md section 1: BERT-6 defaults).
 
     Args:
         num_hidden_layers: Number of transformer layers (BERT-6: 6).

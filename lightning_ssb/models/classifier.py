@@ -1,4 +1,4 @@
-"""FewRel relation classification from a (pre-trained) BERT encoder (METHOD.md section 1)."""
+"""FewRel relation classification from a (pre-trained) BERT encoder (docs/method.md section 1)."""
 
 from __future__ import annotations
 

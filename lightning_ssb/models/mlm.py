@@ -1,4 +1,4 @@
-"""Masked-language-model pre-training of BERT (METHOD.md section 1)."""
+"""Masked-language-model pre-training of BERT (docs/method.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Across seeds (METHOD.md 5): runs that differ only in the seed, compared per site, read-out
+"""Across seeds (docs/method.md 5): runs that differ only in the seed, compared per site, read-out
 family, granularity and epoch, from their disk results alone.
 
 Spontaneous breaking shows as (a) statistics that agree within their spread, (b) a low identity
@@ -102,7 +102,7 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def compare_runs(runs: list[RunResults], where: list[str] | None = None) -> SeedComparison:
-    """METHOD.md 5 across seeds for runs of the same sites and labels (``where``: how to name each
+    """docs/method.md 5 across seeds for runs of the same sites and labels (``where``: how to name each
     run's folder in an error, default its ``ssb/<run id>/`` folder)."""
     from lightning_ssb.analysis import match_units  # here: the report itself loads without scipy's optimiser
 

@@ -1,4 +1,4 @@
-"""The crossover sweep over subset sizes (METHOD.md 7)."""
+"""The crossover sweep over subset sizes (docs/method.md 7)."""
 
 import math
 
