@@ -3,6 +3,7 @@
 A ``LightningCLI`` whose model and data are chosen by ``class_path``, so that one CLI serves
 pre-training and fine-tuning. Additions to the stock CLI:
 - ``--config NAME`` finds a shipped config by bare name when no such file is in the working directory;
+- the monitor is a top-level config group, ``ssb:`` (``ssb: null``: a fit without it);
 - one run per run folder (``run_folder.py``): a folder that holds a run is refused unless
   ``--if_exists version|overwrite``; ``fit --ckpt_path last`` continues the folder's run (same
   logger run id, so the same monitor results folder), or says in one line that there is none;
@@ -153,7 +154,7 @@ def summarize_parser_error(message: str) -> str:
     ``Parser key "k": ... - Expected a <class 'int'> ... Given value: abc`` and an unknown option of a
     class_path object as ``Problem with given class_path 'C': unrecognized arguments: --x=1`` or
     ``Option 'x' is not accepted``, and a typo inside a nested dataclass group (the monitor's ``probe:``) as
-``Group 'probe' does not accept option 'x'``, kept as it is; tests/test_cli.py pins every form read here.
+    ``Group 'probe' does not accept option 'x'``, kept as it is; tests/test_cli.py pins every form read here.
     """
     keys: list[str] = []
     owner = ""
