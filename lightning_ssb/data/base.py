@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ class TokenizedDataModule(pl.LightningDataModule):
             return
         splits, meta = self._build_splits()
         save_splits(path, splits, meta)
-        log.info("%s: tokenised %s examples, cached at %s", self.name, {k: len(v) for k, v in splits.items()}, path)
+        sizes = ", ".join(f"{len(splits[k])} {k}" for k in SPLITS)
+        print(f"lightning_ssb: {self.name}: tokenised {sizes} examples, cached in {path}", file=sys.stderr)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cached splits (tokenising first if ``prepare_data`` has not run)."""
