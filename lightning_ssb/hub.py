@@ -34,10 +34,12 @@ def offline() -> bool:
     """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: only the local cache is read."""
     from huggingface_hub import constants
 
-    return bool(constants.is_offline_mode() or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
+    legacy = os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.is_offline_mode() or legacy)
 
 
 def cache_dir() -> str:
+    """The hub cache folder (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
     from huggingface_hub import constants
 
     return constants.HF_HUB_CACHE
