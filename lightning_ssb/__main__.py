@@ -1,20 +1,33 @@
-"""``python -m lightning_ssb ...`` dispatches: ``report`` and ``compare`` to the report package, everything else to the Lightning CLI."""
+"""``python -m lightning_ssb ...`` and the ``lightning-ssb`` script: one dispatch for every subcommand.
+
+``report`` and ``compare`` go to the report package (no Lightning needed), ``seeds`` to the seed loop,
+everything else (``fit validate test predict analyze`` and ``--help``) to the Lightning CLI.
+"""
+
+from __future__ import annotations
 
 import sys
 
+COMMANDS = {
+    "report": "lightning_ssb.report.cli:main",
+    "compare": "lightning_ssb.report.cli:compare_main",
+    "seeds": "lightning_ssb.seeds:main",
+}
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    """Route ``argv`` (default ``sys.argv[1:]``) to its subcommand; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] and args[0] in COMMANDS:  # imported only when asked for: the report needs no Lightning
+        import importlib
+
+        module, function = COMMANDS[args[0]].split(":")
+        return getattr(importlib.import_module(module), function)(args[1:])
+    from lightning_ssb.cli import main as cli_main
+
+    cli_main(argv)  # None: LightningCLI reads sys.argv itself
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["report"]:  # before importing the CLI: the report needs no Lightning
-        from lightning_ssb.report.cli import main as report_main
-
-        sys.exit(report_main(sys.argv[2:]))
-    if sys.argv[1:2] == ["compare"]:  # disk results only, like the report
-        from lightning_ssb.report.cli import compare_main
-
-        sys.exit(compare_main(sys.argv[2:]))
-    if sys.argv[1:2] == ["seeds"]:  # one fit per seed into sibling run folders, then compare
-        from lightning_ssb.seeds import main as seeds_main
-
-        sys.exit(seeds_main(sys.argv[2:]))
-    from lightning_ssb.cli import main
-
-    main()
+    sys.exit(main())

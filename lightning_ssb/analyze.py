@@ -2,7 +2,7 @@
 the monitor's analysis of one model, without training.
 
 ``SSBTrainer`` is Lightning's ``Trainer`` plus an ``analyze`` method, which LightningCLI turns into a
-subcommand parsed like ``fit`` (the same model, data, trainer and callbacks from the same YAML). It
+subcommand parsed like ``fit`` (the same model, data, trainer, monitor and callbacks from the same YAML). It
 loads the checkpoint's weights into the model the config builds (either stage; a classifier config also
 takes an MLM checkpoint or a Hugging Face folder through ``pretrained``), sets up the data, and asks
 the config's ``SSBMonitor`` for one analysis, written like an epoch of ``fit`` to the same sinks (disk
@@ -73,7 +73,8 @@ class SSBTrainer(Trainer):
         """
         monitor = next((cb for cb in self.callbacks if isinstance(cb, SSBMonitor)), None)
         if monitor is None:
-            raise ValueError("analyze: the config has no lightning_ssb.callbacks.SSBMonitor in trainer.callbacks")
+            raise ValueError("analyze: the config has no monitor (ssb: lightning_ssb.callbacks.SSBMonitor, or one "
+                             "in trainer.callbacks)")
         if datamodule is None:
             raise ValueError("analyze: the config has no data module (data:) to draw the probe from")
         if self.world_size > 1:

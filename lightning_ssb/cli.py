@@ -3,6 +3,7 @@
 A ``LightningCLI`` whose model and data are chosen by ``class_path``, so that one CLI serves
 pre-training and fine-tuning. Additions to the stock CLI:
 - ``--config NAME`` finds a shipped config by bare name when no such file is in the working directory;
+- the monitor is a top-level config group, ``ssb:`` (``ssb: null``: a fit without it);
 - one run per run folder (``run_folder.py``): a folder that holds a run is refused unless
   ``--if_exists version|overwrite``; ``fit --ckpt_path last`` continues the folder's run (same
   logger run id, so the same monitor results folder), or says in one line that there is none;
@@ -22,21 +23,72 @@ import sys
 import time
 from pathlib import Path
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+# the model and data classes are imported before parsing, so that jsonargparse resolves their short
+# names (--model.help MLMModule, class_path: FewRelDataModule) among the subclasses it knows
+import lightning_ssb.data  # noqa: F401
+import lightning_ssb.models  # noqa: F401
 from lightning_ssb import run_folder
 from lightning_ssb.analyze import ANALYZE_SUFFIX, SSBTrainer
+from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.hub import DownloadError
 from lightning_ssb.results.sinks import SinkError
 from lightning_ssb.run_folder import RunRecord
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+REBASED = ("trainer", "model", "data", "ssb")  # config groups whose paths move with the run folder
 CONFIG_FLAGS = ("--config", "-c")
 
 
 def shipped_configs() -> list[str]:
     """Names of the configs that travel inside the package."""
     return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def program_name() -> str:
+    """How the user called us, for usage lines: ``lightning-ssb`` or ``python -m lightning_ssb``."""
+    return "python -m lightning_ssb" if Path(sys.argv[0]).name in ("__main__.py", "-c", "") else "lightning-ssb"
+
+
+def top_help() -> tuple[str, str]:
+    """The top-level ``--help``'s description and epilog: every subcommand, and the shipped configs."""
+    description = ("Pre-train and fine-tune BERT with Lightning and watch single heads and nodes break the\n"
+                   "symmetry of their layer, epoch by epoch (the method: docs/method.md).")
+    epilog = "\n".join([
+        "subcommands that do not train (their own --help):",
+        "  report RUN_DIR [RUN_DIR ...] [--out PATH]     the HTML report of runs' monitor results",
+        "  compare RUN_DIR [RUN_DIR ...] [--out DIR]     runs of different seeds side by side",
+        "  seeds --config X.yaml --seeds S [S ...] [fit options]   one fit per seed, then compare",
+        "",
+        "shipped configs (--config NAME from any folder; a file of that name in the working folder wins):",
+        *(f"  {name:<24}{_first_comment(CONFIG_DIR / name)}" for name in shipped_configs()),
+        "",
+        "options of a class by its short name: fit --model.help MLMModule, --data.help FewRelDataModule,",
+        "--ssb.help SSBMonitor; one setting: --ssb.probe.train_size 500; no monitor: --ssb null",
+    ])
+    return description, epilog
+
+
+def _first_comment(path: Path, width: int = 72) -> str:
+    """The first sentence of a config's header comment, shortened to ``width`` characters at a word."""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#") or not line.strip("# "):
+            break
+        header.append(line.lstrip("# ").strip())
+    sentence = re.split(r"\.(\s|$)", " ".join(header), maxsplit=1)[0]
+    return sentence if len(sentence) <= width else sentence[:width].rsplit(" ", 1)[0] + " ..."
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's formatter, with the description and epilog kept as written (argparse's
+    RawDescriptionHelpFormatter rule): the epilog is a list, not a paragraph."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 def resolve_config(value: str) -> str:
@@ -101,7 +153,8 @@ def summarize_parser_error(message: str) -> str:
     The same for a YAML file and the command line. jsonargparse (4.53) reports a bad value as
     ``Parser key "k": ... - Expected a <class 'int'> ... Given value: abc`` and an unknown option of a
     class_path object as ``Problem with given class_path 'C': unrecognized arguments: --x=1`` or
-    ``Option 'x' is not accepted``; tests/test_cli.py pins every form read here.
+    ``Option 'x' is not accepted``, and a typo inside a nested dataclass group (the monitor's ``probe:``) as
+    ``Group 'probe' does not accept option 'x'``, kept as it is; tests/test_cli.py pins every form read here.
     """
     keys: list[str] = []
     owner = ""
@@ -118,6 +171,10 @@ def summarize_parser_error(message: str) -> str:
                 keys.append("init_args")  # a class_path object: its options live under init_args
         elif m := re.match(r"Option '([^']+)' is not accepted", line):
             return _unknown(keys + [m.group(1)], owner)
+        elif m := re.match(r"(?:error: )?Group '([^']+)' does not accept option '([^']+)'", line):
+            # a nested dataclass group (the monitor's probe: or analysis:): jsonargparse's reason, with the full key
+            group = [] if keys[-1:] == [m.group(1)] else [m.group(1)]
+            return f"unknown key '{'.'.join(keys + group + [m.group(2)])}': {line.removeprefix('error: ')}"
         elif (m := re.match(r"(?:error: )?unrecognized arguments: --([^=\s]+)", line)) and keys:
             return _unknown(keys + [m.group(1)], owner)
         elif (m := re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", line)) and m.group(1) != "NoneType":
@@ -170,7 +227,9 @@ class SSBCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveAndLogConfig)
         kwargs.setdefault("trainer_class", SSBTrainer)  # Lightning's Trainer plus analyze (lightning_ssb/analyze.py)
         kwargs.setdefault("parser_class", SSBArgumentParser)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        description, epilog = top_help()
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": program_name(), "description": description,
+                                            "epilog": epilog, "formatter_class": HelpFormatter})
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          auto_configure_optimizers=False, load_from_checkpoint_support=False, **kwargs)
 
@@ -188,6 +247,11 @@ class SSBCLI(LightningCLI):
             raise FileNotFoundError(f"ckpt_path: {ckpt_path}: no such file")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the monitor is a top-level group (LightningCLI appends it to the trainer's callbacks), so that a
+        # second config or a flag changes one of its settings without restating trainer.callbacks;
+        # ``ssb: null`` is a fit without it (subclasses of SSBMonitor are accepted too). Named ssb, like its
+        # logged keys and results folder: torchrun would take a bare --monitor for its --monitor-interval
+        parser.add_lightning_class_args(SSBMonitor, "ssb", subclass_mode=True, required=False)
         parser.add_argument("--if_exists", choices=run_folder.IF_EXISTS, default="refuse",
                             help="fit into a run folder that holds a run: refuse (default), overwrite it, or "
                                  "version (write to the first free sibling <folder>-vN). --ckpt_path last resumes it.")
@@ -218,8 +282,8 @@ class SSBCLI(LightningCLI):
         if ckpt_path == "last":
             ckpt_path = run_folder.find_last(_checkpoint_dirs(cfg, folder))
         new = folder + ANALYZE_SUFFIX
-        for key in ("trainer", "model", "data"):
-            run_folder.rebase(cfg[key], folder, new)
+        for key in REBASED:
+            run_folder.rebase(cfg.get(key), folder, new)
         cfg.trainer.default_root_dir = new
         cfg.ckpt_path = None  # not a resume: SSBTrainer.analyze loads the weights itself
         try:
@@ -248,12 +312,25 @@ class SSBCLI(LightningCLI):
             print(f"lightning_ssb: {folder}: the earlier {held} was removed (--if_exists overwrite)", file=sys.stderr)
         elif held:
             new = run_folder.free_sibling(folder)
-            for key in ("trainer", "model", "data"):
-                run_folder.rebase(cfg[key], folder, new)
+            for key in REBASED:
+                run_folder.rebase(cfg.get(key), folder, new)
             print(f"lightning_ssb: {folder} holds {held}; this run writes to {new}", file=sys.stderr)
             folder = new
             cfg.trainer.default_root_dir = new
         return {"folder": folder, "resumed_from": None, "run_id": None}
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """LightningCLI's, less the top-level callback groups set to null (``ssb: null``): Lightning
+        appends every callback group's value, None included. Private in Lightning 2.6; pinned by
+        tests/test_cli.py (a fit with ``--ssb null`` runs without the monitor)."""
+        callbacks = [cb for cb in callbacks if cb is not None]
+        listed = config.get("callbacks") or []
+        if any(isinstance(cb, SSBMonitor) for cb in callbacks) and any(
+                isinstance(cb, SSBMonitor) for cb in (listed if isinstance(listed, list) else [listed])):
+            # two monitors would share one results folder (and Lightning refuses them with a traceback)
+            raise ValueError("ssb: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
+                             "set it as the top-level ssb: group)")
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -276,7 +353,7 @@ class SSBCLI(LightningCLI):
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError,
-               PermissionError, SinkError)
+               PermissionError, SinkError, DownloadError)
 
 
 def one_line(err: Exception) -> str:

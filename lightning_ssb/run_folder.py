@@ -1,7 +1,8 @@
 """One run per run folder (``trainer.default_root_dir``), recorded in ``run.json``.
 
 A fit writes ``<folder>/run.json``: the run id (the W&B run id when the logger is W&B), its status
-(``running``, ``finished``, ``interrupted``, ``failed``), the configs it wrote and its checkpoints
+(``running``, ``finished``, ``interrupted``, ``failed``), what produced it (``provenance``: the versions
+of lightning_ssb, torch, transformers, lightning and wandb, and the git commit), the configs it wrote and its checkpoints
 (every checkpoint also names its run under ``checkpoint["lightning_ssb_run"]``). So a folder never holds
 two runs' files, and a later stage that names ``<folder>/checkpoints/last.ckpt`` reads the run it names:
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+
+from lightning_ssb.provenance import provenance
 
 RECORD = "run.json"
 CHECKPOINT_KEY = "lightning_ssb_run"
@@ -126,9 +129,11 @@ class RunRecord(Callback):
         run_id = getattr(trainer.logger, "version", None) if trainer.logger is not None else None
         run_id = str(run_id) if run_id is not None else previous.get("run_id") or uuid.uuid4().hex[:8]
         self.record = {**previous, "run_id": run_id, "status": "running", "folder": str(self.folder),
-                       "started": previous.get("started") or _now(), "updated": _now()}
-        if self.resumed_from:
-            self.record["resumed"] = [*previous.get("resumed", []), {"from": self.resumed_from, "at": _now()}]
+                       "started": previous.get("started") or _now(), "updated": _now(),
+                       "provenance": previous.get("provenance") or provenance()}
+        if self.resumed_from:  # a resume may run other code or libraries: each one records its own
+            self.record["resumed"] = [*previous.get("resumed", []),
+                                      {"from": self.resumed_from, "at": _now(), "provenance": provenance()}]
         write_record(self.folder, self.record)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:

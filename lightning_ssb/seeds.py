@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lightning_ssb seeds",
         description="Fit one config once per seed into sibling run folders <root>/seed_<S>/, then compare the "
-                    "seeds (METHOD.md 5 across seeds) into <root>/compare/. Any other option is a fit option "
+                    "seeds (docs/method.md 5 across seeds) into <root>/compare/. Any other option is a fit option "
                     "(--config first); '{seed}' in an option is replaced by the seed.")
     seeds = p.add_mutually_exclusive_group(required=True)
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="S", help="the seeds (seed_everything), in order")

@@ -30,8 +30,8 @@ def fast(folder: Path, **monitor) -> str:
     path = folder / f"fast_{len(list(folder.glob('fast_*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}},
-        {"class_path": "lightning_ssb.callbacks.SSBMonitor", "init_args": args}]}}))
+         "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}}]},
+        "ssb": {"init_args": args}}))
     return str(path)
 
 

@@ -1,5 +1,6 @@
 """The command line: every shipped config parses against the real CLI; lookup, overrides, errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_monitor_argument_errors_come_before_any_wandb_run(tmp_path, monkeypatch
     monkeypatch.setenv("LIGHTNING_SSB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SystemExit) as exit_info:  # layer 9 of a 6-layer model: known only with the model
         main(["fit", "--config", "quickstart_mlm.yaml", "--data.init_args.num_articles", "64",
-              "--trainer.callbacks.layers", "[9]"])
+              "--ssb.layers", "[9]"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "lightning_ssb: error: SSBMonitor.layers must be in 0..5, got [9]")
@@ -150,8 +151,117 @@ def test_paper_config_on_this_cpu_runs_in_fp32(tmp_path, monkeypatch, capfd):
                 "--model.init_args.architecture.num_hidden_layers", "1", "--model.init_args.architecture.hidden_size", "24",
                 "--model.init_args.architecture.num_attention_heads", "2",
                 "--model.init_args.architecture.intermediate_size", "24",
-                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.max_steps", "1",
+                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--ssb", "null", "--trainer.max_steps", "1",
                 "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.precision == "32-true"
     assert "trainer.precision bf16-mixed -> 32-true: this run is on the CPU" in capfd.readouterr().err
     assert cli.trainer.global_step == 1
+
+
+def build(*args) -> "SSBCLI":
+    """The CLI's objects for these arguments, built but not run (LightningCLI's run=False)."""
+    from lightning_ssb.cli import SSBCLI, resolve_config_args
+
+    return SSBCLI(args=resolve_config_args(list(args)), run=False)
+
+
+def callback_types(cli) -> list[str]:
+    return [type(cb).__name__ for cb in cli.trainer.callbacks]
+
+
+def test_a_second_config_changes_one_monitor_setting_and_keeps_every_callback(tmp_path, monkeypatch):
+    """The monitor is its own config group: a later file that sets one of its settings leaves the other
+    settings and trainer.callbacks (checkpoint, interrupt, learning rate) as the first file has them."""
+    monkeypatch.chdir(tmp_path)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("ssb:\n  init_args:\n    probe:\n      train_size: 7\n")
+    cli = build("--config", "quickstart_mlm.yaml", "--config", str(extra), "--ssb.analysis.theta", "0.4")
+    types = callback_types(cli)
+    for name in ("ModelCheckpoint", "InterruptCheckpoint", "LearningRateMonitor", "SSBMonitor"):
+        assert types.count(name) == 1, (name, types)
+    monitor = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SSBMonitor")
+    assert monitor.probe_config.train_size == 7 and monitor.analysis.theta == 0.4  # the two changes
+    shipped = yaml.safe_load(resolve_config_path("quickstart_mlm.yaml").read_text())["ssb"]["init_args"]
+    assert monitor.probe_config.top_k_tokens == shipped["probe"]["top_k_tokens"] == 50  # the rest as shipped
+    assert monitor.analysis.tau == shipped["analysis"]["tau"] and monitor.every_n_epochs == shipped["every_n_epochs"]
+
+
+def test_monitor_null_is_a_fit_without_the_monitor(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with_it = callback_types(build("--config", "quickstart_mlm.yaml"))
+    without = callback_types(build("--config", "quickstart_mlm.yaml", "--ssb", "null"))
+    assert "SSBMonitor" in with_it and "SSBMonitor" not in without
+    assert [t for t in with_it if t != "SSBMonitor"] == without  # every other callback stays
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--config", "bad.yaml"], "Group 'probe' does not accept option 'trian_size'"),  # jsonargparse's own words
+    (["--ssb.probe.trian_size", "10"], "(not an option of lightning_ssb.callbacks.SSBMonitor)"),
+])
+def test_a_typo_in_a_nested_monitor_group_keeps_jsonargparse_reason(args, reason, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LIGHTNING_SSB_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("ssb:\n  init_args:\n    probe:\n      trian_size: 10\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "quickstart_mlm.yaml", *args, "--print_config"])
+    assert exit_info.value.code == 2
+    separator = ": " if reason.startswith("Group") else " "
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lightning_ssb: error: unknown key 'ssb.init_args.probe.trian_size'{separator}{reason} (see --help)")
+
+
+def test_a_monitor_in_both_places_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "quickstart_mlm.yaml", "--trainer.callbacks+", "lightning_ssb.callbacks.SSBMonitor"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lightning_ssb: error: ssb: an SSBMonitor is also in trainer.callbacks; keep one (the shipped configs "
+        "set it as the top-level ssb: group)")
+
+
+def installed_script():
+    """The function pyproject.toml installs as the ``lightning-ssb`` script."""
+    import importlib
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    module, function = project["scripts"]["lightning-ssb"].split("#")[0].strip().split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+@pytest.mark.parametrize("command, usage", [
+    ("report", "usage: python -m lightning_ssb report"),
+    ("compare", "usage: python -m lightning_ssb compare"),
+    ("seeds", "usage: python -m lightning_ssb seeds"),
+    ("fit", "--ssb CONFIG | CLASS_PATH_OR_NAME"),
+])
+def test_the_installed_script_knows_every_subcommand(command, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        installed_script()([command, "--help"])
+    assert exit_info.value.code in (0, None)
+    assert usage in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_subcommand_and_shipped_config():
+    res = subprocess.run([sys.executable, "-m", "lightning_ssb", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: python -m lightning_ssb ")
+    listed = set(re.findall(r"^ {2,4}([a-z]+) ", res.stdout, flags=re.M))
+    assert {"fit", "validate", "test", "predict", "analyze", "report", "compare", "seeds"} <= listed
+    for name in CONFIGS:
+        assert re.search(rf"^  {re.escape(name)} +\S", res.stdout, flags=re.M), name  # with what it is
+
+
+@pytest.mark.parametrize("flag, name, option", [
+    ("--model.help", "MLMModule", "--model.pretrained"),
+    ("--model.help", "SequenceClassifier", "--model.num_labels"),
+    ("--data.help", "FewRelDataModule", "--data.train_per_relation"),
+    ("--ssb.help", "SSBMonitor", "--ssb.probe.train_size"),
+])
+def test_class_help_by_short_name(flag, name, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", flag, name])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert option in out and f"Help for {flag}=lightning_ssb." in out

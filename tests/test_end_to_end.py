@@ -13,7 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lightning_ssb.cli import main, resolve_config
+from lightning_ssb.cli import main
 from lightning_ssb.loggers import read_wandb_run
 
 # 2 layers x 4 heads of 12 nodes: fast, still several heads and nodes per head for the monitor
@@ -50,21 +50,19 @@ def _env(workdir, cache):
 
 
 def fast_monitor(folder: Path, name: str = "quickstart_mlm.yaml") -> str:
-    """An extra config: the shipped callbacks, with a monitor analysis small enough for a test
-    (two crossover sizes; one read-out family and no null where the analysis has them)."""
+    """An extra config: the shipped monitor, with an analysis small enough for a test (two crossover
+    sizes; one read-out family and no null where the analysis has them). Only the changed settings: the
+    monitor's config group keeps the others, and trainer.callbacks stays as shipped."""
     import dataclasses
 
     from lightning_ssb.analysis import AnalysisConfig
 
-    shipped = yaml.safe_load(Path(resolve_config(name)).read_text())
-    callbacks = shipped["trainer"]["callbacks"]
-    monitor = next(c for c in callbacks if c["class_path"].endswith("SSBMonitor"))["init_args"]
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    monitor["analysis"].update(crossover_sizes=[1, 4], **{k: v for k, v in (("readout", "shared"), ("null_mode", "off"))
-                                                          if k in names})
-    monitor["report"] = False  # the end-of-fit report is tested by tests/test_quickstart.py
+    analysis = {"crossover_sizes": [1, 4], **{k: v for k, v in (("readout", "shared"), ("null_mode", "off"))
+                                              if k in names}}
+    # report: the end-of-fit report is tested by tests/test_quickstart.py
     path = folder / f"fast_{name}"
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    path.write_text(yaml.safe_dump({"ssb": {"init_args": {"analysis": analysis, "report": False}}}))
     return str(path)
 
 
@@ -117,6 +115,13 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     assert saved["trainer"]["max_epochs"] == 2
     assert (only_run(save) / "files/lightning_config.yaml").is_file()
     assert_monitor_logged(save, run, epochs=2)
+    # what produced it: the run record and every results folder name the versions (and the git commit)
+    from lightning_ssb.provenance import versions
+
+    record = json.loads((save / "run.json").read_text())
+    assert record["provenance"]["versions"] == versions() and record["provenance"]["versions"]["torch"] == torch.__version__
+    for meta in (save / "ssb").glob("*/*/meta.json"):
+        assert json.loads(meta.read_text())["provenance"] == record["provenance"], meta
 
 
 @pytest.mark.slow  # needs the MLM fit of the mlm_stage fixture
@@ -141,7 +146,7 @@ def test_fewrel_stage_starts_from_the_mlm_checkpoint(mlm_stage, workdir):
 def test_validate_subcommand_restores_the_checkpoint(mlm_stage, workdir):
     ckpt = workdir / "runs/quickstart/mlm/checkpoints/last.ckpt"
     cli = main(["validate", "--config", "quickstart_mlm.yaml", *SMALL, "--data.init_args.num_articles", "320",
-                "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+                "--ckpt_path", str(ckpt), "--trainer.logger", "false", "--trainer.callbacks", "[]", "--ssb", "null"])
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     ours = cli.model.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in state.items() if k.startswith("model."))

@@ -1,5 +1,5 @@
 """Seeds as an experiment (issue #10.3): the ``seeds`` command, its per-seed configs, the sweep file,
-and two seeds of a short quick start compared (METHOD.md 5 across seeds)."""
+and two seeds of a short quick start compared (docs/method.md 5 across seeds)."""
 
 import math
 from pathlib import Path
@@ -66,11 +66,10 @@ def test_two_seeds_of_a_short_quick_start_break_symmetry_differently(tmp_path, m
     extra = tmp_path / "fast.yaml"  # one read-out family, no null, two crossover sizes: the analysis in seconds
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}},
-        {"class_path": "lightning_ssb.callbacks.SSBMonitor",
-         "init_args": {"probe": {"train_size": 256}, "figures": False, "background": False,
-                       "analysis": {"readout": "own", "null_mode": "off", "crossover_sizes": [1, 4],
-                                    "crossover_draws": 2}}}]}}))
+         "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints", "filename": "last"}}]},
+        "ssb": {"init_args": {"probe": {"train_size": 256}, "figures": False, "background": False,
+                                  "analysis": {"readout": "own", "null_mode": "off", "crossover_sizes": [1, 4],
+                                               "crossover_draws": 2}}}}))
     assert seeds_main(["--config", "quickstart_fewrel.yaml", "--config", str(extra), *TINY, "--seeds", "0", "1"]) == 0
     root = tmp_path / "runs/quickstart/fewrel_seeds"
     for seed in (0, 1):

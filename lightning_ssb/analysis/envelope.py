@@ -1,4 +1,4 @@
-"""Upper envelopes of a node's K field lines, and exact single-node prediction through them (METHOD.md 6).
+"""Upper envelopes of a node's K field lines, and exact single-node prediction through them (docs/method.md 6).
 
 For one node n the field of output k is the line z_k(x) = w[k] x + b[k] in the node's activation x.
 The argmax over k as x runs over the real line is the upper envelope of the K lines: a few labels in
@@ -251,7 +251,7 @@ def node_predictions(x: Tensor, readout, ablation: str = "zero") -> Tensor:
 
 
 def node_accuracies(x: Tensor, y: Tensor, readout, ablation: str = "zero") -> Tensor:
-    """Accuracy `[D]` of every node alone on x `[N, D]`, y `[N]` (METHOD.md 3.3), via envelopes:
+    """Accuracy `[D]` of every node alone on x `[N, D]`, y `[N]` (docs/method.md 3.3), via envelopes:
     O(K log K + N log K) per node instead of the O(N K) fields."""
     check_features("x", x, 2)
     y = check_labels("y", y, x.shape[0], readout.weight.shape[0], require_all=False)

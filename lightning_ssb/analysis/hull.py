@@ -1,4 +1,4 @@
-"""The convex-hull bound (METHOD.md section 6): labels a node, or a set of m nodes, can ever output.
+"""The convex-hull bound (docs/method.md section 6): labels a node, or a set of m nodes, can ever output.
 
 A label k can be the argmax of the fields of a node set S only if the point (W[k, S], b_k) is a
 vertex of the upper convex hull of the K points in R^{m+1}: one exposed by a direction (x, 1).

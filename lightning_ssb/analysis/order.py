@@ -1,4 +1,4 @@
-"""Order parameters of symmetry breaking, and cross-seed matching of units (METHOD.md section 5)."""
+"""Order parameters of symmetry breaking, and cross-seed matching of units (docs/method.md section 5)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def order_parameters(labels: Tensor, accuracy: Tensor | None = None) -> dict[str
 
 @dataclass
 class UnitMatch:
-    """Units of seed a against those of seed b (METHOD.md 5, across seeds).
+    """Units of seed a against those of seed b (docs/method.md 5, across seeds).
 
     assignment `[U]`: unit assignment[u] of b is matched to unit u of a (Hungarian algorithm on the
     Jaccard similarity of the learned sets); jaccard `[U]` of each matched pair.

@@ -1,4 +1,4 @@
-"""Predictions and accuracies of node sets with the rest of the site silenced (METHOD.md 3.2-3.3).
+"""Predictions and accuracies of node sets with the rest of the site silenced (docs/method.md 3.2-3.3).
 
 Single nodes go through their envelopes (`envelope.py`); heads and arbitrary subsets through
 matmuls over their own nodes only. Zero ablation leaves silenced nodes out of the sum; mean ablation

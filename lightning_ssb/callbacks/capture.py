@@ -8,7 +8,7 @@ Snapshot names (stable; see docs/ARCHITECTURE.md and ``snapshot_names``):
 
 The hooks sit on ``nn.Linear`` / ``BertLayer`` modules rather than inside the attention
 function, so they see the same tensor with the eager and the SDPA implementations.
-Every captured tensor is pooled by a position rule (METHOD.md section 2), detached, cast to
+Every captured tensor is pooled by a position rule (docs/method.md section 2), detached, cast to
 float32 and moved to the CPU inside the hook, so no activation outlives the forward pass
 on the accelerator.
 """

@@ -4,12 +4,13 @@
   the moment a checkpoint is written, restored when a fit resumes from it. Masking, the shuffled
   data order and dropout all draw from these, so a run resumed from an end-of-epoch checkpoint
   draws exactly what the uninterrupted run drew. (Lightning restores weights, optimiser,
-  schedulers and loop counters, but not random state.) Under DDP the checkpoint holds rank 0's
-  state, which every rank gets back.
+  schedulers and loop counters, but not random state.) Under DDP every rank draws its own masks
+  and dropout, so the checkpoint holds every rank's state and each rank gets its own back.
 - ``InterruptCheckpoint``: Ctrl-C, SIGTERM or an error mid-epoch writes ``interrupted.ckpt``
-  (the weights survive; single-process runs only, see ``on_exception``). It is not ``last.ckpt``: resuming from the middle of an epoch cannot
-  replay the rest of that epoch exactly, so ``--ckpt_path last`` keeps starting from the last
-  complete epoch.
+  (the weights survive; single-process runs only, see ``on_exception``), but only after an optimiser
+  step of this fit: an error in set-up (a failed download) leaves no checkpoint of untrained weights.
+  It is not ``last.ckpt``: resuming from the middle of an epoch cannot replay the rest of that epoch
+  exactly, so ``--ckpt_path last`` keeps starting from the last complete epoch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ import os
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class RNGState(Callback):
-    """Save the random state with every checkpoint; restore it when a fit resumes from one."""
+    """Save the random state of every process with every checkpoint; restore each process's own when a fit
+    resumes from one."""
 
     def state_dict(self) -> dict:
         # Lightning's own helpers (lightning.fabric.utilities.seed), the ones its process launcher uses;
@@ -33,13 +40,23 @@ class RNGState(Callback):
         states = _collect_rng_states(include_cuda=True)
         name, key, pos, has_gauss, gauss = states["numpy"]
         states["numpy"] = (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss)
-        return {"rng": states}
+        per_rank = [states]
+        if _distributed():
+            # every rank builds the checkpoint (rank 0 writes it), so this gather is collective like the save
+            per_rank = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, states)
+        return {"rng": per_rank[0], "rng_per_rank": per_rank}
 
     def load_state_dict(self, state_dict: dict) -> None:
         # restored at once: a resumed fit creates the training data loader's iterator (which draws its
         # worker base seed) before on_train_start, while the uninterrupted run does so after the
         # checkpoint; between loading and that point nothing else draws (tests/test_end_to_end.py)
-        states = state_dict.get("rng")
+        per_rank = state_dict.get("rng_per_rank") or [state_dict.get("rng")]  # older checkpoints: rank 0's only
+        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        if len(per_rank) != world:
+            rank_zero_warn(f"RNGState: the checkpoint holds the random state of {len(per_rank)} process(es), this "
+                           f"fit runs {world}: masks, data order and dropout will not repeat the uninterrupted run")
+        states = per_rank[rank] if rank < len(per_rank) else per_rank[0]
         if states is not None:
             name, key, pos, has_gauss, gauss = states["numpy"]
             _set_rng_states({**states, "numpy": (name, key.numpy().astype(np.uint32), pos, has_gauss, gauss)})
@@ -55,16 +72,29 @@ class InterruptCheckpoint(Callback):
 
     def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
         self.dirpath, self.filename = dirpath, filename
+        self._start_step: int | None = None  # the global step when training started (None: not yet)
 
     @property
     def path(self) -> str:
         return os.path.join(self.dirpath, f"{self.filename}.ckpt")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._start_step = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_step = trainer.global_step
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # saving is a collective under DDP, and an error on one rank leaves the others elsewhere: a
         # save there would hang every rank, so only a single process writes interrupted.ckpt
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.world_size > 1:
             return
+        if self._start_step is None or trainer.global_step == self._start_step:
+            return  # no optimiser step since the fit started (e.g. a failed download): nothing new to keep
         trainer.save_checkpoint(self.path)
+        last = os.path.join(self.dirpath, "last.ckpt")
+        resume = ("--ckpt_path last resumes from the last complete epoch" if os.path.isfile(last) else
+                  "no epoch was complete, so there is no last.ckpt to resume from: a new fit starts over "
+                  "(--if_exists overwrite)")
         rank_zero_info(f"{type(exception).__name__} at global step {trainer.global_step}: weights saved in "
-                       f"{self.path}; --ckpt_path last resumes from the last complete epoch")
+                       f"{self.path}; {resume}")

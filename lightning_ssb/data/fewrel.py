@@ -1,4 +1,4 @@
-"""FewRel 1.0 relation classification (METHOD.md section 1).
+"""FewRel 1.0 relation classification (docs/method.md section 1).
 
 The official format: ``{relation_id: [{"tokens": [...], "h": [name, Qid, [[positions]]],
 "t": [...]}, ...]}``. Each relation's instances are split, seeded, into
@@ -23,17 +23,20 @@ from lightning_ssb.data.cache import file_identity
 from lightning_ssb.data.collate import ClassificationCollator
 from lightning_ssb.data.dataset import TokenizedDataset
 from lightning_ssb.data.tokenizer import ENTITY_MARKERS, SAMPLES_DIR, load_tokenizer
+from lightning_ssb.progress import progress
 
 log = logging.getLogger(__name__)
 
 SAMPLE_FILE = SAMPLES_DIR / "fewrel_sample.json.gz"
 SAMPLE_PID2NAME = SAMPLES_DIR / "pid2name.json"
+OFFICIAL = ("FewRel 1.0 is published at https://github.com/thunlp/FewRel (data/train_wiki.json, "
+            "data/val_wiki.json); data.train_file: null uses the shipped sample (64 relations x 50 sentences)")
 _TOKENIZE_BATCH = 1000
 
 
-def _load_json(path: Path, what: str) -> Any:
+def _load_json(path: Path, what: str, hint: str = "") -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} does not exist")
+        raise FileNotFoundError(f"{path}: {what} does not exist" + (f" ({hint})" if hint else ""))
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as f:
@@ -51,7 +54,7 @@ def load_fewrel(path: str | os.PathLike) -> dict[str, list[dict]]:
         FileNotFoundError, ValueError: ``"<path>: <what is wrong>"``.
     """
     path = Path(path).expanduser()
-    data = _load_json(path, "FewRel file")
+    data = _load_json(path, "FewRel file", OFFICIAL)
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON object mapping relation ids to lists of instances")
     for pid, instances in data.items():
@@ -252,7 +255,8 @@ class FewRelDataModule(TokenizedDataModule):
         input_ids: list[list[int]] = []
         head_pos: list[int] = []
         lost = 0
-        for start in range(0, len(pairs), _TOKENIZE_BATCH):
+        for start in progress(range(0, len(pairs), _TOKENIZE_BATCH), desc=f"tokenising {len(pairs)} sentences",
+                              unit="batches"):
             chunk = pairs[start : start + _TOKENIZE_BATCH]
             marked = [mark_entities(**self._fields(instances[r][i])) for r, i in chunk]
             enc = self.tokenizer(

@@ -1,4 +1,4 @@
-"""BERT's masked-language-modelling corruption (METHOD.md section 1).
+"""BERT's masked-language-modelling corruption (docs/method.md section 1).
 
 Each eligible token is chosen independently with probability ``mlm_probability``
 (15%); a chosen token becomes [MASK] with probability ``mask_ratio`` (80%), a random

@@ -38,6 +38,8 @@ class LengthGroupedBatchSampler(BatchSampler):
         num_replicas: world size; None: from ``torch.distributed`` if initialised, else 1.
         rank: this process's rank; None: from ``torch.distributed`` if initialised, else 0.
         mega_batch_mult: batches per sorted chunk; larger pads less but is less random.
+        epoch: the epoch the first iteration draws (set on the index sampler too). A resumed fit starts
+            past 0; as an argument it survives Lightning rebuilding the sampler under DDP.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class LengthGroupedBatchSampler(BatchSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         mega_batch_mult: int = 50,
+        epoch: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -62,7 +65,7 @@ class LengthGroupedBatchSampler(BatchSampler):
         self.shuffle = shuffle
         self.seed = seed
         self.mega_batch_mult = mega_batch_mult
-        self._epoch = 0
+        self._epoch = epoch
         if sampler is None:
             initialised = dist.is_available() and dist.is_initialized()
             if num_replicas is None:
@@ -73,6 +76,8 @@ class LengthGroupedBatchSampler(BatchSampler):
                 range(len(self.lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
             )
         self.sampler = sampler
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch`` (forwarded to the index sampler)."""

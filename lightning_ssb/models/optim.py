@@ -1,4 +1,4 @@
-"""AdamW with linear warm-up then linear decay (the group's recipe, METHOD.md section 1)."""
+"""AdamW with linear warm-up then linear decay (the group's recipe, docs/method.md section 1)."""
 
 from __future__ import annotations
 

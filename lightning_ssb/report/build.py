@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from lightning_ssb.progress import progress
 from lightning_ssb.report.html import Book, page
 from lightning_ssb.report.load import RunResults, load_runs
 from lightning_ssb.report.sections import SECTIONS, Section
@@ -47,7 +48,7 @@ def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECT
         for old in [*book.figures_dir.glob("*.png"), *book.figures_dir.glob("*.svg")]:
             old.unlink()
     parts = []
-    for section in sections:
+    for section in progress(sections, desc=f"report {out.name}", unit="sections"):  # minutes on a big run
         try:
             result = section(runs, book)
         except Exception as err:  # noqa: BLE001 - a broken section is a visible note, the rest still renders

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lightning_ssb compare",
-        description="Compare runs that differ in the seed (METHOD.md 5, across seeds): per site, read-out family, "
+        description="Compare runs that differ in the seed (docs/method.md 5, across seeds): per site, read-out family, "
                     "granularity and epoch, every statistic side by side with its spread, and the identity and "
                     "matched agreement of the units' learned label sets. Writes seeds.csv, agreement.csv and one "
                     "figure per family (PNG, SVG); prints the last common epoch.")

@@ -1,4 +1,4 @@
-"""Across seeds (METHOD.md 5): runs that differ only in the seed, compared per site, read-out
+"""Across seeds (docs/method.md 5): runs that differ only in the seed, compared per site, read-out
 family, granularity and epoch, from their disk results alone.
 
 Spontaneous breaking shows as (a) statistics that agree within their spread, (b) a low identity

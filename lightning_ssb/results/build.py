@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_ssb.provenance import provenance
 from lightning_ssb.results import render
 from lightning_ssb.results.keys import PREFIX, custom_key, parse_key, run_key, scalar_key
 
@@ -199,5 +200,6 @@ def _build(result, snapshot, config, analyses, figures, table, prefix, plan, pro
     families = sorted({p.family for p in parsed if p.family})
     result.meta = {"epoch": snapshot.epoch, "step": snapshot.step, "num_classes": snapshot.num_classes,
                    "label_names": list(snapshot.label_names), "families": families, "prefix": prefix,
-                   "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}, **site_meta}
+                   "sites": {n: list(x.shape[1:]) for n, x in snapshot.train.items()}, **site_meta,
+                   "provenance": provenance()}  # the code and library versions behind these numbers
 

@@ -1,4 +1,4 @@
-"""The convex-hull bound and reachability of labels (METHOD.md 6)."""
+"""The convex-hull bound and reachability of labels (docs/method.md 6)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Order parameters and cross-seed matching (METHOD.md 5)."""
+"""Order parameters and cross-seed matching (docs/method.md 5)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Per-unit statistics, learned sets, confusion/field matrices and clusters (METHOD.md 4)."""
+"""Per-unit statistics, learned sets, confusion/field matrices and clusters (docs/method.md 4)."""
 
 import math
 
@@ -138,7 +138,7 @@ def test_cluster_greedy_matches_a_reference_on_random_matrices():
         b = rng.random((9, 9)) < 0.5
         diag = [i for i in range(9) if b[i, i]]
         sizes, used = [], set()
-        for i in diag:  # direct transcription of METHOD.md 4
+        for i in diag:  # direct transcription of docs/method.md 4
             if i in used:
                 continue
             cl = [i]
@@ -162,7 +162,7 @@ def test_unit_report_fields_are_class_means_of_the_unit_fields():
     mean_node = unit_report(x, y, r, "node", units=[4], ablation="mean")
     mu = x.mean(0)
     for i in range(k):
-        xi = x[y == i]   # the field of the unit alone, its bias included (METHOD.md 4)
+        xi = x[y == i]   # the field of the unit alone, its bias included (docs/method.md 4)
         assert torch.allclose(node.field[0, i], (xi[:, 4:5] * r.weight[:, 4]).mean(0) + r.bias)
         assert torch.allclose(head.field[1, i], (xi[:, 3:] @ r.weight[:, 3:].T).mean(0) + r.bias)
         silenced = r.weight @ mu - r.weight[:, 4] * mu[4]   # the other nodes at their mean

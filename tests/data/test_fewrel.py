@@ -164,8 +164,12 @@ def test_malformed_files_name_the_file(tmp_path, content, message):
 
 
 def test_missing_files_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"^{tmp_path}/none.json: FewRel file does not exist"):
+    with pytest.raises(FileNotFoundError) as missing:
         FewRelDataModule(train_file=str(tmp_path / "none.json"))
+    assert str(missing.value) == (  # where the official data is published, and the offline alternative
+        f"{tmp_path}/none.json: FewRel file does not exist (FewRel 1.0 is published at "
+        "https://github.com/thunlp/FewRel (data/train_wiki.json, data/val_wiki.json); data.train_file: null uses "
+        "the shipped sample (64 relations x 50 sentences))")
     with pytest.raises(FileNotFoundError, match=f"^{tmp_path}/p.json: pid2name file does not exist"):
         FewRelDataModule(train_file=str(_toy(tmp_path)), pid2name=str(tmp_path / "p.json"),
                          train_per_relation=1, test_per_relation=1)

@@ -88,3 +88,22 @@ def test_lightning_injects_its_distributed_sampler(fewrel_lengths):
         shares.append({i for b in batches for i in b})
         assert _padding(batches, lengths) < 0.25 * _padding([list(range(i, i + 32)) for i in range(0, 1280, 32)], lengths)
     assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == len(lengths)
+
+
+def test_a_resumed_loader_starts_at_the_checkpoints_epoch(tmp_path):
+    """The training loader a resume builds (before Lightning restores its loops, and before it sets the
+    sampler's epoch: Lightning issue #21938) draws the order of the epoch the checkpoint names, not epoch 0's."""
+    from lightning_ssb.data import FewRelDataModule
+
+    def first_batches(dm, epoch=None):
+        loader = dm.train_dataloader()
+        if epoch is not None:
+            loader.batch_sampler.set_epoch(epoch)
+        return [b["labels"].tolist() for b in loader][:3]
+
+    dm = FewRelDataModule(train_per_relation=4, test_per_relation=1, batch_size=16, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    at_3 = first_batches(dm, epoch=3)
+    assert first_batches(dm) != at_3  # a new loader draws epoch 0
+    dm.load_state_dict({"sampler_epoch": 3})  # what a checkpoint at the end of epoch 2 holds
+    assert first_batches(dm) == at_3

@@ -135,3 +135,51 @@ def test_long_characters_per_token_still_exact(tmp_path):
     got = sorted((e["input_ids"] for e in dm.train_dataset), key=len)
     assert got[1] == dm.tokenizer(text, truncation=True, max_length=16)["input_ids"]
     assert got[1][:3] == [101, 100, 1996] and len(got[1]) == 16
+
+
+def hub_layout(root, shards: int = 8, per_shard: int = 60):
+    """A folder laid out as ``wikimedia/wikipedia`` is on the hub (a README whose metadata names the config
+    ``20231101.en`` and its parquet shards), that ``datasets`` streams like the hub corpus. Every
+    article says which shard it is in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "20231101.en").mkdir(parents=True)
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: 20231101.en\n  data_files:\n  - split: train\n"
+                                    "    path: 20231101.en/train-*\n---\n")
+    for s in range(shards):
+        texts = [f"shard{s} article {i} " + "words of wikipedia text " * 20 for i in range(per_shard)]
+        pq.write_table(pa.table({"id": [f"{s}-{i}" for i in range(per_shard)], "title": [f"t{i}" for i in range(per_shard)],
+                                 "text": texts}), root / "20231101.en" / f"train-{s:05d}-of-{shards:05d}.parquet",
+                       row_group_size=20)
+    return root
+
+
+def test_hub_sample_is_drawn_across_every_shard(tmp_path, capsys):
+    """40 articles of an 8-shard corpus: 5 from each shard (one shuffle buffer over the stream took them
+    all from the first shard it read); another seed draws other articles; progress is shown."""
+    import collections
+
+    from lightning_ssb.data.wikipedia import read_hub_articles, shard_quotas
+
+    root = hub_layout(tmp_path / "wiki")
+    drawn = read_hub_articles("20231101.en", 40, seed=3, buffer_size=30, char_limit=4096, dataset=str(root))
+    shards = collections.Counter(text.split()[0] for text in drawn)
+    assert shards == {f"shard{s}": 5 for s in range(8)}
+    assert len(set(drawn)) == 40
+    assert read_hub_articles("20231101.en", 40, 4, 30, 4096, str(root)) != drawn
+    err = capsys.readouterr().err
+    assert f"lightning_ssb: streaming {root} 20231101.en (8 shards): 100%" in err and "40/40" in err
+    assert sum(shard_quotas(43, 8, 0)) == 43 and sorted(set(shard_quotas(43, 8, 0))) == [5, 6]
+
+
+def test_hub_module_tokenises_the_drawn_articles_with_progress(tmp_path, capsys):
+    root = hub_layout(tmp_path / "wiki")
+    dm = WikipediaDataModule(source="hub", hub_dataset=str(root), num_articles=40, val_fraction=0.1,
+                             cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_dataset), len(dm.val_dataset)) == (36, 4)
+    err = capsys.readouterr().err
+    assert "lightning_ssb: streaming" in err and "lightning_ssb: tokenising 36 articles: 100%" in err
+    assert f"lightning_ssb: wikipedia: tokenised 36 train, 4 val examples, cached in {dm.cache_path}" in err

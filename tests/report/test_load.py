@@ -138,3 +138,13 @@ def test_a_last_epoch_without_live_units_is_a_note(tmp_path):
     book = build_report(load_runs([folder]), tmp_path / "r.html", sections=[overview, learned_labels], dpi=40)
     assert book.errors == [] and book.figures == []
     assert "Not shown: blocks.3.attn.heads, own: no node has a learned label (before training)." in book.notes
+
+
+def test_building_the_report_shows_progress(tmp_path, capsys):
+    from lightning_ssb.report.sections import SECTIONS
+
+    folder = write_run(tmp_path, sites=ONE_SITE)
+    out = write_report([folder], tmp_path / "r.html")
+    err = capsys.readouterr().err
+    assert out.is_file()
+    assert f"lightning_ssb: report r.html: 100%" in err and f"{len(SECTIONS)}/{len(SECTIONS)}" in err

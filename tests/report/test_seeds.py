@@ -1,4 +1,4 @@
-"""Across seeds (METHOD.md 5): ``compare_runs``, the ``compare`` command and the report's section,
+"""Across seeds (docs/method.md 5): ``compare_runs``, the ``compare`` command and the report's section,
 on synthetic runs written in the docs/RESULTS.md layout (tests/report/synthetic.py).
 
 The synthetic seeds give every node the same multiset of learned sets on differently permuted nodes:
