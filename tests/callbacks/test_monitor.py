@@ -260,3 +260,29 @@ def test_probe_settings_are_validated_once_by_their_dataclass():
     with pytest.raises(ValueError, match="top_k_tokens"):
         ProbeConfig(top_k_tokens="most")
     assert ProbeConfig().rule_for("mlm") == "masked" and ProbeConfig().rule_for("classification") == "cls"
+
+
+def test_the_schedule_computes_what_a_full_analysis_computes_where_both_ran(tmp_path):
+    """nulls, crossover and sensitivity at the reference and the last epoch only (the defaults): every
+    scalar a scheduled state logs equals the full, unscheduled analysis of the same state."""
+    data = ToyClassificationData()
+    roots = {}
+    for name, modes in (("scheduled", {}), ("full", {"null_mode": "all", "crossover_mode": "all"})):
+        L.seed_everything(0)
+        analysis = fast_analysis(crossover_sizes=[1, 4], crossover_draws=2, null_mode=modes.get("null_mode", "ends"),
+                                 crossover_mode=modes.get("crossover_mode", "ends"))
+        monitor = SSBMonitor(layers=[1], figures=False, dirpath=str(tmp_path / name), report=False,
+                             probe=FAST["probe"], analysis=analysis)
+        _trainer(tmp_path, monitor, max_epochs=3).fit(ToyTask("classification"), data)
+        roots[name] = tmp_path / name
+    for state in ("reference", "epoch_000", "epoch_001", "epoch_002"):
+        scheduled, full = _scalars(roots["scheduled"] / state), _scalars(roots["full"] / state)
+        middle = state in ("epoch_000", "epoch_001")  # not an end of the run
+        assert any("/null_train/" in k for k in scheduled) != middle      # nulls at the ends only
+        extra = set(full) - set(scheduled)
+        assert (not extra) if not middle else extra and all("/null_" in k for k in extra)
+        for key, value in scheduled.items():
+            if key != "ssb/analysis_seconds":
+                assert value == full[key], (state, key)
+        has_crossover = (roots["scheduled"] / state / "crossover.csv").exists()
+        assert has_crossover != middle and (roots["full"] / state / "crossover.csv").exists()
