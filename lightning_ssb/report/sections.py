@@ -224,8 +224,40 @@ def best_nodes(runs: list[RunResults], book: Book):
     return "The best nodes: field and confusion matrices", "".join(body)
 
 
+def best_node_labels(runs: list[RunResults], book: Book):
+    """What the best nodes learned, by name: for the most accurate nodes of each site and family in the
+    last epoch, the labels (relations, or tokens for MLM) in their learned sets."""
+    body = []
+    for run in runs:
+        names = run.label_names
+        e = run.last
+        rows = []
+        for site in run.sites:
+            shape = run.site_shape(site)
+            for fam in run.families:
+                best = e.best.get((site, fam))
+                labels = e.arrays.get(Stat(site, fam, "node", "labels"))
+                if not best or "nodes" not in best or labels is None:
+                    continue
+                for rank, node in enumerate(best["nodes"].tolist()):
+                    learned = labels[node].nonzero().flatten().tolist()
+                    words = ", ".join(html.escape(names[k] if names and k < len(names) else str(k)) for k in learned)
+                    acc = float(best["accuracy"][rank]) if "accuracy" in best else math.nan
+                    rows.append(f"<tr><td>{html.escape(site)}</td><td>{fam}</td><td>{F.node_where(shape, node)}</td>"
+                                f"<td>{_fmt(acc)}</td><td>{len(learned)}</td><td>{words or '-'}</td></tr>")
+        if rows:
+            body.append(_run_heading(run, runs))
+            body.append(f"<p>{html.escape(e.name)}: the most accurate nodes of each site and read-out family and "
+                        f"the labels each has learned (its learned set L_n, by name).</p><table><tr><th>site</th>"
+                        f"<th>read-out</th><th>node</th><th>accuracy</th><th>|L_n|</th><th>learned labels</th></tr>"
+                        + "".join(rows) + "</table>\n")
+    if not body:
+        return None
+    return "What the best nodes learned", "".join(body)
+
+
 SECTIONS: list[Section] = [overview, statistics, states_side_by_side, penalties, head_accuracy, learned_labels,
-                           crossover_section, hull_bound, best_nodes, across_seeds]
+                           best_node_labels, crossover_section, hull_bound, best_nodes, across_seeds]
 
 
 def chance_text(runs: list[RunResults]) -> str:

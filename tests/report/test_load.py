@@ -148,3 +148,16 @@ def test_building_the_report_shows_progress(tmp_path, capsys):
     err = capsys.readouterr().err
     assert out.is_file()
     assert f"lightning_ssb: report r.html: 100%" in err and f"{len(SECTIONS)}/{len(SECTIONS)}" in err
+
+
+def test_the_best_nodes_learned_labels_are_listed_by_name(synthetic_report):
+    run, book = synthetic_report
+    page = book.out.read_text(encoding="utf-8")
+    assert "What the best nodes learned" in page
+    arrays = torch.load(run / "epoch_002" / "arrays.pt", weights_only=True)
+    site, fam = "blocks.1.attn.heads", "own"
+    best = arrays[f"{site}/{fam}/best/nodes"].tolist()
+    labels = arrays[f"{site}/{fam}/node/labels"]
+    for node in best:  # the row of each best node names exactly its learned labels
+        names = ", ".join(LABELS[k] for k in labels[node].nonzero().flatten().tolist()) or "-"
+        assert f"<td>{names}</td></tr>" in page.replace("&#x27;", "'")
