@@ -38,12 +38,13 @@ def _resolve_out(out, runs) -> Path:
 
 
 def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECTIONS, dpi: int = 110,
-                 keep_figures: bool = False) -> Book:
+                 keep_figures: bool = False, svg: bool = True) -> Book:
     """Write the report of already loaded runs to ``out`` and return the ``Book`` (figures with their
-    plotted data, notes, errors)."""
+    plotted data, notes, errors); `svg` also writes every figure as SVG."""
     out = _resolve_out(out, runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    book = Book(out=out, figures_dir=out.with_name(out.stem + "_figures"), dpi=dpi, keep_figures=keep_figures)
+    book = Book(out=out, figures_dir=out.with_name(out.stem + "_figures"), dpi=dpi, keep_figures=keep_figures,
+                svg=svg)
     if book.figures_dir.is_dir():  # figures of an earlier report there would read as part of this one
         for old in [*book.figures_dir.glob("*.png"), *book.figures_dir.glob("*.svg")]:
             old.unlink()
@@ -64,17 +65,17 @@ def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECT
     return book
 
 
-def write_report(run_dirs, out=None, sections: Sequence[Section] = SECTIONS) -> Path:
+def write_report(run_dirs, out=None, sections: Sequence[Section] = SECTIONS, svg: bool = True) -> Path:
     """Write the HTML report of one or more runs and return its path.
 
     ``run_dirs``: a path or a list of paths, each a run folder (every ``ssb/<run id>/`` under it is
     read) or an ``ssb/<run id>/`` folder itself. ``out``: the HTML file (a folder gets
     ``report.html``); default ``<ssb/<run id>>/report.html`` for one run, ``./ssb_report.html`` for
-    several. Figures go as PNG and SVG to ``<out stem>_figures/`` beside it. Raises
+    several. Figures go as PNG (and SVG, with `svg`) to ``<out stem>_figures/`` beside it. Raises
     ``NoResultsError`` (a ValueError naming the folder) when a path holds no monitor results;
     anything else missing becomes a note in the report.
     """
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     runs = load_runs(run_dirs)
-    return build_report(runs, out, sections).out
+    return build_report(runs, out, sections, svg=svg).out

@@ -36,7 +36,7 @@ class ReportFigure:
     name: str
     title: str
     png: Path
-    svg: Path
+    svg: Path | None
     data: Any
     figure: Any = None  # the matplotlib Figure, kept only when the book is asked to (tests)
 
@@ -49,6 +49,7 @@ class Book:
     figures_dir: Path
     dpi: int = 110
     keep_figures: bool = False
+    svg: bool = True  # also write every figure as SVG (the end-of-fit report leaves them to `report`)
     figures: list[ReportFigure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -70,12 +71,14 @@ class Book:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=self.dpi)
         png.write_bytes(buf.getvalue())
-        fig.set_layout_engine("none")  # the PNG's draw placed everything; the SVG reuses that layout (2x faster)
-        fig.savefig(svg, format="svg")
-        self.figures.append(ReportFigure(name, title, png, svg, data, fig if self.keep_figures else None))
+        if self.svg:
+            fig.set_layout_engine("none")  # the PNG's draw placed everything; the SVG reuses that layout (2x faster)
+            fig.savefig(svg, format="svg")
+        self.figures.append(ReportFigure(name, title, png, svg if self.svg else None, data,
+                                         fig if self.keep_figures else None))
         rel = self.figures_dir.name
         b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-        links = f'<a href="{rel}/{png.name}">PNG</a> \u00b7 <a href="{rel}/{svg.name}">SVG</a>'
+        links = f'<a href="{rel}/{png.name}">PNG</a>' + (f' \u00b7 <a href="{rel}/{svg.name}">SVG</a>' if self.svg else "")
         text = f"{html.escape(caption)} " if caption else ""
         return (f'<figure id="{stem}"><img src="data:image/png;base64,{b64}" alt="{html.escape(title)}">'
                 f"<figcaption>{text}({links})</figcaption></figure>\n")

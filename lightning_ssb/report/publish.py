@@ -14,8 +14,8 @@ def publish_report(dirpath: str, sinks: list) -> tuple[str | None, dict]:
     """
     from lightning_ssb.report import write_report
 
-    try:
-        path = str(write_report(dirpath))
+    try:  # PNG figures only: the page embeds them; `python -m lightning_ssb report` adds the SVGs
+        path = str(write_report(dirpath, svg=False))
     except Exception as err:  # noqa: BLE001 - never costs the run
         warnings.warn(f"SSBMonitor: the report could not be written ({err}); "
                       f"`python -m lightning_ssb report {dirpath}` builds it from the disk results")

@@ -161,3 +161,16 @@ def test_the_best_nodes_learned_labels_are_listed_by_name(synthetic_report):
     for node in best:  # the row of each best node names exactly its learned labels
         names = ", ".join(LABELS[k] for k in labels[node].nonzero().flatten().tolist()) or "-"
         assert f"<td>{names}</td></tr>" in page.replace("&#x27;", "'")
+
+
+def test_the_end_of_fit_report_writes_png_only(tmp_path):
+    """`fit` writes its report without SVGs (shorter end of run); the page links the PNGs only."""
+    folder = write_run(tmp_path, sites=ONE_SITE)
+    out = write_report([folder], tmp_path / "r.html", svg=False)
+    figures = out.with_name("r_figures")
+    pngs, svgs = sorted(figures.glob("*.png")), sorted(figures.glob("*.svg"))
+    assert pngs and svgs == []
+    page = out.read_text(encoding="utf-8")
+    assert ".png\">PNG</a>" in page and "SVG</a>" not in page
+    write_report([folder], tmp_path / "r.html")  # the command adds them
+    assert sorted(p.stem for p in figures.glob("*.svg")) == [p.stem for p in pngs]
