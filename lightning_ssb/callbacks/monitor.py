@@ -8,7 +8,8 @@ epoch -3), every ``every_n_epochs``-th epoch at its end (training waits for the 
 analysis runs on a worker thread and is logged from the main thread). The first analysed state fixes
 the read-out penalties for the run (docs/method.md 3). Before an epoch is captured the previous
 result is logged, so a checkpoint has at most its own epoch pending; a resume analyses that epoch
-again (same weights) unless a sink stored it.
+again (same weights) unless a sink stored it. At the end of fit: the report, then the results folder
+to the sinks (W&B: an artifact).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
-from lightning_ssb.results.sinks import Sink, SinkError, close_all, make_sinks, write_all
+from lightning_ssb.results.sinks import Sink, SinkError, close_all, log_results_all, make_sinks, write_all
 
 
 class SSBMonitor(Callback):
@@ -69,6 +70,8 @@ class SSBMonitor(Callback):
         analyses: Custom analyses (``NodalAnalysis`` subclasses) run on every analysed epoch.
         report: At the end of fit, write the HTML report of the run's disk results
             (``python -m lightning_ssb report``), print its path and log it to W&B as an HTML panel.
+            Either way the results folder (report included) is then logged to W&B as the artifact
+            ``<prefix>-results-<run id>``.
     """
 
     def __init__(self, layers: list[int] | None = None, sites: list[str] = ["attn.heads"],  # noqa: B006
@@ -192,8 +195,10 @@ class SSBMonitor(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._drain(wait=True)
-        if self.report and trainer.is_global_zero and "disk" in {s.name for s in self.sinks if s not in self.failed}:
-            self._write_report()
+        if trainer.is_global_zero and "disk" in {s.name for s in self.sinks if s not in self.failed}:
+            if self.report:
+                self._write_report()
+            self._log_results()
         self._shutdown()
         if self.failed and self.strict:  # raised after the last checkpoint and every other sink's results
             raise SinkError("SSBMonitor: " + "; ".join(self.failed.values()) + " (checkpoints and the other "
@@ -310,6 +315,16 @@ class SSBMonitor(Callback):
         self.report_path, failed = publish_report(self.dirpath, [s for s in self.sinks if s not in self.failed])
         self.report_seconds = time.perf_counter() - start
         self.failed.update(failed)
+
+    def _log_results(self) -> None:
+        """The results folder (report included) to the sinks that take it: W&B logs it as an artifact.
+        Rank 0, after the report; a failure is a sink failure like any other (a warning, then one line at
+        the end with ``strict``), never a lost checkpoint or disk result."""
+        if not os.path.isdir(self.dirpath):
+            return
+        for sink, message in log_results_all([s for s in self.sinks if s not in self.failed], self.dirpath):
+            self.failed[sink] = message
+            warnings.warn(f"SSBMonitor: {message}")
 
     def _shutdown(self) -> None:
         if self._executor is not None:
