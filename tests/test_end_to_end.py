@@ -103,6 +103,7 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     assert (save / "checkpoints/last.ckpt").is_file()
     run = read_wandb_run(only_run(save), wait=60)
     assert run.finished  # the CLI closed the W&B run: its exit record is in the file
+    assert run.name == "quickstart_mlm-seed0"  # named after its config and seed (the config names none)
     assert_loss_fell(run.series("train/loss"))
     for key in ("val/loss", "val/ppl", "val/acc", "lr-AdamW/pg1"):
         assert len(run.series(key)) >= 1, (key, sorted(run.keys()))
