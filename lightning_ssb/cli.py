@@ -270,8 +270,8 @@ class SSBCLI(LightningCLI):
             print(f"lightning_ssb: {why}", file=sys.stderr)
             trainer.precision = precision
         self._run = None
-        if sub in ("fit", None):  # None: built without running (run=False), as for a fit
-            name_wandb_runs(cfg)
+        if sub in ("fit", "analyze", None):  # None: built without running (run=False), as for a fit
+            name_wandb_runs(cfg, suffix=ANALYZE_SUFFIX if sub == "analyze" else "")
         if sub == "fit":
             self._run = self._prepare_run_folder(cfg)
         elif sub == "analyze":
@@ -378,16 +378,17 @@ def is_wandb_logger(logger) -> bool:
     return hasattr(logger, "get") and str(logger.get("class_path") or "").endswith("WandbLogger")
 
 
-def name_wandb_runs(cfg) -> None:
-    """Name every W&B logger of a fit config that has no ``name`` after the first config file and the seed
-    (``run_name``): runs of one config tell their seeds apart, runs of two configs their configs."""
+def name_wandb_runs(cfg, suffix: str = "") -> None:
+    """Name every W&B logger of a config that has no ``name`` after the first config file and the seed
+    (``run_name``, plus ``suffix``: ``_analyze`` for ``analyze``): runs of one config tell their seeds apart,
+    runs of two configs their configs."""
     configs = cfg.get("config") or []
     logger = cfg.trainer.get("logger")
     for entry in logger if isinstance(logger, list) else [logger]:
         args = entry.get("init_args") if is_wandb_logger(entry) else None
         if args is not None and not args.get("name"):
             args["name"] = run_name(configs[0] if configs else None, cfg.get("seed_everything"),
-                                    cfg.trainer.get("default_root_dir"))
+                                    cfg.trainer.get("default_root_dir")) + suffix
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError,
