@@ -8,6 +8,7 @@ pre-training and fine-tuning. Additions to the stock CLI:
   ``--if_exists version|overwrite``; ``fit --ckpt_path last`` continues the folder's run (same
   logger run id, so the same monitor results folder), or says in one line that there is none;
 - the resolved config is saved in the run folder, named by its run, and handed to the loggers;
+- a W&B run without a name is named after the config file and the seed (``quickstart-seed0``);
 - callbacks with a ``check(model, datamodule)`` method are checked before any logger run exists;
 - a user error (bad path, bad key, malformed file, NaN loss) ends with one line, not a traceback
   (``LIGHTNING_SSB_DEBUG=1`` shows the traceback).
@@ -269,6 +270,8 @@ class SSBCLI(LightningCLI):
             print(f"lightning_ssb: {why}", file=sys.stderr)
             trainer.precision = precision
         self._run = None
+        if sub in ("fit", "analyze", None):  # None: built without running (run=False), as for a fit
+            name_wandb_runs(cfg, suffix=ANALYZE_SUFFIX if sub == "analyze" else "")
         if sub == "fit":
             self._run = self._prepare_run_folder(cfg)
         elif sub == "analyze":
@@ -350,6 +353,42 @@ class SSBCLI(LightningCLI):
             check = getattr(callback, "check", None)
             if callable(check):
                 check(self.model, self.datamodule)
+
+
+def first_config(argv: list[str]) -> str | None:
+    """The first ``--config`` / ``-c`` value of a command line (the config the others adjust), or None."""
+    it = iter(argv)
+    for arg in it:
+        if arg in CONFIG_FLAGS:
+            return next(it, None)
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def run_name(config_file: str | None, seed, folder: str | None = None) -> str:
+    """``<config file name>-seed<S>`` (``quickstart-seed0``): what a W&B run without a name is called. Without a
+    config file, the run folder's name; without a seed (``seed_everything: false``), no suffix."""
+    base = Path(str(config_file)).stem if config_file else Path(os.path.normpath(folder or os.getcwd())).name
+    return f"{base}-seed{seed}" if isinstance(seed, int) and not isinstance(seed, bool) else base
+
+
+def is_wandb_logger(logger) -> bool:
+    """Whether a config's logger entry (``{class_path, init_args}``) is a W&B logger (ours or Lightning's)."""
+    return hasattr(logger, "get") and str(logger.get("class_path") or "").endswith("WandbLogger")
+
+
+def name_wandb_runs(cfg, suffix: str = "") -> None:
+    """Name every W&B logger of a config that has no ``name`` after the first config file and the seed
+    (``run_name``, plus ``suffix``: ``_analyze`` for ``analyze``): runs of one config tell their seeds apart,
+    runs of two configs their configs."""
+    configs = cfg.get("config") or []
+    logger = cfg.trainer.get("logger")
+    for entry in logger if isinstance(logger, list) else [logger]:
+        args = entry.get("init_args") if is_wandb_logger(entry) else None
+        if args is not None and not args.get("name"):
+            args["name"] = run_name(configs[0] if configs else None, cfg.get("seed_everything"),
+                                    cfg.trainer.get("default_root_dir")) + suffix
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError,

@@ -3,8 +3,9 @@
 Runs ``fit`` once per seed, one after another, into sibling run folders ``<root>/seed_<S>/`` (root:
 ``--root``, default ``<the config's run folder>_seeds``), then compares them (``report/seeds.py``:
 ``<root>/compare/``). Each seed's config is the resolved config of the given one (``--print_config``)
-with ``seed_everything: S``, every path under the config's run folder moved to ``<root>/seed_<S>``
-and the W&B run name suffixed ``-seed<S>``; ``{seed}`` in any option is replaced by the seed (e.g. a
+with ``seed_everything: S``, every path under the config's run folder moved to ``<root>/seed_<S>``,
+the W&B run named ``<name>-seed<S>`` (``<name>``: the logger's name, else the config file's name) and
+put into the W&B group ``<name>-seeds`` (unless the config names a group); ``{seed}`` in any option is replaced by the seed (e.g. a
 stage-2 run that fine-tunes each stage-1 seed: ``--model.init_args.pretrained
 runs/quickstart/mlm_seeds/seed_{seed}/checkpoints/last.ckpt``).
 
@@ -72,17 +73,23 @@ def move_paths(node, old: str, new: str):
     return node
 
 
-def seed_config(config: dict, seed: int, folder: str) -> dict:
-    """``config`` with ``seed_everything: seed``, its run folder's paths moved to ``folder`` and the
-    W&B run name suffixed with the seed."""
+def seed_config(config: dict, seed: int, folder: str, config_file: str | None = None) -> dict:
+    """``config`` with ``seed_everything: seed``, its run folder's paths moved to ``folder``, the W&B run
+    named ``<name>-seed<seed>`` and grouped in ``<name>-seeds`` (a group the config names is kept).
+    ``<name>``: the logger's name, else the stem of ``config_file`` (the seeds' config), else the run folder's."""
+    from lightning_ssb.cli import is_wandb_logger, run_name
+
     old = _norm(str(config["trainer"].get("default_root_dir") or "."))
     out = move_paths(config, old, _norm(folder))
     out["seed_everything"] = seed
     out["trainer"]["default_root_dir"] = folder
     for logger in _as_list(out["trainer"].get("logger")):
         args = logger.get("init_args") if isinstance(logger, dict) else None
-        if args is not None and args.get("name"):
-            args["name"] = f"{args['name']}-seed{seed}"
+        if args is None or not is_wandb_logger(logger):
+            continue
+        base = args.get("name") or run_name(config_file, None, old)
+        args["name"] = f"{base}-seed{seed}"
+        args["group"] = args.get("group") or f"{base}-seeds"
     return out
 
 
@@ -92,7 +99,7 @@ def _as_list(value) -> list:
 
 def run_seeds(fit_args: list[str], seeds: list[int], root: str | None = None, compare: bool = True) -> Path:
     """Fit once per seed into ``<root>/seed_<S>/`` and (with two seeds or more) compare them; returns root."""
-    from lightning_ssb.cli import main
+    from lightning_ssb.cli import first_config, main
 
     folders = []
     for seed in seeds:
@@ -101,10 +108,11 @@ def run_seeds(fit_args: list[str], seeds: list[int], root: str | None = None, co
         base = _norm(str(config["trainer"].get("default_root_dir") or "."))
         root = root or f"{base}_seeds"
         folder = os.path.join(root, f"seed_{seed}")
+        config_file = first_config(args)
         print(f"lightning_ssb seeds: seed {seed} -> {folder}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"seed_{seed}.yaml"
-            path.write_text(yaml.safe_dump(seed_config(config, seed, folder), sort_keys=False))
+            path.write_text(yaml.safe_dump(seed_config(config, seed, folder, config_file), sort_keys=False))
             main(["fit", "--config", str(path)])
         folders.append(folder)
     if compare and len(folders) > 1:

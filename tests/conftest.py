@@ -10,6 +10,15 @@ import pytest
 SHARED_DATA_ENV = "LIGHTNING_SSB_SHARED_DATA"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _wandb_data_dir(tmp_path_factory):
+    """Offline W&B stages artifacts (the monitor's results folder, logged tables) under ``WANDB_DATA_DIR``,
+    by default ``~/.local/share/wandb``: the tests' copies stay in a temporary folder of their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_DATA_DIR", str(tmp_path_factory.mktemp("wandb_data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The project's shared data folder (``../shared/data`` beside the repository, or

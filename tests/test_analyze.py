@@ -78,7 +78,8 @@ def test_analyze_a_checkpoint_gives_the_numbers_fit_logged(workdir):
     run = read_wandb_run(only_run(out), wait=60)
     run_id = folder.parent.name
     assert run.finished and run.series("ssb/epoch") == [-2]
-    assert run.series("ssb/blocks.0.attn.heads/own/node/acc_mean") == [pytest.approx(
+    assert run.name == "quickstart_fewrel-seed0_analyze"  # its config, its seed, and what it is
+    assert run.series("ssb-acc_mean/own/node/L00-attn-heads") == [pytest.approx(
         fitted["ssb/blocks.0.attn.heads/own/node/acc_mean"])]
     record = json.loads((out / "run.json").read_text())
     assert record["run_id"] == run_id and record["status"] == "finished"

@@ -186,6 +186,23 @@ def test_a_second_config_changes_one_monitor_setting_and_keeps_every_callback(tm
     assert monitor.analysis.tau == shipped["analysis"]["tau"] and monitor.every_n_epochs == shipped["every_n_epochs"]
 
 
+@pytest.mark.parametrize("args, name", [
+    (["--config", "quickstart_mlm.yaml"], "quickstart_mlm-seed0"),
+    (["--config", "quickstart_mlm.yaml", "--config", "extra.yaml", "--seed_everything", "3"],
+     "quickstart_mlm-seed3"),  # the first config names the run
+    (["--config", "quickstart_mlm.yaml", "--trainer.logger.init_args.name", "mine"], "mine"),  # a given name wins
+    (["--config", "quickstart_mlm.yaml", "--seed_everything", "false"], "quickstart_mlm"),  # no seed, no suffix
+])
+def test_a_wandb_run_without_a_name_is_named_after_its_config_and_seed(args, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    (tmp_path / "extra.yaml").write_text("trainer:\n  max_epochs: 3\n")
+    cli = build(*args)
+    assert cli.trainer.logger._wandb_init["name"] == name
+    assert yaml.safe_load(resolve_config_path("quickstart_mlm.yaml").read_text())["trainer"]["logger"]["init_args"][
+        "name"] is None  # the shipped configs leave it to this rule
+
+
 def test_monitor_null_is_a_fit_without_the_monitor(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with_it = callback_types(build("--config", "quickstart_mlm.yaml"))

@@ -75,7 +75,8 @@ def only_run(save_dir: Path) -> Path:
 def assert_monitor_logged(save: Path, run, epochs: int) -> None:
     """The quick-start monitor: the reference and one analysis per epoch, in W&B and on disk."""
     assert run.series("ssb/epoch") == [-1, *range(epochs)]
-    assert "ssb/blocks.0.attn.heads/shared/node/acc_mean" in run.keys()
+    assert "ssb-acc_mean/shared/node/L00-attn-heads" in run.keys()  # W&B: one section per statistic
+    assert run.step_metrics["ssb-acc_mean/shared/node/L00-attn-heads"] == "ssb/epoch"
     disk = [p for p in (save / "ssb").glob("*/*") if p.is_dir()]
     assert sorted(p.name for p in disk) == sorted(["reference", *(f"epoch_{e:03d}" for e in range(epochs))])
     for folder in disk:
@@ -103,6 +104,7 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     assert (save / "checkpoints/last.ckpt").is_file()
     run = read_wandb_run(only_run(save), wait=60)
     assert run.finished  # the CLI closed the W&B run: its exit record is in the file
+    assert run.name == "quickstart_mlm-seed0"  # named after its config and seed (the config names none)
     assert_loss_fell(run.series("train/loss"))
     for key in ("val/loss", "val/ppl", "val/acc", "lr-AdamW/pg1"):
         assert len(run.series(key)) >= 1, (key, sorted(run.keys()))
@@ -229,7 +231,7 @@ def test_interrupted_and_resumed_fit_equals_the_uninterrupted_run(mlm_stage, wor
     reference = by_step([read_wandb_run(only_run(workdir / "runs/quickstart/mlm"), wait=60)])
     got = by_step(runs)
     assert got.keys() == reference.keys()
-    assert sum(1 for key, _ in got if key.startswith("ssb/blocks.")) > 100
+    assert sum(1 for key, _ in got if key.startswith("ssb-")) > 100
     media = {k.rsplit("/", 1)[0] + "/" for k, _ in reference if k.endswith("/_type")}  # images, tables
     numbers = [(k, step) for k, step in reference if not any(k.startswith(m) for m in media)]
     assert {k for k, _ in numbers} >= {"train/loss", "val/loss", "lr-AdamW/pg1", "ssb/epoch"}
@@ -243,6 +245,65 @@ def test_interrupted_and_resumed_fit_equals_the_uninterrupted_run(mlm_stage, wor
         b = json.loads((save / "ssb" / record["run_id"] / folder / "scalars.json").read_text())
         assert a.keys() == b.keys()
         assert all(same(a[k], b[k]) for k in a if k not in NOT_COMPARED), folder  # NaN is null on disk
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_the_last_epoch_is_analysed_in_the_background_loses_nothing(mlm_stage, workdir, cache,
+                                                                                   tmp_path, monkeypatch):
+    """Issue 16.10 as reported: the analysis lags training (background), Ctrl-C comes after the last epoch was
+    trained and checkpointed, while its analysis runs; `fit --ckpt_path last` then has no training left (and
+    Lightning skips on_train_start), yet must analyse that epoch: the results equal the uninterrupted run's,
+    in one W&B run id and one results folder, and the results folder reaches W&B as an artifact."""
+    import signal
+    import time
+
+    import lightning_ssb.callbacks.monitor as monitor_module
+
+    build, waiting, held = monitor_module.build_result, monitor_module.WaitProgress.waiting, []
+
+    def held_until_stopped(snapshot, *args):  # the last epoch's analysis is still running at the Ctrl-C
+        if snapshot.epoch == 1 and not held:
+            held.append(True)
+            while True:
+                args[-1]("a stage")  # raises once the interrupted monitor stopped it
+                time.sleep(0.02)
+        return build(snapshot, *args)
+
+    def ctrl_c_while_waiting(self, future):
+        if getattr(future, "ssb_epoch", None) == 1 and len(held) == 1:
+            held.append(True)
+            raise KeyboardInterrupt
+        return waiting(self, future)
+
+    background = ["--ssb.init_args.background", "true"]
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # offline artifacts are staged here
+    with in_folder(tmp_path, cache):
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            with pytest.MonkeyPatch.context() as patches, pytest.raises(SystemExit):
+                patches.setattr(monitor_module, "build_result", held_until_stopped)
+                patches.setattr(monitor_module.WaitProgress, "waiting", ctrl_c_while_waiting)
+                main([*MLM, "--config", fast_monitor(tmp_path), *background])
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        save = tmp_path / "runs/quickstart/mlm"
+        assert torch.load(save / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
+        run_id = json.loads((save / "run.json").read_text())["run_id"]
+        assert not (save / "ssb" / run_id / "epoch_001").exists()  # stopped at the Ctrl-C
+        resumed = main([*MLM, "--config", fast_monitor(tmp_path), *background, "--ckpt_path", "last"])
+        assert resumed.trainer.global_step == mlm_stage.trainer.global_step  # nothing left to train
+
+    folders = sorted(p.name for p in (save / "ssb" / run_id).iterdir())
+    assert folders == ["epoch_000", "epoch_001", "reference"]
+    ref_root = next((workdir / "runs/quickstart/mlm/ssb").iterdir())
+    for folder in folders:
+        a = json.loads((ref_root / folder / "scalars.json").read_text())
+        b = json.loads((save / "ssb" / run_id / folder / "scalars.json").read_text())
+        assert a.keys() == b.keys() and all(same(a[k], b[k]) for k in a if k not in NOT_COMPARED), folder
+    parts = [read_wandb_run(p, wait=60) for p in sorted((save / "wandb").glob(f"offline-run-*-{run_id}"))]
+    assert len(parts) == 2 and parts[1].series("ssb/epoch") == [1.0]  # the resume logged the last epoch
+    (artifact,) = [a for a in parts[1].artifacts if a["type"] == "ssb-results"]
+    assert artifact["metadata"]["states"] == folders
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path, cache, capsys):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lightning_ssb.cli import CONFIG_DIR
+from lightning_ssb.loggers import read_wandb_run
 from lightning_ssb.report.load import load_runs
 from lightning_ssb.report.seeds import compare_runs
 from lightning_ssb.seeds import main as seeds_main
@@ -32,13 +33,19 @@ def test_seed_config_moves_the_run_folder_only():
     out = seed_config(config, 3, "runs/quickstart/fewrel_seeds/seed_3")
     assert out["seed_everything"] == 3
     assert out["trainer"]["default_root_dir"] == "runs/quickstart/fewrel_seeds/seed_3"
-    assert out["trainer"]["logger"]["init_args"] == {"name": "quickstart-fewrel-seed3",
+    assert out["trainer"]["logger"]["init_args"] == {"name": "quickstart-fewrel-seed3", "group": "quickstart-fewrel-seeds",
                                                      "save_dir": "runs/quickstart/fewrel_seeds/seed_3"}
     assert out["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "runs/quickstart/fewrel_seeds/seed_3/checkpoints"
     # paths outside the run folder (the stage-1 checkpoint, a folder that only shares a prefix) stay
     assert out["model"] == config["model"] and out["data"] == config["data"]
     assert config["seed_everything"] == 0  # the given config is not changed
     assert move_paths(["a/b", "a/bc", "a"], "a/b", "z") == ["z", "a/bc", "a"]
+    # no name (the shipped configs): the seeds' config file names the runs and their group; a group given stays
+    config["trainer"]["logger"]["init_args"].update(name=None)
+    args = seed_config(config, 1, "f/seed_1", config_file="configs/quickstart_fewrel.yaml")["trainer"]["logger"]["init_args"]
+    assert (args["name"], args["group"]) == ("quickstart_fewrel-seed1", "quickstart_fewrel-seeds")
+    config["trainer"]["logger"]["init_args"].update(group="mine")
+    assert seed_config(config, 1, "f/seed_1", "quickstart_fewrel.yaml")["trainer"]["logger"]["init_args"]["group"] == "mine"
 
 
 def test_the_sweep_runs_this_cli_with_the_seed_swept():
@@ -78,6 +85,9 @@ def test_two_seeds_of_a_short_quick_start_break_symmetry_differently(tmp_path, m
         saved = yaml.safe_load((folder / "config.yaml").read_text())
         assert saved["seed_everything"] == seed and saved["trainer"]["default_root_dir"] == str(
             Path("runs/quickstart/fewrel_seeds") / f"seed_{seed}")
+        (wandb_run,) = (folder / "wandb").glob("offline-run-*")  # one W&B group, a name per seed
+        records = read_wandb_run(wandb_run, wait=60)
+        assert (records.name, records.group) == (f"quickstart_fewrel-seed{seed}", "quickstart_fewrel-seeds")
     cmp = compare_runs(load_runs([root / "seed_0", root / "seed_1"]))
     assert cmp.names == ["seed_0", "seed_1"] and cmp.epochs == [-1, 0, 1]
     rows = list(csv_rows(root / "compare/agreement.csv"))  # what the command wrote at the end

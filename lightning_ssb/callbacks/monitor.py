@@ -6,14 +6,18 @@ sinks in ``results/sinks.py``. The reference (epoch -1) is analysed at ``on_trai
 pre-trained start with ``init_reference``, the same architecture at a seeded random initialisation,
 epoch -3), every ``every_n_epochs``-th epoch at its end (training waits for the capture only; the
 analysis runs on a worker thread and is logged from the main thread). The first analysed state fixes
-the read-out penalties for the run (docs/method.md 3). Before an epoch is captured the previous
-result is logged, so a checkpoint has at most its own epoch pending; a resume analyses that epoch
-again (same weights) unless a sink stored it.
+the read-out penalties for the run (docs/method.md 3), and a checkpoint is not written before they
+are chosen. Before an epoch is captured the previous result is logged, so a checkpoint has at most
+its own epoch pending; a resume analyses that epoch again (same weights) unless a sink stored it, at
+``on_train_start``, or at ``on_fit_end`` when the checkpoint ends the training and Lightning skips it
+(``max_epochs`` reached). At the end of fit: the report, then the results folder to the sinks (W&B:
+an artifact).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +34,7 @@ from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
-from lightning_ssb.results.sinks import Sink, SinkError, close_all, make_sinks, write_all
+from lightning_ssb.results.sinks import Sink, SinkError, close_all, log_results_all, make_sinks, write_all
 
 
 class SSBMonitor(Callback):
@@ -69,6 +73,8 @@ class SSBMonitor(Callback):
         analyses: Custom analyses (``NodalAnalysis`` subclasses) run on every analysed epoch.
         report: At the end of fit, write the HTML report of the run's disk results
             (``python -m lightning_ssb report``), print its path and log it to W&B as an HTML panel.
+            Either way the results folder (report included) is then logged to W&B as the artifact
+            ``<prefix>-results-<run id>``.
     """
 
     def __init__(self, layers: list[int] | None = None, sites: list[str] = ["attn.heads"],  # noqa: B006
@@ -144,6 +150,7 @@ class SSBMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._progress.stopped.clear()  # a fit after an interrupted one analyses again
         self.check(pl_module, trainer.datamodule)
         dm = trainer.datamodule
         missing = [a for a in ("train_dataset", "val_dataset", "collate_fn") if getattr(dm, a, None) is None]
@@ -160,20 +167,29 @@ class SSBMonitor(Callback):
             self.sinks = make_sinks(self.sink_names, trainer.loggers, self.dirpath, self.prefix)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe is None:
-            self.probe = self.probe_config.build(trainer.datamodule, self._task, state=self._probe_state)
+        self._build_probe(trainer)
         if self.reference and trainer.global_step == 0 and epochs.REFERENCE not in self.captured:
             self._analyse_epoch(trainer, pl_module, epochs.REFERENCE)
         if (self.init_reference and trainer.global_step == 0 and epochs.INIT not in self.captured
                 and _pretrained(pl_module)):
             with random_init(pl_module.model, self.init_seed) as fresh:
                 self._analyse_epoch(trainer, pl_module, epochs.INIT, model=fresh)
-        # after a resume: epochs captured before the checkpoint was written but never logged
+        self._finish_unlogged(trainer, pl_module)
+
+    def _build_probe(self, trainer: pl.Trainer) -> None:
+        if self.probe is None:
+            self.probe = self.probe_config.build(trainer.datamodule, self._task, state=self._probe_state)
+
+    def _finish_unlogged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After a resume: the epochs captured before the checkpoint was written but never logged (an
+        interrupt or a crash during their analysis). One stored by a sink counts as logged; the
+        checkpoint's own epoch is analysed again (its weights are exactly that epoch's); any other is
+        named in a warning."""
         for epoch in self._unlogged:
             stored = trainer.strategy.broadcast(any(s.has(epoch) for s in self.sinks), src=0)  # rank 0 decides
             if stored:
                 self.history.append({"epoch": epoch, "step": trainer.global_step, "seconds": 0.0})
-            elif epoch == trainer.current_epoch - 1:  # the checkpoint's weights are exactly that epoch's
+            elif epoch == trainer.current_epoch - 1:
                 self.captured.remove(epoch)
                 self._analyse_epoch(trainer, pl_module, epoch)
             elif trainer.is_global_zero:
@@ -191,24 +207,46 @@ class SSBMonitor(Callback):
             self._analyse_epoch(trainer, pl_module, epoch)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._unlogged:  # a resume from a checkpoint that ends the training: Lightning skipped on_train_start
+            self._build_probe(trainer)
+            self._finish_unlogged(trainer, pl_module)
         self._drain(wait=True)
-        if self.report and trainer.is_global_zero and "disk" in {s.name for s in self.sinks if s not in self.failed}:
-            self._write_report()
+        if trainer.is_global_zero and "disk" in {s.name for s in self.sinks if s not in self.failed}:
+            if self.report:
+                self._write_report()
+            self._log_results()
         self._shutdown()
         if self.failed and self.strict:  # raised after the last checkpoint and every other sink's results
             raise SinkError("SSBMonitor: " + "; ".join(self.failed.values()) + " (checkpoints and the other "
                             "sinks' results are complete)")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        try:  # keep what is finished; never mask the training error with ours
-            self._drain(wait=True)
-        except Exception as err:  # noqa: BLE001
-            warnings.warn(f"SSBMonitor: analysis failed while handling a training error: {err}")
+        """Log every finished analysis. After an interrupt (Ctrl-C, SIGTERM) the running one stops at its next
+        stage instead of keeping the process (and Ctrl-C, which Lightning then ignores) for minutes: a resume
+        (``--ckpt_path last``) analyses that epoch again from the checkpoint. After an error, it is waited
+        for. Never masks the training error."""
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)):  # Lightning's SIGTERMException is a SystemExit
+            self._progress.stop()
+        while self._pending:
+            future = self._pending[0]
+            try:
+                self._drain_one(future)
+            except BaseException as err:  # noqa: BLE001
+                if self._pending and self._pending[0] is future:
+                    self._pending.pop(0)
+                why = "stopped by the interrupt" if isinstance(err, AnalysisStopped) else f"{type(err).__name__}: {err}"
+                warnings.warn(f"SSBMonitor: {epochs.label(future.ssb_epoch)} was not analysed ({why}); a resume "
+                              "(--ckpt_path last) analyses it again")
         self._shutdown()
 
     def state_dict(self) -> dict:
-        """The probe's seed and indices, the epochs captured and those logged, the run's penalties;
-        reads state only."""
+        """The probe's seed and indices, the epochs captured and those logged, the run's penalties.
+
+        While the first analysed state is still choosing the penalties (in the background, before its
+        result is logged), waits until they are chosen: a resume must use the run's penalties, not
+        choose new ones on a later state."""
+        while self.book.penalties is None and any(not f.done() for f in self._pending):
+            time.sleep(0.05)
         probe_state = self.probe.state_dict() if self.probe is not None else self._probe_state
         chosen = self.book.penalties
         return {"history": [dict(h) for h in self.history], "captured": list(self.captured), "probe": probe_state,
@@ -270,22 +308,32 @@ class SSBMonitor(Callback):
         self.blocking_seconds.append(time.perf_counter() - start)
 
     def _drain(self, wait: bool) -> None:
-        """Log finished results in submission order (all of them when ``wait``)."""
+        """Log finished results in submission order (all of them when ``wait``). A result leaves the
+        queue only once it is in hand: an interrupt while waiting for it (Ctrl-C) leaves it queued for
+        ``on_exception``, which waits again and logs it."""
         while self._pending and (wait or self._pending[0].done()):
-            future = self._pending.pop(0)
-            try:
-                start = time.perf_counter()
-                with self._progress.waiting(future):
-                    result = future.result()
-                self.wait_seconds.append(time.perf_counter() - start)
-            except Exception as err:
-                if self.strict:
-                    raise
-                warnings.warn(f"SSBMonitor: the analysis failed and is skipped: {err!r}")
-                continue
+            self._drain_one(self._pending[0])
+
+    def _drain_one(self, future: Future) -> None:
+        """Wait for the first queued result, take it off the queue and log it."""
+        try:
             start = time.perf_counter()
-            self._log(result)
-            self.log_seconds.append(time.perf_counter() - start)
+            with self._progress.waiting(future):
+                result = future.result()
+            self.wait_seconds.append(time.perf_counter() - start)
+        except AnalysisStopped:
+            self._pending.pop(0)
+            raise
+        except Exception as err:
+            self._pending.pop(0)
+            if self.strict:
+                raise
+            warnings.warn(f"SSBMonitor: the analysis failed and is skipped: {err!r}")
+            return
+        self._pending.pop(0)
+        start = time.perf_counter()
+        self._log(result)
+        self.log_seconds.append(time.perf_counter() - start)
 
     def _log(self, result: EpochResult) -> None:
         unconverged = {site: c for site, c in (result.meta.get("convergence") or {}).items() if c.get("unconverged")}
@@ -311,6 +359,16 @@ class SSBMonitor(Callback):
         self.report_seconds = time.perf_counter() - start
         self.failed.update(failed)
 
+    def _log_results(self) -> None:
+        """The results folder (report included) to the sinks that take it: W&B logs it as an artifact.
+        Rank 0, after the report; a failure is a sink failure like any other (a warning, then one line at
+        the end with ``strict``), never a lost checkpoint or disk result."""
+        if not os.path.isdir(self.dirpath):
+            return
+        for sink, message in log_results_all([s for s in self.sinks if s not in self.failed], self.dirpath):
+            self.failed[sink] = message
+            warnings.warn(f"SSBMonitor: {message}")
+
     def _shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -318,19 +376,30 @@ class SSBMonitor(Callback):
         close_all(self.sinks)
 
 
+class AnalysisStopped(Exception):
+    """Raised in the analysis worker at its next stage once ``WaitProgress.stop`` was called (an interrupt)."""
+
+
 class WaitProgress:
     """While training waits for an analysis, say what it waits for: one line per stage on stderr
     (``lightning_ssb: SSBMonitor: epoch 0: site 3/6 blocks.2.attn.heads: read-outs and statistics``),
-    with the seconds waited so far. While training runs beside the analysis, nothing is printed."""
+    with the seconds waited so far. While training runs beside the analysis, nothing is printed.
+    ``stop()`` makes every analysis raise ``AnalysisStopped`` at its next stage."""
 
     def __init__(self, stream=None) -> None:
         self.stream = stream
         self.current: dict[int, str] = {}  # the latest stage of each pending analysis, by epoch
         self.watching: int | None = None
         self.started = 0.0
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
 
     def reporter(self, epoch: int):
         def report(stage: str) -> None:
+            if self.stopped.is_set():
+                raise AnalysisStopped(f"the analysis of {epochs.label(epoch)} was stopped before {stage}")
             self.current[epoch] = stage
             if self.watching == epoch:
                 self._print(epoch, stage)

@@ -1,4 +1,5 @@
-"""Read a local W&B run file (``run-*.wandb``) back: history rows, config and summary.
+"""Read a local W&B run file (``run-*.wandb``) back: history rows, config, summary, metric definitions
+and logged artifacts.
 
 W&B 0.19+ writes an offline run as a single record log (no ``wandb-summary.json``), in the
 LevelDB log format: a 7-byte header (``:W&B``, magic 0xBEE1, version), then 32 KiB blocks of
@@ -21,11 +22,18 @@ HEADER = 7
 
 @dataclass
 class WandbRunRecords:
-    """What a run file holds: ``history`` rows (dicts), the merged ``config`` and ``summary``."""
+    """What a run file holds: ``history`` rows (dicts), the merged ``config`` and ``summary``, the run's
+    ``name`` and ``group``, ``step_metrics`` (``{metric: its x axis}`` from ``define_metric``) and
+    ``artifacts`` (``{name, type, metadata, files}`` per logged artifact; ``files``: path in the artifact
+    -> the local file it was taken from)."""
 
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    name: str = ""
+    group: str = ""
+    step_metrics: dict[str, str] = field(default_factory=dict)
+    artifacts: list[dict] = field(default_factory=list)
     finished: bool = False  # the run's exit record is in the file
 
     def series(self, key: str) -> list:
@@ -97,6 +105,8 @@ def _read_once(path: str | Path) -> WandbRunRecords:
         if kind == "history":
             out.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
         elif kind in ("config", "run"):  # config given to wandb.init travels in the run record
+            if kind == "run":
+                out.name, out.group = rec.run.display_name, rec.run.run_group
             updates = rec.config.update if kind == "config" else rec.run.config.update
             for i in updates:
                 if _key(i) != "_wandb":
@@ -104,6 +114,13 @@ def _read_once(path: str | Path) -> WandbRunRecords:
         elif kind == "summary":
             for i in rec.summary.update:
                 out.summary[_key(i)] = json.loads(i.value_json)
+        elif kind == "metric" and rec.metric.name:
+            out.step_metrics[rec.metric.name] = rec.metric.step_metric
+        elif kind == "artifact":
+            art = rec.artifact
+            out.artifacts.append({"name": art.name, "type": art.type,
+                                  "metadata": json.loads(art.metadata) if art.metadata else {},
+                                  "files": {e.path: e.local_path for e in art.manifest.contents}})
         elif kind == "exit":
             out.finished = True
     return out

@@ -2,8 +2,8 @@
 
 The monitor hands every result to each sink from the main thread (never from the analysis
 worker: W&B and most Lightning loggers are not meant to be called from other threads):
-``begin``, then ``log_scalars`` / ``log_figure`` / ``log_table`` / ``log_arrays``, then ``flush``.
-A sink that raises is reported by name and ``where`` (its folder or run) and left out from then
+``begin``, then ``log_scalars`` / ``log_figure`` / ``log_table`` / ``log_arrays``, then ``flush``;
+at the end of fit ``log_report`` and ``log_results`` (the results folder). A sink that raises is reported by name and ``where`` (its folder or run) and left out from then
 on; the other sinks and training go on (``SinkError``).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lightning_ssb.results import epochs
-from lightning_ssb.results.keys import PREFIX
+from lightning_ssb.results.keys import PREFIX, run_key, wandb_figure_key, wandb_key
 
 
 class SinkError(RuntimeError):
@@ -58,6 +58,9 @@ class Sink:
 
     def log_report(self, path: str) -> None:
         """The HTML report written at the end of fit (``lightning_ssb.report``); the disk has it already."""
+
+    def log_results(self, dirpath: str) -> None:
+        """The run's whole results folder (``ssb/<run id>/``, the report included), at the end of fit."""
 
     def has(self, epoch: int) -> bool:
         """Whether a complete result of ``epoch`` is stored already (used after a resume)."""
@@ -160,10 +163,15 @@ class LoggerSink(Sink):
 
 
 class WandbSink(Sink):
-    """Scalars, images and tables into a W&B run (the trainer's ``WandbLogger``'s, see ``for_logger``).
+    """Scalars, images and tables into a W&B run (the trainer's ``WandbLogger``'s, see ``for_logger``),
+    laid out for the W&B workspace (docs/RESULTS.md, "W&B").
 
-    One ``run.log`` per epoch result, with ``trainer/global_step`` (the step the probe was
-    captured at) like the WandbLogger's own metrics, so both share the x axis.
+    One ``run.log`` per epoch result, under the W&B keys of ``results.keys.wandb_key`` (one workspace
+    section per statistic, sites without dots), with ``trainer/global_step`` (the step the probe was
+    captured at) like the WandbLogger's own metrics. Every scalar is plotted against ``ssb/epoch``: each
+    new key is declared once with ``define_metric(key, step_metric="ssb/epoch")``, by name, since the
+    logger's catch-all ``define_metric("*", step_metric="trainer/global_step")`` would compete with a
+    second glob. At the end of fit the results folder becomes the artifact ``ssb-results-<run id>``.
     """
 
     name = "wandb"
@@ -172,6 +180,7 @@ class WandbSink(Sink):
         self.run = run
         self.prefix = prefix
         self._pending: dict[str, Any] = {}
+        self._defined: set[str] = set()  # keys declared against the epoch axis in this process
 
     @property
     def where(self) -> str:
@@ -185,7 +194,7 @@ class WandbSink(Sink):
         return WandbSink(logger.experiment, prefix) if isinstance(logger, WandbLogger) else None
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
-        self._pending.update(scalars)
+        self._pending.update({wandb_key(k, self.prefix): v for k, v in scalars.items()})
 
     def log_figure(self, name: str, figure: Any, step: int) -> None:
         import io
@@ -195,7 +204,7 @@ class WandbSink(Sink):
 
         from lightning_ssb.callbacks.figures import to_png
 
-        self._pending[name] = wandb.Image(Image.open(io.BytesIO(to_png(figure))))
+        self._pending[wandb_figure_key(name, self.prefix)] = wandb.Image(Image.open(io.BytesIO(to_png(figure))))
 
     def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
         import wandb
@@ -205,6 +214,11 @@ class WandbSink(Sink):
     def flush(self, step: int) -> None:
         pending, self._pending = self._pending, {}
         if pending:
+            epoch = run_key("epoch", self.prefix)
+            for key, value in pending.items():
+                if key != epoch and key not in self._defined and isinstance(value, (int, float)):
+                    self.run.define_metric(key, step_metric=epoch)
+                    self._defined.add(key)
             self.run.log({**pending, "trainer/global_step": step})
 
     def log_report(self, path: str) -> None:
@@ -212,6 +226,19 @@ class WandbSink(Sink):
 
         with open(path, encoding="utf-8") as f:  # an HTML panel of the run, figures embedded
             self.run.log({f"{self.prefix}/report": wandb.Html(f.read(), inject=False)})
+
+    def log_results(self, dirpath: str) -> None:
+        """The folder as the artifact ``<prefix>-results-<run id>`` (type ``<prefix>-results``); a resumed
+        run logs a new version of it. Offline, it is staged with the run and uploaded by ``wandb sync``."""
+        import wandb
+
+        states = sorted(d for d in os.listdir(dirpath) if epochs.parse_dirname(d) is not None)
+        artifact = wandb.Artifact(f"{self.prefix}-results-{getattr(self.run, 'id', 'run')}",
+                                  type=f"{self.prefix}-results",
+                                  description="lightning_ssb SSBMonitor results folder (docs/RESULTS.md)",
+                                  metadata={"states": states, "folder": os.path.abspath(dirpath)})
+        artifact.add_dir(dirpath)
+        self.run.log_artifact(artifact)
 
 
 def make_sinks(names: list[str], loggers: list, dirpath: str, prefix: str = PREFIX) -> list[Sink]:
@@ -248,6 +275,18 @@ def write_all(sinks: list[Sink], result) -> list[tuple[Sink, str]]:
             sink.write(result)
         except Exception as err:  # noqa: BLE001 - disk full, permissions, W&B down: reported, not raised
             failed.append((sink, f"the {sink.name} sink could not write {sink.where}: {type(err).__name__}: {err}"))
+    return failed
+
+
+def log_results_all(sinks: list[Sink], dirpath: str) -> list[tuple[Sink, str]]:
+    """Hand the results folder to every sink (W&B: an artifact); ``(sink, message)`` per failed sink."""
+    failed = []
+    for sink in sinks:
+        try:
+            sink.log_results(dirpath)
+        except Exception as err:  # noqa: BLE001 - an upload that fails costs neither checkpoints nor disk results
+            failed.append((sink, f"the {sink.name} sink could not log the results folder {dirpath}: "
+                                 f"{type(err).__name__}: {err}"))
     return failed
 
 

@@ -16,6 +16,7 @@ from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.loggers.wandb_records import read_wandb_run
 from lightning_ssb.analysis import Penalties
 from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook, site_results
+from lightning_ssb.results.keys import wandb_key
 from lightning_ssb.results.sinks import SinkError
 from tests.callbacks.toys import ToyClassificationData, ToyMLMData, ToyTask, fast_analysis
 
@@ -38,6 +39,7 @@ def test_fewrel_fit_logs_reference_and_epochs_to_wandb_and_disk(tmp_path, monkey
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # offline artifacts are staged here
     L.seed_everything(0)
     model = ToyTask("classification")
     initial = ToyTask("classification")
@@ -80,18 +82,25 @@ def test_fewrel_fit_logs_reference_and_epochs_to_wandb_and_disk(tmp_path, monkey
     names = {n for r in rows for n in (r["learned_labels"] + " " + r["hull_labels"]).split()}
     assert names and names <= {f"relation_{k}" for k in range(4)}
 
-    # W&B offline run: one history row per analysis, epoch -1 first, the disk's scalars, images, tables
+    # W&B offline run: one history row per analysis, epoch -1 first, the disk's scalars under their W&B keys
+    # (one section per statistic), each plotted against ssb/epoch, images, tables, the results folder
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
     records = read_wandb_run(run_dir, wait=60)
     assert records.series("ssb/epoch") == [-1.0, 0.0, 1.0]
-    scalar_keys = {k for k in ref if k.startswith("ssb/")}
+    scalar_keys = {wandb_key(k) for k in ref if k.startswith("ssb/")}
     assert scalar_keys <= records.keys()
+    assert {k: records.step_metrics.get(k) for k in scalar_keys - {"ssb/epoch"}} == dict.fromkeys(
+        scalar_keys - {"ssb/epoch"}, "ssb/epoch")
     key = "ssb/blocks.0.attn.heads/shared/node/acc_mean"
-    assert records.series(key) == [_scalars(root / e)[key] for e in ("reference", "epoch_000", "epoch_001")]
+    assert records.series("ssb-acc_mean/shared/node/L00-attn-heads") == [
+        _scalars(root / e)[key] for e in ("reference", "epoch_000", "epoch_001")]
     media = run_dir / "files" / "media"  # figures at the reference and the last epoch (figures_every_n_epochs null)
-    assert len(list((media / "images" / "ssb" / "heads").glob("accuracy_*.png"))) == 2
-    assert len(list((media / "images" / "ssb" / "blocks.1.attn.heads").glob("envelope_*.png"))) == 2
+    assert len(list((media / "images" / "ssb-figures" / "accuracy").glob("heads_*.png"))) == 2
+    assert len(list((media / "images" / "ssb-figures" / "envelope").glob("L01-attn-heads_*.png"))) == 2
     assert len(list((media / "table" / "ssb").glob("nodes_*.table.json"))) == 3
+    (artifact,) = [a for a in records.artifacts if a["type"] == "ssb-results"]  # once, at the end of fit
+    assert artifact["name"] == f"ssb-results-{run_id}"
+    assert sorted(artifact["files"]) == sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.model.bert.encoder.modules())
 
 
@@ -225,6 +234,38 @@ def test_a_failing_disk_sink_keeps_the_checkpoint_and_the_other_sinks(tmp_path):
     csv_logger.save()
     logged = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert [float(r["ssb/epoch"]) for r in logged if r.get("ssb/epoch")] == [-1.0, 0.0, 1.0]  # the others got all
+
+
+def test_a_failing_artifact_upload_keeps_the_checkpoint_the_disk_and_the_wandb_history(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+
+    log_artifact = wandb.sdk.wandb_run.Run.log_artifact
+
+    def down(self, artifact, *args, **kwargs):  # the results folder's upload fails (W&B logs tables as artifacts too)
+        if getattr(artifact, "type", None) == "ssb-results":
+            raise ConnectionError("upload refused")
+        return log_artifact(self, artifact, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", down)
+    L.seed_everything(0)
+    logger = WandbLogger(project="ssb-test", save_dir=str(tmp_path))
+    monitor = SSBMonitor(layers=[1], figures=False, **FAST)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="last", save_top_k=1)
+    trainer = _trainer(tmp_path, monitor, max_epochs=1, logger=logger, callbacks=[ckpt], enable_checkpointing=True)
+    with pytest.warns(UserWarning, match="the wandb sink could not log the results folder"):
+        with pytest.raises(SinkError, match="ConnectionError: upload refused"):
+            trainer.fit(ToyTask("classification"), ToyClassificationData())
+    run_id = logger.experiment.id
+    logger.experiment.finish()
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["epoch"] == 0
+    root = tmp_path / "ssb" / run_id
+    assert sorted(p.parent.name for p in root.glob("*/scalars.json")) == ["epoch_000", "reference"]
+    (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    assert read_wandb_run(run_dir, wait=60).series("ssb/epoch") == [-1.0, 0.0]
 
 
 @pytest.mark.parametrize("kwargs, message", [

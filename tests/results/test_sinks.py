@@ -11,14 +11,14 @@ import pytest
 
 from lightning_ssb.callbacks.figures import heatmap
 from lightning_ssb.results.build import EpochResult
-from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink, write_all
+from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink, log_results_all, write_all
 from lightning_ssb.loggers.wandb_records import read_wandb_run
 
 
 def _emit(sink, epoch, step, value):
     fig = heatmap(torch.rand(3, 4), "t", "head", "layer")
     sink.begin(epoch, step)
-    sink.log_scalars({"ssb/blocks.0.attn.heads/node/phi": value, "ssb/epoch": float(epoch)}, step)
+    sink.log_scalars({"ssb/blocks.0.attn.heads/own/node/phi": value, "ssb/epoch": float(epoch)}, step)
     sink.log_figure("ssb/heads/accuracy", fig, step)
     sink.log_table("nodes", ["layer", "node", "learned_labels"], [[0, 1, "capital_of born_in"]], step)
     sink.log_arrays({"blocks.0.attn.heads/shared/node/accuracy": torch.full((2, 3), value)}, step)
@@ -33,9 +33,9 @@ def test_disk_sink_layout_and_no_overwrite(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["epoch_000", "epoch_000-1", "reference"]
     ref = tmp_path / "reference"
     assert sorted(os.listdir(ref)) == ["arrays.pt", "nodes.csv", "scalars.json", "ssb__heads__accuracy.png"]
-    assert json.loads((ref / "scalars.json").read_text())["ssb/blocks.0.attn.heads/node/phi"] == 0.25
+    assert json.loads((ref / "scalars.json").read_text())["ssb/blocks.0.attn.heads/own/node/phi"] == 0.25
     assert json.loads((tmp_path / "epoch_000" / "scalars.json").read_text())["step"] == 10
-    assert json.loads((tmp_path / "epoch_000-1" / "scalars.json").read_text())["ssb/blocks.0.attn.heads/node/phi"] == 0.75
+    assert json.loads((tmp_path / "epoch_000-1" / "scalars.json").read_text())["ssb/blocks.0.attn.heads/own/node/phi"] == 0.75
     assert (ref / "ssb__heads__accuracy.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.reader(open(ref / "nodes.csv")))
     assert rows == [["layer", "node", "learned_labels"], ["0", "1", "capital_of born_in"]]
@@ -59,7 +59,7 @@ def test_logger_sink_any_lightning_logger(tmp_path):
     _emit(LoggerSink(logger), 1, 7, 0.5)
     logger.save()
     rows = list(csv.DictReader(open(tmp_path / "x" / "version_0" / "metrics.csv")))
-    assert rows[0]["step"] == "7" and float(rows[0]["ssb/blocks.0.attn.heads/node/phi"]) == 0.5
+    assert rows[0]["step"] == "7" and float(rows[0]["ssb/blocks.0.attn.heads/own/node/phi"]) == 0.5
 
 
 def test_wandb_sink_offline_files(tmp_path, monkeypatch):
@@ -75,13 +75,56 @@ def test_wandb_sink_offline_files(tmp_path, monkeypatch):
     run.finish()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     records = read_wandb_run(run_dir, wait=60)
-    assert records.series("ssb/blocks.0.attn.heads/node/phi") == [0.25, 0.5]
+    # the W&B layout: section "ssb-phi", the site without dots; plotted against ssb/epoch, declared once
+    assert records.series("ssb-phi/own/node/L00-attn-heads") == [0.25, 0.5]
+    assert not any("blocks." in k for k in records.keys())
+    assert records.step_metrics == {"ssb-phi/own/node/L00-attn-heads": "ssb/epoch"}
     assert records.series("trainer/global_step") == [0, 12]  # one history row per epoch result
     assert records.series("ssb/epoch") == [-1.0, 0.0]
-    images = list((run_dir / "files" / "media" / "images" / "ssb" / "heads").glob("accuracy_*.png"))
+    images = list((run_dir / "files" / "media" / "images" / "ssb-figures" / "accuracy").glob("heads_*.png"))
     assert len(images) == 2
     (table,) = list((run_dir / "files" / "media" / "table" / "ssb").glob("nodes_0_*.table.json"))  # ssb/nodes
     assert json.loads(table.read_text())["data"] == [[0, 1, "capital_of born_in"]]
+
+
+def test_wandb_sink_logs_the_results_folder_as_an_artifact_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # where offline artifacts are staged
+    import wandb
+
+    results = tmp_path / "ssb" / "run1"
+    disk = DiskSink(str(results))
+    _emit(disk, -1, 0, 0.25)
+    _emit(disk, 0, 12, 0.5)
+    (results / "report.html").write_text("<html>report</html>")
+    on_disk = {str(p.relative_to(results)): p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    assert len(on_disk) == 9  # 2 x (scalars, arrays, nodes, figure) + the report
+    run = wandb.init(project="ssb-test", dir=str(tmp_path), mode="offline")
+    failed = log_results_all([WandbSink(run), disk], str(results))
+    run.finish()
+    assert failed == []
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (artifact,) = read_wandb_run(run_dir, wait=60).artifacts
+    assert artifact["name"] == f"ssb-results-{run.id}" and artifact["type"] == "ssb-results"
+    assert artifact["metadata"]["states"] == ["epoch_000", "reference"]
+    assert sorted(artifact["files"]) == sorted(on_disk)
+    for path, staged in artifact["files"].items():  # staged copies: a later change of the folder cannot corrupt them
+        assert open(staged, "rb").read() == on_disk[path], path
+
+
+def test_a_failing_artifact_upload_is_one_message_naming_the_folder(tmp_path):
+    class Run:
+        id = "abc123"
+        dir = "nowhere"
+
+        def log_artifact(self, artifact):
+            raise ConnectionError("service unreachable")
+
+    (tmp_path / "reference").mkdir()
+    failed = log_results_all([WandbSink(Run())], str(tmp_path))
+    assert [m for _, m in failed] == [f"the wandb sink could not log the results folder {tmp_path}: "
+                                      "ConnectionError: service unreachable"]
 
 
 class Broken(Sink):
