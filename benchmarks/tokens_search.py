@@ -34,7 +34,7 @@ class Clock(L.Callback):
     """Training wall time without the probe scoring, the loss curve, and probe scores every n steps."""
 
     def __init__(self, probe_cfg: ProbeConfig | None, eval_every: int, max_seconds: float | None, log: list):
-        self.probe_cfg, self.eval_every, self.max_seconds, self.log = probe_cfg, eval_every, max_seconds, log
+        self.probe_cfg, self.eval_every, self.max_seconds, self.records = probe_cfg, eval_every, max_seconds, log
         self.train_seconds, self.eval_seconds, self.losses, self.step_times = 0.0, 0.0, [], []
         self.cpu_times: list[float] = []  # process CPU seconds per step (all threads)
         self.probe = None
@@ -53,7 +53,7 @@ class Clock(L.Callback):
                  "restricted": s.restricted, "full": s.full, "majority": s.majority, "n": s.n,
                  "ratio": s.restricted / s.majority, "eval_seconds": round(dt, 1),
                  "load": os.getloadavg()[0]}
-        self.log.append(entry)
+        self.records.append(entry)
         print(json.dumps(entry), flush=True)
 
     def on_train_start(self, trainer, pl_module):
@@ -83,7 +83,7 @@ class Clock(L.Callback):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["speed", "train"])
+    p.add_argument("mode", choices=["speed", "train", "monitor"])
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--ffn", type=int, default=None, help="intermediate size (default 4 x hidden)")
@@ -107,9 +107,15 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, 2 here)")
     p.add_argument("--out", default=None)
+    p.add_argument("--save", default=None, help="save the trained MLMModule's state_dict here")
+    p.add_argument("--load", default=None, help="monitor mode: a state_dict saved by --save")
+    p.add_argument("--sites", default="attn.heads", help="monitor mode: comma-separated sites")
     args = p.parse_args()
 
+    if args.threads:  # on a shared machine one thread loses less to waiting at every parallel region
+        torch.set_num_threads(args.threads)
     L.seed_everything(args.seed, verbose=False)
     dm = WikipediaDataModule(source=SOURCES, num_articles=args.articles, max_length=args.max_length,
                              val_fraction=args.val_fraction, batch_size=args.batch, seed=0,
@@ -119,6 +125,8 @@ def main() -> None:
                             attention_probs_dropout_prob=args.dropout)
     model = MLMModule(architecture=arch, optimizer=OptimizerConfig(lr=args.lr, weight_decay=args.wd,
                                                                    warmup=args.warmup, schedule=args.schedule))
+    if args.mode == "monitor":
+        return monitor_cost(args, dm, model)
     log: list = []
     speed = args.mode == "speed"
     probe = None if speed else ProbeConfig(train_size=args.probe_train, test_size=args.probe_test,
@@ -145,6 +153,40 @@ def main() -> None:
     print(json.dumps({k: v for k, v in summary.items() if k not in ("log", "losses")}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
+    if args.save:
+        torch.save({"state_dict": model.state_dict(), "architecture": vars(arch)}, args.save)
+
+
+def monitor_cost(args, dm, model) -> None:
+    """What one analysed epoch of SSBMonitor costs on a saved model: the probe's capture (every layer,
+    the given sites) and ``build_result`` with the shipped analysis settings (both read-out families,
+    the null, the full crossover), timed apart; the same calls as ``SSBMonitor._analyse_epoch``."""
+    from lightning_ssb.analysis import AnalysisConfig
+    from lightning_ssb.callbacks.capture import capture_probe
+    from lightning_ssb.results.build import EpochSnapshot, build_result
+
+    if args.load:
+        model.load_state_dict(torch.load(args.load, map_location="cpu", weights_only=False)["state_dict"])
+    dm.setup("fit")
+    probe = ProbeConfig(train_size=args.probe_train, test_size=args.probe_test, top_k_tokens=args.top_k,
+                        batch_size=64, seed=0).build(dm, "mlm")
+    layers, sites = list(range(args.layers)), args.sites.split(",")
+    t0 = time.perf_counter()
+    x_train, y_train, x_test, y_test = capture_probe(model.model, probe, layers, sites)
+    capture = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    score = probe_accuracy(model.model, probe)
+    own = time.perf_counter() - t0
+    snap = EpochSnapshot(0, 0, x_train, x_test, y_train, y_test, probe.num_classes, list(probe.label_names))
+    config = AnalysisConfig(granularities=("node", "head"), theta=0.5, tau=0.3, crossover_sizes=None,
+                            crossover_draws=5)
+    t0, c0 = time.perf_counter(), time.process_time()
+    build_result(snap, config, [], True, True)
+    analysis, analysis_cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"probe_examples": [len(y_train), len(y_test)], "capture_seconds": capture,
+                      "probe_accuracy_seconds": own, "analysis_seconds": analysis, "analysis_cpu_seconds": analysis_cpu,
+                      "restricted": score.restricted, "majority": score.majority, "threads": torch.get_num_threads(),
+                      "load": os.getloadavg()[0], "sites": sites}), flush=True)
 
 
 if __name__ == "__main__":
