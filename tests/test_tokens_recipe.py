@@ -29,14 +29,16 @@ def short_recipe(folder: Path, shared_data: Path) -> str:
     shipped = yaml.safe_load(Path(resolve_config("tokens.yaml")).read_text())
     callbacks = shipped["trainer"]["callbacks"]
     for cb in callbacks:
-        if cb["class_path"].endswith(("SSBMonitor", "ProbeAccuracy")):
+        if cb["class_path"].endswith("ProbeAccuracy"):
             cb["init_args"]["probe"]["train_size"] = 64
-        if cb["class_path"].endswith("SSBMonitor"):
-            cb["init_args"]["analysis"].update(crossover_sizes=[1, 4], crossover_draws=2)
-            cb["init_args"]["report"] = False  # the report is tested by tests/test_quickstart.py
+    monitor = shipped["ssb"]["init_args"]
+    monitor["probe"]["train_size"] = 64
+    monitor["analysis"].update(crossover_sizes=[1, 4], crossover_draws=2)
+    monitor["report"] = False  # the report is tested by tests/test_quickstart.py
     sources = [str(shared_data / Path(p).name) for p in shipped["data"]["init_args"]["source"]]
     extra = {"trainer": {"callbacks": callbacks, "max_epochs": 3, "log_every_n_steps": 2,
                          "enable_progress_bar": False},
+             "ssb": {"init_args": monitor},
              "data": {"init_args": {"source": sources, "num_articles": 400}}}
     path = folder / "short_tokens.yaml"
     path.write_text(yaml.safe_dump(extra))
