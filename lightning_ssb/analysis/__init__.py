@@ -8,18 +8,39 @@ from .crossover import CROSSOVER_COLUMNS, CrossoverResult, crossover, default_si
 from .envelope import Envelope, node_accuracies, node_predictions, upper_envelope
 from .families import FAMILIES, HeadMaps, NodeLines, own_units, shared_units
 from .fit import FitSettings, GroupFit, NodeFit, fit_groups, fit_node_lines
-from .optim import FitReport
-from .penalty import Penalties
 from .hull import hull_bound, node_hull_labels, reachable_labels
+from .optim import FitReport
 from .order import UnitMatch, jaccard_matrix, match_units, order_parameters
+from .penalty import Penalties
 from .readout import Readout, fit_readout
-from .silencing import head_accuracies, head_predictions, subset_accuracy, subset_predictions
 from .sampling import seeded_rows
-from .site import (AnalysisConfig, SiteAnalysis, SiteResults, analyze_all, analyze_site, choose_penalties,
-                   null_labels, sensitivity)
-from .units import (ClusterStats, LabelStats, UnitReport, benjamini_hochberg, binomial_pvalues, centre_fields,
-                    class_means, cluster_stats, confusion_matrices, head_field_matrices, label_stats, learned_labels,
-                    node_field_matrices, unit_report)
+from .silencing import head_accuracies, head_predictions, subset_accuracy, subset_predictions
+from .site import (
+    AnalysisConfig,
+    SiteAnalysis,
+    SiteResults,
+    analyze_all,
+    analyze_site,
+    choose_penalties,
+    null_labels,
+    sensitivity,
+)
+from .units import (
+    ClusterStats,
+    LabelStats,
+    UnitReport,
+    benjamini_hochberg,
+    binomial_pvalues,
+    centre_fields,
+    class_means,
+    cluster_stats,
+    confusion_matrices,
+    head_field_matrices,
+    label_stats,
+    learned_labels,
+    node_field_matrices,
+    unit_report,
+)
 
 __all__ = [
     "AnalysisConfig", "CROSSOVER_COLUMNS", "ClusterStats", "CrossoverResult", "Envelope", "FAMILIES", "FitReport",

@@ -63,7 +63,7 @@ class FitSettings:
         if not self.gtol > 0:
             raise ValueError(f"gtol must be > 0, got {self.gtol}")
 
-    def with_l2(self, l2: float) -> "FitSettings":
+    def with_l2(self, l2: float) -> FitSettings:
         return FitSettings(float(l2), self.max_iter, self.const_tol, self.gtol)
 
 

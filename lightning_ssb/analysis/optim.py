@@ -13,8 +13,8 @@ returns ``(loss [g], grad [g, P])``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ class FitReport:
     iterations: Tensor
 
     @staticmethod
-    def cat(reports: list["FitReport"]) -> "FitReport":
+    def cat(reports: list[FitReport]) -> FitReport:
         return FitReport(torch.cat([r.converged for r in reports]), torch.cat([r.grad_max for r in reports]),
                          torch.cat([r.iterations for r in reports]))
 

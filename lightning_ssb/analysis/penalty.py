@@ -47,7 +47,7 @@ class Penalties:
                 "curves": {k: [list(p) for p in v] for k, v in self.curves.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Penalties":
+    def from_dict(cls, d: dict) -> Penalties:
         return cls(d.get("shared"), d.get("node"), d.get("group"), dict(d.get("source") or {}),
                    {k: [tuple(p) for p in v] for k, v in (d.get("curves") or {}).items()})
 

@@ -69,7 +69,7 @@ class Readout:
             return x @ self.weight.T + self.bias
         return x[:, nodes] @ self.weight[:, nodes].T + self.subset_bias(nodes, ablation)
 
-    def cpu(self) -> "Readout":
+    def cpu(self) -> Readout:
         """The same read-out with its tensors on the CPU."""
         return Readout(self.weight.cpu(), self.bias.cpu(), None if self.mean is None else self.mean.cpu(), self.report)
 
@@ -77,7 +77,7 @@ class Readout:
 def fit_readout(x: Tensor, y: Tensor, num_classes: int, l2: float = DEFAULT_L2,
                 max_iter: int = DEFAULT_MAX_ITER, seed: int = 0, max_examples: int | None = None,
                 bias: bool = False, const_tol: float = DEFAULT_CONST_TOL, gtol: float = DEFAULT_GTOL,
-                init: "Readout | None" = None, what: str = "shared read-out") -> Readout:
+                init: Readout | None = None, what: str = "shared read-out") -> Readout:
     """The shared read-out of a site (docs/method.md 3): multinomial logistic regression of y `[N]` on
     all D nodes x `[N, D]`, without a bias unless `bias`, in float64 on x's device (see `fit.py` for
     the standardisation, the penalty, constant nodes and convergence). `seed` only draws the

@@ -25,8 +25,17 @@ from torch import Tensor
 from ._checks import check_ablation, check_features, check_labels, check_readout
 from .crossover import crossover
 from .families import FAMILIES, HeadMaps, NodeLines, own_units, shared_units
-from .fit import DEFAULT_CONST_TOL, DEFAULT_GTOL, DEFAULT_MAX_ITER, DTYPE, FitSettings, binned_nodes, \
-    fit_groups, node_lines_from, solve_nodes
+from .fit import (
+    DEFAULT_CONST_TOL,
+    DEFAULT_GTOL,
+    DEFAULT_MAX_ITER,
+    DTYPE,
+    FitSettings,
+    binned_nodes,
+    fit_groups,
+    node_lines_from,
+    solve_nodes,
+)
 from .hull import hull_bound
 from .optim import FitReport
 from .order import order_parameters
@@ -34,8 +43,16 @@ from .penalty import DEFAULT_GRID, Penalties, argmin, cv_groups, cv_nodes
 from .readout import Readout, fit_readout
 from .sampling import seeded_rows
 from .timing import timed
-from .units import centre_fields, class_means, cluster_stats, confusion_matrices, head_field_matrices, \
-    label_stats, learned_labels, node_field_matrices
+from .units import (
+    centre_fields,
+    class_means,
+    cluster_stats,
+    confusion_matrices,
+    head_field_matrices,
+    label_stats,
+    learned_labels,
+    node_field_matrices,
+)
 
 GRANULARITIES = ("node", "head")
 READOUTS = ("both",) + FAMILIES

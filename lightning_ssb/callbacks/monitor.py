@@ -24,9 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_ssb.analysis import AnalysisConfig, Penalties
 from lightning_ssb.callbacks.capture import SITES, capture_probe, encoder_layers
@@ -413,7 +412,7 @@ class WaitProgress:
               f"{stage}", file=stream, flush=True)
 
     class _Watch:
-        def __init__(self, owner: "WaitProgress", epoch: int | None) -> None:
+        def __init__(self, owner: WaitProgress, epoch: int | None) -> None:
             self.owner, self.epoch = owner, epoch
 
         def __enter__(self):
@@ -428,7 +427,7 @@ class WaitProgress:
                 self.owner.current.pop(self.epoch, None)
             self.owner.watching = None
 
-    def waiting(self, future: Future) -> "_Watch":
+    def waiting(self, future: Future) -> _Watch:
         """Context of the main thread waiting for `future` (nothing shown when it is done already)."""
         epoch = getattr(future, "ssb_epoch", None)
         return self._Watch(self, None if future.done() else epoch)

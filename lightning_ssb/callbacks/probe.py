@@ -55,7 +55,7 @@ class ProbeConfig:
         if self.position_rule not in ("auto", "cls", "head_entity", "masked"):
             raise ValueError(f"probe.position_rule must be auto, cls, head_entity or masked, got {self.position_rule!r}")
 
-    def build(self, datamodule, task: str, state: dict | None = None) -> "ProbeSet":
+    def build(self, datamodule, task: str, state: dict | None = None) -> ProbeSet:
         """The probe set of ``datamodule`` for ``task`` (``state``: rebuild a checkpoint's), checked."""
         probe = build_probe_set(datamodule, task=task, position_rule=self.rule_for(task), train_size=self.train_size,
                                 test_size=self.test_size, seed=self.seed, batch_size=self.batch_size,

@@ -13,9 +13,9 @@ from lightning_ssb.models.architecture import (
     architecture_of,
     as_architecture,
     check_pretrained_path,
-    resolve_pretrained,
     is_lightning_checkpoint,
     load_mlm_checkpoint,
+    resolve_pretrained,
 )
 from lightning_ssb.models.base import BertTask
 from lightning_ssb.models.optim import OptimizerConfig

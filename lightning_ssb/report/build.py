@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lightning_ssb.progress import progress
 from lightning_ssb.report.html import Book, page

@@ -40,7 +40,7 @@ class Stat:
     null: str | None = None  # None: the real labels; "train" or "both": a null
 
     @classmethod
-    def of(cls, key: ParsedKey) -> "Stat":
+    def of(cls, key: ParsedKey) -> Stat:
         return cls(key.site, key.family, key.granularity, key.statistic, key.null)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.html import Book
@@ -15,7 +15,7 @@ from lightning_ssb.report.load import RunResults, Stat
 from lightning_ssb.report.seeds import across_seeds  # several runs of the same sites and labels
 from lightning_ssb.results.keys import FAMILIES
 
-Section = Callable[[list[RunResults], Book], Optional[tuple[str, str]]]
+Section = Callable[[list[RunResults], Book], tuple[str, str] | None]
 
 
 def _run_heading(run: RunResults, runs: list[RunResults]) -> str:

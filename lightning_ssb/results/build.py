@@ -103,9 +103,9 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     figures and the custom analyses. ``meta`` has the penalties, the fits' convergence and the nulls.
     ``progress(stage)`` hears what is being computed (the monitor shows it while training waits).
     """
-    from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
-
     from dataclasses import replace
+
+    from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
 
     plan = plan if plan is not None else AnalysisPlan(nulls=list(getattr(config, "nulls", [])))
     if not plan.crossover:

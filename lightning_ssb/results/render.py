@@ -24,7 +24,7 @@ def _names(mask: torch.Tensor, label_names: list[str]) -> str:
     return " ".join(label_names[i] for i in mask.nonzero().flatten().tolist())
 
 
-def _analyses(snap: "EpochSnapshot", families: dict | None) -> list[tuple[str, str, object]]:
+def _analyses(snap: EpochSnapshot, families: dict | None) -> list[tuple[str, str, object]]:
     """``(site, family, SiteAnalysis)`` of every family when given (``{site: {family: analysis}}``),
     else of ``snap.results``."""
     if families is None:
@@ -32,7 +32,7 @@ def _analyses(snap: "EpochSnapshot", families: dict | None) -> list[tuple[str, s
     return [(name, family, site) for name, per_family in families.items() for family, site in per_family.items()]
 
 
-def node_table(snap: "EpochSnapshot", families: dict | None = None) -> tuple[list[str], list[list]]:
+def node_table(snap: EpochSnapshot, families: dict | None = None) -> tuple[list[str], list[list]]:
     """One row per node of every site and family: where it is, its accuracy, learned and hull labels, bound."""
     rows = []
     for name, family, site in _analyses(snap, families):
@@ -45,7 +45,7 @@ def node_table(snap: "EpochSnapshot", families: dict | None = None) -> tuple[lis
                          round(float(site.hull_bound[n]), 5)])
     return TABLE_COLUMNS, rows
 
-def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -> dict:
+def site_figures(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> dict:
     """Heatmaps (heads: layers x heads; nodes: per site), best-node matrices and envelope, crossover."""
     from lightning_ssb.callbacks import figures
 
@@ -80,7 +80,7 @@ def site_figures(snap: "EpochSnapshot", prefix: str, granularities: list[str]) -
     return out
 
 
-def crossover_table(snap: "EpochSnapshot", families: dict | None = None) -> tuple[list[str], list[list]]:
+def crossover_table(snap: EpochSnapshot, families: dict | None = None) -> tuple[list[str], list[list]]:
     """The crossover rows of every site and family in one table: site, family, then the analysis' columns."""
     sites = [(name, family, site) for name, family, site in _analyses(snap, families) if site.crossover]
     columns = list(sites[0][2].crossover[0]) if sites else []

@@ -187,7 +187,7 @@ class WandbSink(Sink):
         return f"run {getattr(self.run, 'id', '?')} in {getattr(self.run, 'dir', '?')}"
 
     @staticmethod
-    def for_logger(logger, prefix: str = PREFIX) -> "WandbSink | None":
+    def for_logger(logger, prefix: str = PREFIX) -> WandbSink | None:
         """A sink into ``logger``'s run when it is a Lightning ``WandbLogger``, else None."""
         from lightning.pytorch.loggers import WandbLogger
 

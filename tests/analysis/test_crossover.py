@@ -5,9 +5,22 @@ import math
 import pytest
 import torch
 
-from lightning_ssb.analysis import (CROSSOVER_COLUMNS, FitSettings, NodeLines, Readout, crossover, default_sizes,
-                                    fit_groups, fit_node_lines, label_stats, learned_labels, reachable_labels,
-                                    shared_units, subset_accuracy, subset_predictions)
+from lightning_ssb.analysis import (
+    CROSSOVER_COLUMNS,
+    FitSettings,
+    NodeLines,
+    Readout,
+    crossover,
+    default_sizes,
+    fit_groups,
+    fit_node_lines,
+    label_stats,
+    learned_labels,
+    reachable_labels,
+    shared_units,
+    subset_accuracy,
+    subset_predictions,
+)
 from lightning_ssb.analysis.crossover import draw_subset
 
 

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from lightning_ssb.analysis import (Readout, hull_bound, label_stats, learned_labels, node_hull_labels,
-                                    node_predictions, reachable_labels)
+from lightning_ssb.analysis import (
+    Readout,
+    hull_bound,
+    label_stats,
+    learned_labels,
+    node_hull_labels,
+    node_predictions,
+    reachable_labels,
+)
 
 
 def test_bound_holds_on_random_sites():

@@ -9,9 +9,22 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from lightning_ssb.analysis import (AnalysisConfig, Penalties, analyze_all, analyze_site, choose_penalties,
-                                    fit_groups, fit_node_lines, head_accuracies, label_stats, learned_labels,
-                                    node_accuracies, null_labels, sensitivity, subset_accuracy)
+from lightning_ssb.analysis import (
+    AnalysisConfig,
+    Penalties,
+    analyze_all,
+    analyze_site,
+    choose_penalties,
+    fit_groups,
+    fit_node_lines,
+    head_accuracies,
+    label_stats,
+    learned_labels,
+    node_accuracies,
+    null_labels,
+    sensitivity,
+    subset_accuracy,
+)
 from lightning_ssb.analysis.penalty import stratified_folds
 
 H, D_HEAD, K = 3, 4, 5

@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_ssb.analysis import (Readout, benjamini_hochberg, binomial_pvalues, cluster_stats,
-                                    confusion_matrices, fit_node_lines, label_stats, learned_labels, unit_report)
+from lightning_ssb.analysis import (
+    Readout,
+    benjamini_hochberg,
+    binomial_pvalues,
+    cluster_stats,
+    confusion_matrices,
+    fit_node_lines,
+    label_stats,
+    learned_labels,
+    unit_report,
+)
 from lightning_ssb.analysis.fit import FitSettings
 from lightning_ssb.analysis.units import binary_cluster_stats, node_field_matrices
 

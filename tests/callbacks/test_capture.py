@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from lightning_ssb.callbacks.capture import (
-    capture_batches, capture_sites, select_positions, snapshot_names)
+from lightning_ssb.callbacks.capture import capture_batches, capture_sites, select_positions, snapshot_names
 from lightning_ssb.callbacks.probe import ProbeBatch
 
 

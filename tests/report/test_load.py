@@ -147,7 +147,7 @@ def test_building_the_report_shows_progress(tmp_path, capsys):
     out = write_report([folder], tmp_path / "r.html")
     err = capsys.readouterr().err
     assert out.is_file()
-    assert f"lightning_ssb: report r.html: 100%" in err and f"{len(SECTIONS)}/{len(SECTIONS)}" in err
+    assert "lightning_ssb: report r.html: 100%" in err and f"{len(SECTIONS)}/{len(SECTIONS)}" in err
 
 
 def test_the_best_nodes_learned_labels_are_listed_by_name(synthetic_report):

@@ -3,8 +3,7 @@ dots, and every W&B key read back to the disk key it came from."""
 
 import pytest
 
-from lightning_ssb.results.keys import (figure_key, parse_wandb_key, site_from_tag, site_tag, wandb_figure_key,
-                                        wandb_key)
+from lightning_ssb.results.keys import figure_key, parse_wandb_key, site_from_tag, site_tag, wandb_figure_key, wandb_key
 from tests.results.test_build import PINNED
 
 

@@ -7,12 +7,10 @@ import os
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-import pytest
-
 from lightning_ssb.callbacks.figures import heatmap
+from lightning_ssb.loggers.wandb_records import read_wandb_run
 from lightning_ssb.results.build import EpochResult
 from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink, log_results_all, write_all
-from lightning_ssb.loggers.wandb_records import read_wandb_run
 
 
 def _emit(sink, epoch, step, value):
