@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_ssb.cli import main, resolve_config, shipped_configs, summarize_parser_error
+from lightning_ssb.cli import SSBCLI, main, resolve_config, resolve_config_args, shipped_configs, summarize_parser_error
 
 CONFIGS = shipped_configs()
 
@@ -158,10 +158,8 @@ def test_paper_config_on_this_cpu_runs_in_fp32(tmp_path, monkeypatch, capfd):
     assert cli.trainer.global_step == 1
 
 
-def build(*args) -> "SSBCLI":
+def build(*args) -> SSBCLI:
     """The CLI's objects for these arguments, built but not run (LightningCLI's run=False)."""
-    from lightning_ssb.cli import SSBCLI, resolve_config_args
-
     return SSBCLI(args=resolve_config_args(list(args)), run=False)
 
 

@@ -86,7 +86,7 @@ def test_probe_examples_labels_and_classes_equal_a_recount(trained):
     class_of = {t: k for k, t in enumerate(top)}
     for split, batches in (("train", probe.train_batches), ("test", probe.test_batches)):
         where = [(b, int(r), int(t)) for b, batch in enumerate(batches)
-                 for r, t in zip(batch.rows.tolist(), batch.positions.tolist())]
+                 for r, t in zip(batch.rows.tolist(), batch.positions.tolist(), strict=True)]
         assert where == [e[:3] for e in examples[split]], split  # the positions: every [MASK] on a class token
         labels = torch.cat([batch.labels for batch in batches]).tolist()
         assert labels == [class_of[e[3]] for e in examples[split]], split  # labelled by the original token

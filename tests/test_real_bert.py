@@ -79,7 +79,10 @@ def activations(quickstart, tmp_path_factory):
     return {"before": before, "after": probe(), "val_acc": read_wandb_run(wandb_run, wait=30).series("val/acc")[-1]}
 
 
-def statistics(acts, config=AnalysisConfig(crossover_sizes=[], top_nodes=0), penalties=None):
+FAST_STATISTICS = AnalysisConfig(crossover_sizes=[], top_nodes=0)  # no crossover, no best-node matrices
+
+
+def statistics(acts, config=FAST_STATISTICS, penalties=None):
     (xtr, ytr), (xte, yte) = acts
     res = analyze_all(xtr, ytr, xte, yte, 64, config, penalties=penalties)
     return {(f, n, g, s): v for f, n, g, s, v in res.statistics()}, res.penalties

@@ -64,7 +64,7 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
               sizes: list[int] | None = None, draws: int = 5, seed: int = 0, ablation: str = "zero",
               theta: float = 0.5, q: float | None = 0.05, family: str = "shared",
               x_train: Tensor | None = None, y_train: Tensor | None = None,
-              settings: FitSettings = FitSettings(), max_train: int | None = None,
+              settings: FitSettings | None = None, max_train: int | None = None,
               node_pred: Tensor | None = None) -> CrossoverResult:
     """One row per subset size m over `draws` seeded subsets S, scored on x `[N, D]`, y `[N]`.
 
@@ -81,6 +81,7 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
     that at m = 1 the ratio is exactly 1; NaN when the nodes learned nothing.
     `nodes` are the family's single nodes (`node_pred` `[D, N]` their predictions on x, if known).
     """
+    settings = FitSettings() if settings is None else settings
     if family not in ("own", "shared"):
         raise ValueError(f"family must be 'own' or 'shared', got {family!r}")
     if draws < 1:

@@ -92,7 +92,7 @@ def _candidates(w: Tensor, b: Tensor) -> Tensor:
 
 def _chain(w: list[float], b: list[float], lab: list[int]):
     """Monotone-chain upper hull of the points (w, b), i.e. the envelope of the lines, with ties."""
-    pts = sorted(zip(w, (-v for v in b), lab))
+    pts = sorted(zip(w, (-v for v in b), lab, strict=True))
     stack: list[tuple[float, float, int, float]] = []  # (w, b, label, min label collinear on the edge to its left)
     coincident: set[int] = set()  # labels of kept lines that another line coincides with
     prev_w = prev_b = None

@@ -180,7 +180,7 @@ def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float):
 FLOAT32_GTOL = 1e-4
 
 
-def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: FitSettings = FitSettings(),
+def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: FitSettings | None = None,
                init: tuple[Tensor, Tensor] | None = None, what: str = "read-out", polish: bool = True) -> GroupFit:
     """Fit G independent read-outs from x `[G, N, m]` (or `[N, m]`, G = 1) to labels y `[N]`.
 
@@ -193,6 +193,7 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     polish False stops after the float32 phase (the penalty's cross-validation, which only ranks held-out
     losses, uses that; every read-out that makes a statistic is polished).
     """
+    settings = FitSettings() if settings is None else settings
     squeeze = x.dim() == 2
     if squeeze:
         x = x.unsqueeze(0)
@@ -371,7 +372,7 @@ def node_lines_from(theta: Tensor, data: BinnedNodes, num_classes: int) -> tuple
 
 
 def fit_node_lines(x: Tensor, y: Tensor, num_classes: int, bins: int | None = 256,
-                   settings: FitSettings = FitSettings(), what: str = "node") -> NodeFit:
+                   settings: FitSettings | None = None, what: str = "node") -> NodeFit:
     """Own read-out of every single node: K lines z_k = slope[n, k] x_n + intercept[n, k] per node.
 
     x `[N, D]`, y `[N]`; returns ``NodeFit(slope [D, K], intercept [D, K], report)`` on raw
@@ -381,6 +382,7 @@ def fit_node_lines(x: Tensor, y: Tensor, num_classes: int, bins: int | None = 25
     by a negligible amount (bins=None is exact). A constant node gets slope 0 and the log prior as
     intercepts.
     """
+    settings = FitSettings() if settings is None else settings
     data = binned_nodes(x.detach(), y, num_classes, bins, settings.const_tol, what)
     theta, report = solve_nodes(data, num_classes, settings)
     slope, intercept = node_lines_from(theta, data, num_classes)

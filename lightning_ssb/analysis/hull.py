@@ -172,7 +172,7 @@ def _witnesses(a: np.ndarray, c: np.ndarray, box: bool, todo: np.ndarray) -> np.
         lo, hi = -100.0 * span, 100.0 * span
     at = torch.from_numpy(a)
     ct = torch.from_numpy(c)
-    ai, ci = at[labels], ct[labels]                                      # [L, m], [L]
+    ai = at[labels]                                                      # [L, m]
     mean = at.mean(0)
     u = torch.where(ai > mean, hi, lo).to(torch.float64)                 # start at the corner that favours i
     width = hi - lo

@@ -88,7 +88,7 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, h
         else:
             gam = torch.where(gam == 0, torch.ones_like(gam), gam)
         q = apply(q, idx) * gam.unsqueeze(1)
-        for j, a in zip(reversed(order), reversed(alphas)):
+        for j, a in zip(reversed(order), reversed(alphas), strict=True):
             b = r_h[:, j] * (y_h[:, j] * q).sum(1)
             q += (a - b).unsqueeze(1) * s_h[:, j]
         d = q.neg_()

@@ -200,7 +200,8 @@ class AnalysisConfig:
 
 
 def choose_penalties(x_train: Tensor | dict[str, Tensor], y_train: Tensor, num_classes: int,
-                     config: AnalysisConfig = AnalysisConfig(), name: str = "site") -> Penalties:
+                     config: AnalysisConfig | None = None, name: str = "site") -> Penalties:
+    config = AnalysisConfig() if config is None else config
     with timed("penalties (cross-validation)"):
         return _choose_penalties(x_train, y_train, num_classes, config, name)
 
@@ -455,7 +456,7 @@ def score_family(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg:
 
 
 def analyze_site(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
-                 config: AnalysisConfig = AnalysisConfig(readout="own"), readout: Readout | None = None,
+                 config: AnalysisConfig | None = None, readout: Readout | None = None,
                  penalties: Penalties | None = None, name: str = "site") -> SiteAnalysis:
     """Analyse a site from its probe snapshots x_* `[N, H, d]` (H = 1 for a hidden state), y_* `[N]`,
     for the read-out family `config.readout` ("own" or "shared").
@@ -465,6 +466,7 @@ def analyze_site(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tenso
     class 0..K-1 must occur in both splits. For the own family a given shared `readout` only starts
     the crossover's subset fits (same optimum, fewer steps). `name` names the site in errors.
     """
+    config = AnalysisConfig(readout="own") if config is None else config
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes, name)
     cfg = config
     if cfg.readout not in FAMILIES:
@@ -568,13 +570,14 @@ def null_labels(y_train: Tensor, y_test: Tensor, seed: int) -> tuple[Tensor, Ten
 
 
 def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
-                config: AnalysisConfig = AnalysisConfig(), nulls: list[str] | None = None,
+                config: AnalysisConfig | None = None, nulls: list[str] | None = None,
                 penalties: Penalties | None = None, name: str = "site") -> SiteResults:
     """Every family of `config.families()` on the real labels, and the nulls `nulls` (default:
     `config.nulls` unless config.null_mode is "off"). The nulls' read-outs are fitted once on permuted
     probe-train labels and scored twice: against the real probe-test labels ("train") and against
     permuted ones ("both"); they skip the crossover and the best-node matrices (they are the level of
     the statistics, not a figure). `penalties` default to `choose_penalties` on this snapshot."""
+    config = AnalysisConfig() if config is None else config
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes, name)
     cfg = config
     if nulls is None:
@@ -606,12 +609,13 @@ def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
 
 
 def sensitivity(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
-                config: AnalysisConfig = AnalysisConfig(), grid: list[float] | None = None,
+                config: AnalysisConfig | None = None, grid: list[float] | None = None,
                 name: str = "site") -> list[dict]:
     """Live units, labels per unit, coverage and Phi of every family and granularity against the L2
     penalty over `grid` (default `config.sensitivity_grid`): each family's read-outs refitted at each
     penalty (nodes and heads of the own family at the same value). One row per family, granularity and
     penalty: {"family", "granularity", "l2", "live", "live_fraction", "mean_labels", "coverage", "phi"}."""
+    config = AnalysisConfig() if config is None else config
     with timed("sensitivity"):
         return _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, name)
 

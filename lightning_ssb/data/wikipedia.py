@@ -313,8 +313,8 @@ class WikipediaDataModule(TokenizedDataModule):
         that come out short are tokenised again from the longer prefix: the same result."""
         short = self.max_length * 8
         ids = self._encode([_cut(t, short) for t in texts], show=True)
-        redo = [i for i, (t, x) in enumerate(zip(texts, ids)) if len(x) < self.max_length and len(t) > short]
-        for i, x in zip(redo, self._encode([texts[i] for i in redo])):
+        redo = [i for i, (t, x) in enumerate(zip(texts, ids, strict=True)) if len(x) < self.max_length and len(t) > short]
+        for i, x in zip(redo, self._encode([texts[i] for i in redo]), strict=True):
             ids[i] = x
         return ids
 

@@ -95,7 +95,7 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
         raise MissingData(f"{site}, {family}: no node or head statistics in scalars.json")
     shape = run.site_shape(site)
     one_head = shape is not None and shape[0] == 1  # a layer output: its one "head" is the whole layer
-    for ax, (stat, title, ylabel, ylim) in zip(axes, EPOCH_STATISTICS):
+    for ax, (stat, title, ylabel, ylim) in zip(axes, EPOCH_STATISTICS, strict=True):
         ax.set_gid(stat)
         data[stat] = {}
         for gran in grans:
@@ -155,8 +155,8 @@ def sensitivity_curves(run: RunResults, site: str):
     styles = ["o-", "s--", "^:", "d-."]
     data_rows, chosen, handles = {}, {}, {}
     penalties = run.penalties
-    for row_axes, family in zip(axes, families):
-        for ax, (stat, title) in zip(row_axes, SENSITIVITY_STATISTICS):
+    for row_axes, family in zip(axes, families, strict=True):
+        for ax, (stat, title) in zip(row_axes, SENSITIVITY_STATISTICS, strict=True):
             ax.set_gid(f"{family}/{stat}")
             for i, e in enumerate(states):
                 for gran in ("node", "head"):
@@ -222,7 +222,7 @@ def head_accuracy_grid(run: RunResults, family: str, most_epochs: int = 6):
     fig = new_figure(3.6 * cols + 1.2, (0.32 * len(sites) + 1.3) * rows + 0.8)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).flatten()
     layers = [layer_of(s) for s in sites]
-    for ax, epoch, grid in zip(axes, epochs, grids):
+    for ax, epoch, grid in zip(axes, epochs, grids, strict=False):  # the last row may have spare axes
         im = ax.imshow(grid, aspect="auto", vmin=0.0, vmax=vmax, cmap="viridis", interpolation="nearest")
         ax.set_gid(f"epoch {epoch}")
         if grid.size <= 64:  # few cells: print the accuracy in each
@@ -351,7 +351,7 @@ def accuracy_vs_bound(run: RunResults, family: str):
     rows = math.ceil(n / cols)
     fig = new_figure(3.8 * cols + 0.4, 3.5 * rows + 0.8)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).flatten()
-    for ax, (site, (bound, acc)) in zip(axes, pairs.items()):
+    for ax, (site, (bound, acc)) in zip(axes, pairs.items(), strict=False):  # spare axes: hidden below
         top = max(float(bound.max()), float(acc.max())) * 1.05 or 1.0
         ax.plot([0, top], [0, top], "--", color="0.5", linewidth=1, label="y = x (bound reached)")
         ax.scatter(bound, acc, s=9, alpha=0.7, color="tab:blue", label="one node", gid="nodes")

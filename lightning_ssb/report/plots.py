@@ -99,7 +99,7 @@ def matrices(left, right, title: str, left_title: str, right_title: str, label_n
     side = max(4.0, min(8.0, 0.1 * k + 2.5)) + (1.6 if named else 0.0)  # room for the names
     fig = new_figure(2 * side + 1.0, side + (1.2 if named else 0.4))
     for ax, m, t, unit, xlabel in zip(fig.subplots(1, 2), (left, right), (left_title, right_title),
-                                      (left_cbar, right_cbar), xlabels):
+                                      (left_cbar, right_cbar), xlabels, strict=True):
         m = _np(m)
         im = ax.imshow(m, aspect="auto", interpolation="nearest")
         cbar = fig.colorbar(im, ax=ax, shrink=0.8)

@@ -73,7 +73,7 @@ def check_comparable(runs: list[RunResults], where: list[str] | None = None) -> 
     if len(runs) < 2:
         raise IncomparableRunsError(f"{where[0]}: holds one run only; compare needs two or more runs")
     first = runs[0]
-    for run, folder in zip(runs[1:], where[1:]):
+    for run, folder in zip(runs[1:], where[1:], strict=True):
         if run.sites != first.sites:
             raise IncomparableRunsError(f"{folder}: its sites {run.sites} differ from those of {where[0]} "
                                         f"({first.sites})")
@@ -121,7 +121,7 @@ def compare_runs(runs: list[RunResults], where: list[str] | None = None) -> Seed
             values = [e.scalars.get(s, math.nan) for e in results]
             mean, std, spread = _spread(values)
             cmp.statistics.append({"epoch": epoch, "site": s.site, "family": s.family, "granularity": s.granularity,
-                                   "statistic": s.statistic, **dict(zip(names, values)), "mean": mean, "std": std,
+                                   "statistic": s.statistic, **dict(zip(names, values, strict=True)), "mean": mean, "std": std,
                                    "spread": spread})
         units = list(dict.fromkeys((s.site, s.family, s.granularity) for s in keys if s.granularity in GRAN_ORDER))
         for site, family, gran in units:
@@ -148,7 +148,7 @@ def penalty_differences(runs: list[RunResults], names: list[str]) -> list[str]:
                        ("group", "own head and subset read-outs")):
         values = [r.penalties.get(part) for r in runs]
         if len({v for v in values if v is not None}) > 1:
-            listed = ", ".join(f"{n} {v:g}" if v is not None else f"{n} -" for n, v in zip(names, values))
+            listed = ", ".join(f"{n} {v:g}" if v is not None else f"{n} -" for n, v in zip(names, values, strict=True))
             notes.append(f"the runs used different L2 penalties for the {what} ({listed}): their statistics "
                          f"differ by the penalty as well as the seed")
     if any(not r.penalties for r in runs) and any(r.penalties for r in runs):
@@ -183,8 +183,8 @@ def summary_rows(cmp: SeedComparison, epoch: int | None = None) -> tuple[list[st
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
@@ -209,12 +209,12 @@ def agreement_figure(cmp: SeedComparison, family: str, epoch: int | None = None)
     axes = np.atleast_2d(fig.subplots(len(grans), 3, squeeze=False))
     data = {"epoch": epoch, "family": family, "sites": sites}
     colours = [f"C{i % 10}" for i in range(len(cmp.names))]
-    for row, gran in zip(axes, grans):
+    for row, gran in zip(axes, grans, strict=True):
         data[gran] = {}
         for ax, stat, title in ((row[0], "phi", "\u03a6 = 1 \u2212 overlap"),
                                 (row[1], "live_fraction", "live fraction")):
             per_run = {}
-            for k, (name, colour) in enumerate(zip(cmp.names, colours)):
+            for k, (name, colour) in enumerate(zip(cmp.names, colours, strict=True)):
                 ys = [(cmp.statistic(epoch, s, family, gran, stat) or {}).get(name, math.nan) for s in sites]
                 per_run[name] = ys
                 ax.plot(x + (k - (len(cmp.names) - 1) / 2) * 0.08, ys, "o", color=colour, label=name, gid=name)

@@ -137,6 +137,6 @@ def test_own_rows_fit_a_readout_on_each_subset():
         assert row["acc_mean"] == pytest.approx(sum(accs) / 2, abs=1 / len(y))
     # a fitted read-out beats the random one on the same subsets
     shared = crossover(x, y, r, shared_units(r, 2, "zero")[0], num_heads=2, sizes=[3, 8], draws=2, seed=1).rows
-    assert all(o["acc_mean"] > s["acc_mean"] for o, s in zip(res.rows[1:], shared))
+    assert all(o["acc_mean"] > s["acc_mean"] for o, s in zip(res.rows[1:], shared, strict=True))
     with pytest.raises(ValueError, match="needs x_train and y_train"):
         crossover(x, y, r, nodes, family="own")

@@ -72,7 +72,7 @@ def witness_wins(w, b, lo, hi, label):
     others = [j for j in range(w.shape[0]) if j != label]
     a_ub = torch.cat([-(w[label] - w[others]), torch.ones(len(others), 1, dtype=w.dtype)], 1).numpy()
     res = linprog([0.0] * m + [-1.0], A_ub=a_ub, b_ub=(b[label] - b[others]).numpy(),
-                  bounds=list(zip(lo.tolist(), hi.tolist())) + [(None, None)])
+                  bounds=list(zip(lo.tolist(), hi.tolist(), strict=True)) + [(None, None)])
     x = torch.tensor(res.x[:m], dtype=w.dtype)
     return res.status == 0 and -res.fun > 0 and int((w @ x + b).argmax()) == label
 

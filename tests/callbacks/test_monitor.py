@@ -126,7 +126,7 @@ def test_init_reference_is_a_seeded_random_init_that_leaves_training_alone(tmp_p
     assert sorted(os.listdir(root)) == ["epoch_000", "init", "reference"]
     assert sorted(os.listdir(tmp_path / "ssb_False")) == ["epoch_000", "reference"]
     # training drew the same numbers with and without the extra initialisation
-    for a, b in zip(model.parameters(), runs[False][0].parameters()):
+    for a, b in zip(model.parameters(), runs[False][0].parameters(), strict=True):
         assert torch.equal(a, b)
     # init/ is the analysis of BertForSequenceClassification(config) built under manual_seed(5), at the run's penalties
     torch.manual_seed(5)

@@ -36,7 +36,7 @@ def test_mlm_probe_fixed_masks_and_top_k():
     dm.setup("fit")
     a = _build(dm)
     rebuilt = _build(dm, train_size=10, test_size=5, seed=99, state=a.state_dict())  # a resume
-    for x, y in zip(a.train_batches + a.test_batches, rebuilt.train_batches + rebuilt.test_batches):
+    for x, y in zip(a.train_batches + a.test_batches, rebuilt.train_batches + rebuilt.test_batches, strict=True):
         assert torch.equal(x.inputs["input_ids"], y.inputs["input_ids"])
         assert torch.equal(x.positions, y.positions) and torch.equal(x.labels, y.labels)
     # top-K = the 5 tokens most often replaced by [MASK] in probe-train among those also masked

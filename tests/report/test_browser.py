@@ -68,7 +68,7 @@ def test_every_figure_loads_in_chromium(synthetic_report, tmp_path):
     assert m, "the page's load event never fired (no result of the probe script in the DOM)"
     images = json.loads(html.unescape(m.group(1)))
     assert len(images) == len(book.figures) >= 20, "every figure of the report must be embedded once"
-    for img, fig in zip(images, book.figures):
+    for img, fig in zip(images, book.figures, strict=True):
         assert img["complete"] and img["w"] > 0 and img["h"] > 0, f"figure not loaded: {img['alt']}"
         assert (img["w"], img["h"]) == png_size(fig.png), f"embedded image differs from {fig.png.name}"
         assert img["shown"] > 100, f"figure drawn too small to read: {img['alt']} ({img['shown']} px)"

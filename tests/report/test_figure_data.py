@@ -159,7 +159,7 @@ def test_head_accuracy_grid_is_layers_by_heads(synthetic_report):
         fam = fig.data["family"]
         panels = [ax for ax in fig.figure.axes if (ax.get_gid() or "").startswith("epoch")]
         assert len(panels) == 5
-        for ax, epoch in zip(panels, [-3, -1, 0, 1, 2]):  # random init, the start, the epochs
+        for ax, epoch in zip(panels, [-3, -1, 0, 1, 2], strict=True):  # random init, the start, the epochs
             arrays = _arrays(run, epoch)
             expected = np.stack([arrays[f"blocks.{layer}.attn.heads/{fam}/head/accuracy"].numpy() for layer in (0, 1)])
             assert _same(ax.get_images()[0].get_array(), expected), (fam, epoch)
