@@ -192,7 +192,7 @@ class SSBMonitor(Callback):
                 self.captured.remove(epoch)
                 self._analyse_epoch(trainer, pl_module, epoch)
             elif trainer.is_global_zero:
-                warnings.warn(f"SSBMonitor: epoch {epoch} was captured but its result was never stored")
+                warnings.warn(f"SSBMonitor: epoch {epoch} was captured but its result was never stored", stacklevel=2)
         self._unlogged = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -235,7 +235,7 @@ class SSBMonitor(Callback):
                     self._pending.pop(0)
                 why = "stopped by the interrupt" if isinstance(err, AnalysisStopped) else f"{type(err).__name__}: {err}"
                 warnings.warn(f"SSBMonitor: {epochs.label(future.ssb_epoch)} was not analysed ({why}); a resume "
-                              "(--ckpt_path last) analyses it again")
+                              "(--ckpt_path last) analyses it again", stacklevel=2)
         self._shutdown()
 
     def state_dict(self) -> dict:
@@ -327,7 +327,7 @@ class SSBMonitor(Callback):
             self._pending.pop(0)
             if self.strict:
                 raise
-            warnings.warn(f"SSBMonitor: the analysis failed and is skipped: {err!r}")
+            warnings.warn(f"SSBMonitor: the analysis failed and is skipped: {err!r}", stacklevel=2)
             return
         self._pending.pop(0)
         start = time.perf_counter()
@@ -340,10 +340,10 @@ class SSBMonitor(Callback):
             worst = max(c["grad_max"] for c in unconverged.values())
             warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {int(sum(c['unconverged'] for c in unconverged.values()))} "
                           f"read-out fits stopped before converging in {sorted(unconverged)} (largest final gradient "
-                          f"{worst:.2g} > analysis.gtol {self.analysis.gtol:g}); raise analysis.max_iter")
+                          f"{worst:.2g} > analysis.gtol {self.analysis.gtol:g}); raise analysis.max_iter", stacklevel=2)
         for sink, message in write_all([s for s in self.sinks if s not in self.failed], result):
             self.failed[sink] = message
-            warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on")
+            warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on", stacklevel=2)
         self.history.append({"epoch": result.epoch, "step": result.step, "seconds": result.seconds})
 
     def _write_report(self) -> None:
@@ -366,7 +366,7 @@ class SSBMonitor(Callback):
             return
         for sink, message in log_results_all([s for s in self.sinks if s not in self.failed], self.dirpath):
             self.failed[sink] = message
-            warnings.warn(f"SSBMonitor: {message}")
+            warnings.warn(f"SSBMonitor: {message}", stacklevel=2)
 
     def _shutdown(self) -> None:
         if self._executor is not None:

@@ -149,13 +149,13 @@ def mark_entities(tokens: list[str], head: list, tail: list, markers: bool) -> t
     words: list[str] = []
     head_at = -1
     for i, word in enumerate(tokens):
-        for start, end, opener, _ in sorted(spans, key=lambda s: -s[1]):
+        for start, _end, opener, _ in sorted(spans, key=lambda s: -s[1]):
             if start == i:
                 if opener == ENTITY_MARKERS[0]:
                     head_at = len(words)
                 words.append(opener)
         words.append(word)
-        for start, end, _, closer in sorted(spans, key=lambda s: -s[0]):
+        for _start, end, _, closer in sorted(spans, key=lambda s: -s[0]):
             if end == i:
                 words.append(closer)
     return words, head_at, head_at

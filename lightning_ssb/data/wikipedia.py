@@ -72,8 +72,9 @@ def read_articles(path: str | os.PathLike, char_limit: int | None = None) -> Ite
                 readers = _read_jsonl(f, path)
             else:
                 first, first_lineno = "", 0
-                for first_lineno, first in enumerate(f, 1):
-                    if first.strip():
+                for lineno, line in enumerate(f, 1):  # the first non-blank line (the last line if none)
+                    first, first_lineno = line, lineno
+                    if line.strip():
                         break
                 if first.startswith("<doc"):
                     readers = _read_wikiextractor(f, first, first_lineno, path)

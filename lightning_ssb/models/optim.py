@@ -42,7 +42,7 @@ def configure_adamw(module: nn.Module, cfg: OptimizerConfig, total_steps: int, f
     off under Lightning's mixed-precision plugin, which refuses gradient clipping with fused optimizers.
     """
     decay, no_decay = [], []
-    for name, p in module.named_parameters():
+    for _name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         # the usual BERT rule: no decay on biases and LayerNorm gains

@@ -18,7 +18,7 @@ def publish_report(dirpath: str, sinks: list) -> tuple[str | None, dict]:
         path = str(write_report(dirpath, svg=False))
     except Exception as err:  # noqa: BLE001 - never costs the run
         warnings.warn(f"SSBMonitor: the report could not be written ({err}); "
-                      f"`python -m lightning_ssb report {dirpath}` builds it from the disk results")
+                      f"`python -m lightning_ssb report {dirpath}` builds it from the disk results", stacklevel=2)
         return None, {}
     print(f"lightning_ssb: report: {path}", flush=True)
     failed = {}
@@ -27,5 +27,5 @@ def publish_report(dirpath: str, sinks: list) -> tuple[str | None, dict]:
             sink.log_report(path)
         except Exception as err:  # noqa: BLE001
             failed[sink] = f"the {sink.name} sink could not log the report: {err}"
-            warnings.warn(f"SSBMonitor: {failed[sink]}")
+            warnings.warn(f"SSBMonitor: {failed[sink]}", stacklevel=2)
     return path, failed

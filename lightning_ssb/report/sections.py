@@ -85,7 +85,7 @@ def statistics(runs: list[RunResults], book: Book):
         nulls = ("Solid: the real probe labels. " + " ".join(
             ("Dashed, hollow: " if k == "train" else "Dotted, crosses: ") + F.NULL_SENTENCES[k] for k in kinds) + " "
             if kinds else "No null in these results. ")
-        body.append(_site_families(run, book, lambda site, fam: book.draw(
+        body.append(_site_families(run, book, lambda site, fam, run=run, nulls=nulls: book.draw(
             f"{run.run_id}__{site}__{fam}__statistics", F.statistics_over_epochs, run, site, fam,
             title=f"{site}, {fam}: statistics by epoch",
             caption=f"{site}, {fam} read-out. {nulls}A unit is live when it has at least one learned label; "
@@ -173,7 +173,7 @@ def learned_labels(runs: list[RunResults], book: Book):
     for run in runs:
         body.append(_run_heading(run, runs))
 
-        def per(site, fam):
+        def per(site, fam, run=run):
             shape = run.site_shape(site)
             grans = ("node",) if shape is not None and shape[0] == 1 else ("node", "head")  # 1 head: the layer
             return "".join(book.draw(
@@ -190,7 +190,7 @@ def crossover_section(runs: list[RunResults], book: Book):
     body = []
     for run in runs:
         body.append(_run_heading(run, runs))
-        body.append(_site_families(run, book, lambda site, fam: book.draw(
+        body.append(_site_families(run, book, lambda site, fam, run=run: book.draw(
             f"{run.run_id}__{site}__{fam}__crossover", F.crossover_curve, run, site, fam,
             title=f"{site}, {fam}: crossover",
             caption="Random node subsets of size m: accuracy, the random-guess level 1/|R_S| over the "
@@ -216,7 +216,7 @@ def best_nodes(runs: list[RunResults], book: Book):
     body = []
     for run in runs:
         body.append(_run_heading(run, runs))
-        body.append(_site_families(run, book, lambda site, fam: book.draw(
+        body.append(_site_families(run, book, lambda site, fam, run=run: book.draw(
             f"{run.run_id}__{site}__{fam}__best_node", F.best_node_matrices, run, site, fam,
             title=f"{site}, {fam}: best node",
             caption="The most accurate node: its mean fields per true label (left) and where its "

@@ -295,4 +295,4 @@ def close_all(sinks: list[Sink]) -> None:
         try:
             sink.close()
         except Exception as err:  # noqa: BLE001
-            warnings.warn(f"closing the {sink.name} sink ({sink.where}) failed: {err}")
+            warnings.warn(f"closing the {sink.name} sink ({sink.where}) failed: {err}", stacklevel=2)

@@ -167,7 +167,10 @@ def test_node_lines_exact_equal_one_node_groups_and_bins_barely_move_them():
         ref_w, ref_b = scipy_optimum(x[:, n:n + 1], y, 4, settings.l2, True)
         assert torch.allclose(slope[n], ref_w[:, 0], rtol=1e-5)
     s2, i2, _ = fit_node_lines(x, y, 4, bins=128, settings=settings)
-    pred = lambda s, i: (x.T.unsqueeze(2) * s.unsqueeze(1) + i.unsqueeze(1)).argmax(2)
+
+    def pred(s, i):
+        return (x.T.unsqueeze(2) * s.unsqueeze(1) + i.unsqueeze(1)).argmax(2)
+
     assert (pred(slope, intercept) == pred(s2, i2)).double().mean() > 0.99
 
 

@@ -76,7 +76,9 @@ def test_a_readout_with_nan_or_inf_is_refused_naming_it():
 def test_fit_errors_name_the_argument():
     x, y, _ = data()
     with pytest.raises(ValueError, match="x contains 1 NaN"):
-        bad = x.clone(); bad[0, 0] = math.nan; fit_readout(bad, y, 4)
+        bad = x.clone()
+        bad[0, 0] = math.nan
+        fit_readout(bad, y, 4)
     with pytest.raises(ValueError, match=r"y must have shape \[600\]"):
         fit_readout(x, y[:-1], 4)
     with pytest.raises(ValueError, match="outside 0..2"):

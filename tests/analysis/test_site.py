@@ -166,7 +166,7 @@ def node_heldout_loss(x, y, k, l2, folds):
             z_tr = (xs_tr - mean) / std
             onehot = np.eye(k)[y[tr].numpy()]
 
-            def obj(theta):
+            def obj(theta, z_tr=z_tr, onehot=onehot):
                 a, c = theta[:k], theta[k:]
                 z = np.outer(z_tr, a) + c
                 z = z - z.max(1, keepdims=True)

@@ -109,7 +109,10 @@ def test_capture_batches_restores_mode_and_stops_early():
     model = tiny_bert(cls=BertForMaskedLM, layers=4).train()
     batch = random_batch()
     pb = ProbeBatch(batch, torch.tensor([0, 2]), torch.tensor([3, 1]), torch.tensor([1, 0]))
-    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    def hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
     before = hooks()
     calls = []
     top = model.bert.encoder.layer[3].register_forward_hook(lambda *a: calls.append(1))

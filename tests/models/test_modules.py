@@ -63,7 +63,8 @@ def test_classifier_starts_from_the_mlm_checkpoint(tmp_path):
     ckpt.unlink()
     again = SequenceClassifier.load_from_checkpoint(ckpt2)
     ids = torch.randint(5, 120, (2, 6))
-    clf.eval(); again.eval()
+    clf.eval()
+    again.eval()
     assert torch.allclose(clf(ids), again(ids))
 
 

@@ -70,7 +70,7 @@ def test_values_are_the_analysis_values_at_the_plans_penalties():
     direct = analyze_all(snap.train[SITE], snap.y_train, snap.test[SITE], snap.y_test, 3, config, nulls=[],
                          penalties=fixed)
     assert result.scalars[f"ssb/{SITE}/own/head/l2"] == 0.04 and result.scalars[f"ssb/{SITE}/shared/site/l2"] == 0.02
-    for family, is_null, g, stat, value in direct.statistics():
+    for family, _is_null, g, stat, value in direct.statistics():
         logged = result.scalars[f"ssb/{SITE}/{family}/{g}/{stat}"]
         assert logged == value or (logged != logged and value != value), (family, g, stat)
     torch.testing.assert_close(result.arrays[f"{SITE}/shared/node/accuracy"],
