@@ -94,7 +94,8 @@ def bench_site(n_train: int, device: str) -> None:
     print(f"[site/{device}] fits: {res.convergence()}")
     for family in ("own", "shared"):
         s_, n_ = res.real[family].scalars(), res.null["train"][family].scalars()
-        print(f"[site/{device}] {family}: node live {s_['node/live']:.0f}/768 (probe-train null {n_['node/live']:.0f}), "
+        print(f"[site/{device}] {family}: node live {s_['node/live']:.0f}/768 "
+              f"(probe-train null {n_['node/live']:.0f}), "
               f"head live {s_['head/live']:.0f}/12, node acc max {s_['node/acc_max']:.3f}")
 
 

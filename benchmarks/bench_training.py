@@ -133,12 +133,14 @@ def run(task: str, args) -> None:
           f"{len(batches) - 1} timed steps, mean real length {mean_len:.1f} tokens")
     print(f"reference (pad to {REF_LEN}{', decoder at all positions' if task == 'mlm' else ''}): "
           f"{n_ex / t_ref:8.2f} examples/s  {n_tok / t_ref:9.1f} tokens/s")
-    print(f"lightning_ssb                                : {n_ex / t_our:8.2f} examples/s  {n_tok / t_our:9.1f} tokens/s")
+    print(f"lightning_ssb                                : {n_ex / t_our:8.2f} examples/s  "
+          f"{n_tok / t_our:9.1f} tokens/s")
     print(f"speed-up: {t_ref / t_our:.2f}x")
     diffs = [abs(a - b) for a, b in zip(ref_losses, our_losses, strict=True)]
     for i, (a, b) in enumerate(zip(ref_losses, our_losses, strict=True)):
         print(f"  step {i}: loss reference {a:.6f}  lightning_ssb {b:.6f}")
-    print(f"max |loss difference| over {len(diffs)} steps: {max(diffs):.2e} ({'agree' if max(diffs) < 1e-3 else 'DISAGREE'})")
+    print(f"max |loss difference| over {len(diffs)} steps: {max(diffs):.2e} "
+          f"({'agree' if max(diffs) < 1e-3 else 'DISAGREE'})")
 
 
 def main() -> None:

@@ -77,7 +77,8 @@ def main() -> None:
     per_seq = sum(parts.values())
     counted, counted_masked = counted_flops(arch, seq_len)
     check = sum(analytic_flops(arch, seq_len, counted_masked).values())
-    print(f"{Path(args.config).name}: {arch.num_hidden_layers} layers x {arch.hidden_size}, FFN {arch.intermediate_size}, "
+    print(f"{Path(args.config).name}: {arch.num_hidden_layers} layers x {arch.hidden_size}, "
+          f"FFN {arch.intermediate_size}, "
           f"vocab {arch.vocab_size}; {seq_len} positions, {masked:.1f} masked per sequence")
     print("training FLOPs per sequence: " + ", ".join(f"{k} {v / 1e9:.2f} G" for k, v in parts.items())
           + f"; total {per_seq / 1e9:.2f} G")

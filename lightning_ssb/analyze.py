@@ -47,7 +47,8 @@ def load_weights(model: LightningModule, ckpt_path: str) -> dict:
         raise ValueError(f"ckpt_path: {ckpt_path}: its weights do not fit the model the config builds "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}): use the config that trained it")
     penalties = next((state["penalties"] for key, state in (ckpt.get("callbacks") or {}).items()
-                      if str(key).startswith("SSBMonitor") and isinstance(state, dict) and state.get("penalties")), None)
+                      if str(key).startswith("SSBMonitor") and isinstance(state, dict) and state.get("penalties")),
+                     None)
     return {"ckpt_path": str(Path(ckpt_path).resolve()), "task": task, "epoch": ckpt.get("epoch"),
             "global_step": ckpt.get("global_step"), "run_penalties": penalties}
 

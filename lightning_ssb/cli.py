@@ -30,7 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 # the model and data classes are imported before parsing, so that jsonargparse resolves their short
 # names (--model.help MLMModule, class_path: FewRelDataModule) among the subclasses it knows
-import lightning_ssb.data  # noqa: F401
+import lightning_ssb.data
 import lightning_ssb.models  # noqa: F401
 from lightning_ssb import run_folder
 from lightning_ssb.analyze import ANALYZE_SUFFIX, SSBTrainer
@@ -205,7 +205,8 @@ class SSBArgumentParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
-def resolve_precision(precision: str | None, accelerator: str | None, cuda: bool, cuda_bf16: bool) -> tuple[str | None, str]:
+def resolve_precision(precision: str | None, accelerator: str | None, cuda: bool,
+                      cuda_bf16: bool) -> tuple[str | None, str]:
     """Mixed precision where the hardware has it: the precision to use and why it changed ('' if not).
 
     The paper configs ask for ``bf16-mixed``. On a CPU run that becomes ``32-true`` (bf16 matmuls are

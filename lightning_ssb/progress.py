@@ -17,4 +17,5 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=f"lightning_ssb: {desc}", unit=unit, file=sys.stderr,
-                mininterval=1.0, dynamic_ncols=True, disable=not enabled or os.environ.get("LIGHTNING_SSB_PROGRESS") == "0")
+                mininterval=1.0, dynamic_ncols=True,
+                disable=not enabled or os.environ.get("LIGHTNING_SSB_PROGRESS") == "0")

@@ -2,8 +2,8 @@
 
 A fit writes ``<folder>/run.json``: the run id (the W&B run id when the logger is W&B), its status
 (``running``, ``finished``, ``interrupted``, ``failed``), what produced it (``provenance``: the versions
-of lightning_ssb, torch, transformers, lightning and wandb, and the git commit), the configs it wrote and its checkpoints
-(every checkpoint also names its run under ``checkpoint["lightning_ssb_run"]``). So a folder never holds
+of lightning_ssb, torch, transformers, lightning and wandb, and the git commit), the configs it wrote and its
+checkpoints (every checkpoint also names its run under ``checkpoint["lightning_ssb_run"]``). So a folder never holds
 two runs' files, and a later stage that names ``<folder>/checkpoints/last.ckpt`` reads the run it names:
 
 - a new fit into a folder that holds a run is refused, unless ``--if_exists overwrite`` (the old

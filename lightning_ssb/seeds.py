@@ -5,8 +5,8 @@ Runs ``fit`` once per seed, one after another, into sibling run folders ``<root>
 ``<root>/compare/``). Each seed's config is the resolved config of the given one (``--print_config``)
 with ``seed_everything: S``, every path under the config's run folder moved to ``<root>/seed_<S>``,
 the W&B run named ``<name>-seed<S>`` (``<name>``: the logger's name, else the config file's name) and
-put into the W&B group ``<name>-seeds`` (unless the config names a group); ``{seed}`` in any option is replaced by the seed (e.g. a
-stage-2 run that fine-tunes each stage-1 seed: ``--model.init_args.pretrained
+put into the W&B group ``<name>-seeds`` (unless the config names a group); ``{seed}`` in any option is
+replaced by the seed (e.g. a stage-2 run that fine-tunes each stage-1 seed: ``--model.init_args.pretrained
 runs/quickstart/mlm_seeds/seed_{seed}/checkpoints/last.ckpt``).
 
 The W&B sweep ``configs/sweeps/seeds.yaml`` runs the same command once per agent run with

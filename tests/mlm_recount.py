@@ -26,7 +26,8 @@ def recount(dm, probe, k: int | None = None):
                 original = dataset[order[start + r]]["input_ids"]
                 shown = ids[r, : len(original)].tolist()
                 assert ids[r, len(original):].eq(dm.tokenizer.pad_token_id).all()  # the row is this article
-                rows.extend((b, r, t, tok) for t, (s, tok) in enumerate(zip(shown, original, strict=True)) if s == mask_id)
+                rows.extend((b, r, t, tok) for t, (s, tok) in enumerate(zip(shown, original, strict=True))
+                            if s == mask_id)
                 same += sum(s == tok for s, tok in zip(shown, original, strict=True) if s != mask_id)
                 shown_total += sum(s != mask_id for s in shown)
             start += ids.shape[0]

@@ -93,8 +93,9 @@ def test_analyze_a_checkpoint_gives_the_numbers_fit_logged(workdir):
 def test_analyze_a_hugging_face_model_on_the_mlm_probe(workdir, minilm_path):
     main(["analyze", "--config", "quickstart_mlm.yaml", "--model.init_args.pretrained", str(minilm_path),
           "--data.init_args.num_articles", "200", "--trainer.enable_progress_bar", "false",
-          "--config", fast(workdir, layers=[5], probe={"train_size": 135, "top_k_tokens": 50}, analysis={"readout": "shared", "null_mode": "off",
-                                                           "crossover_sizes": [1, 4], "crossover_draws": 2})])
+          "--config", fast(workdir, layers=[5], probe={"train_size": 135, "top_k_tokens": 50},
+                           analysis={"readout": "shared", "null_mode": "off", "crossover_sizes": [1, 4],
+                                     "crossover_draws": 2})])
     folder = one("runs/quickstart/mlm_analyze/ssb/*/analyze", workdir)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["sites"] == {"blocks.5.attn.heads": [12, 32]}  # MiniLM-L6: 12 heads of 32 nodes

@@ -80,7 +80,8 @@ def test_ddp_resume_restores_every_ranks_random_state(tmp_path):
            "--data.init_args.train_per_relation", "4", "--data.init_args.test_per_relation", "1",
            "--data.init_args.batch_size", "16", "--trainer.log_every_n_steps", "1", "--ssb", "null",
            "--trainer.callbacks+", "tests.test_distributed.RecordRankDraws"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "LIGHTNING_SSB_CACHE": str(tmp_path / "cache"),
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           "LIGHTNING_SSB_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
     def launch(folder: str, *extra: str) -> Path:

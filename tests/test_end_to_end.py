@@ -121,7 +121,8 @@ def test_mlm_stage_trains_and_logs(mlm_stage, workdir):
     from lightning_ssb.provenance import versions
 
     record = json.loads((save / "run.json").read_text())
-    assert record["provenance"]["versions"] == versions() and record["provenance"]["versions"]["torch"] == torch.__version__
+    assert record["provenance"]["versions"] == versions()
+    assert record["provenance"]["versions"]["torch"] == torch.__version__
     for meta in (save / "ssb").glob("*/*/meta.json"):
         assert json.loads(meta.read_text())["provenance"] == record["provenance"], meta
 

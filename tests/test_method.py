@@ -36,8 +36,8 @@ def test_every_cited_section_exists():
     have = sections()
     cited = []
     for p in TEXT_FILES:
-        for match in re.finditer(r"docs/method\.md,?\s+(?:sections?\s+)?(\d+(?:\.\d+)?)(?:\s*(?:-|to)\s*(\d+(?:\.\d+)?))?",
-                                 p.read_text(errors="ignore")):
+        for match in re.finditer(r"docs/method\.md,?\s+(?:sections?\s+)?(\d+(?:\.\d+)?)"
+                                 r"(?:\s*(?:-|to)\s*(\d+(?:\.\d+)?))?", p.read_text(errors="ignore")):
             cited += [(str(p.relative_to(ROOT)), n) for n in match.groups() if n]
     assert len(cited) > 40
     missing = [(f, n) for f, n in cited if n not in have]

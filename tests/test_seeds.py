@@ -27,13 +27,15 @@ def test_seed_config_moves_the_run_folder_only():
         "default_root_dir": "runs/quickstart/fewrel",
         "logger": {"class_path": "lightning_ssb.loggers.WandbLogger",
                    "init_args": {"name": "quickstart-fewrel", "save_dir": "runs/quickstart/fewrel/"}},
-        "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints"}}]},
+        "callbacks": [{"class_path": "ModelCheckpoint",
+                       "init_args": {"dirpath": "runs/quickstart/fewrel/checkpoints"}}]},
         "model": {"init_args": {"pretrained": "runs/quickstart/mlm/checkpoints/last.ckpt"}},
         "data": {"init_args": {"train_file": "runs/quickstart/fewrel2/x.json"}}}
     out = seed_config(config, 3, "runs/quickstart/fewrel_seeds/seed_3")
     assert out["seed_everything"] == 3
     assert out["trainer"]["default_root_dir"] == "runs/quickstart/fewrel_seeds/seed_3"
-    assert out["trainer"]["logger"]["init_args"] == {"name": "quickstart-fewrel-seed3", "group": "quickstart-fewrel-seeds",
+    assert out["trainer"]["logger"]["init_args"] == {"name": "quickstart-fewrel-seed3",
+                                                     "group": "quickstart-fewrel-seeds",
                                                      "save_dir": "runs/quickstart/fewrel_seeds/seed_3"}
     assert out["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "runs/quickstart/fewrel_seeds/seed_3/checkpoints"
     # paths outside the run folder (the stage-1 checkpoint, a folder that only shares a prefix) stay
@@ -42,10 +44,12 @@ def test_seed_config_moves_the_run_folder_only():
     assert move_paths(["a/b", "a/bc", "a"], "a/b", "z") == ["z", "a/bc", "a"]
     # no name (the shipped configs): the seeds' config file names the runs and their group; a group given stays
     config["trainer"]["logger"]["init_args"].update(name=None)
-    args = seed_config(config, 1, "f/seed_1", config_file="configs/quickstart_fewrel.yaml")["trainer"]["logger"]["init_args"]
+    args = seed_config(config, 1, "f/seed_1",
+                       config_file="configs/quickstart_fewrel.yaml")["trainer"]["logger"]["init_args"]
     assert (args["name"], args["group"]) == ("quickstart_fewrel-seed1", "quickstart_fewrel-seeds")
     config["trainer"]["logger"]["init_args"].update(group="mine")
-    assert seed_config(config, 1, "f/seed_1", "quickstart_fewrel.yaml")["trainer"]["logger"]["init_args"]["group"] == "mine"
+    logger_args = seed_config(config, 1, "f/seed_1", "quickstart_fewrel.yaml")["trainer"]["logger"]["init_args"]
+    assert logger_args["group"] == "mine"
 
 
 def test_the_sweep_runs_this_cli_with_the_seed_swept():

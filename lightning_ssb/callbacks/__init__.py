@@ -13,7 +13,7 @@ from lightning_ssb.results.build import EpochResult, EpochSnapshot
 from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink
 
 __all__ = [
-    "DiskSink", "EpochResult", "EpochSnapshot", "InterruptCheckpoint", "LoggerSink", "RNGState", "NodalAnalysis", "ProbeConfig", "ProbeSet",
-    "SSBMonitor", "Sink", "WandbSink", "build_probe_set", "capture_batches", "capture_sites", "snapshot_name",
-    "snapshot_names",
+    "DiskSink", "EpochResult", "EpochSnapshot", "InterruptCheckpoint", "LoggerSink", "RNGState", "NodalAnalysis",
+    "ProbeConfig", "ProbeSet", "SSBMonitor", "Sink", "WandbSink", "build_probe_set", "capture_batches", "capture_sites",
+    "snapshot_name", "snapshot_names",
 ]

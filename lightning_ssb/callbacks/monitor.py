@@ -338,12 +338,14 @@ class SSBMonitor(Callback):
         unconverged = {site: c for site, c in (result.meta.get("convergence") or {}).items() if c.get("unconverged")}
         if unconverged:
             worst = max(c["grad_max"] for c in unconverged.values())
-            warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {int(sum(c['unconverged'] for c in unconverged.values()))} "
+            count = int(sum(c["unconverged"] for c in unconverged.values()))
+            warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {count} "
                           f"read-out fits stopped before converging in {sorted(unconverged)} (largest final gradient "
                           f"{worst:.2g} > analysis.gtol {self.analysis.gtol:g}); raise analysis.max_iter", stacklevel=2)
         for sink, message in write_all([s for s in self.sinks if s not in self.failed], result):
             self.failed[sink] = message
-            warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on", stacklevel=2)
+            warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on",
+                          stacklevel=2)
         self.history.append({"epoch": result.epoch, "step": result.step, "seconds": result.seconds})
 
     def _write_report(self) -> None:
@@ -408,8 +410,8 @@ class WaitProgress:
         import sys
 
         stream = self.stream or sys.stderr
-        print(f"lightning_ssb: SSBMonitor: waiting for {epochs.label(epoch)} ({time.perf_counter() - self.started:.0f} s): "
-              f"{stage}", file=stream, flush=True)
+        print(f"lightning_ssb: SSBMonitor: waiting for {epochs.label(epoch)} "
+              f"({time.perf_counter() - self.started:.0f} s): {stage}", file=stream, flush=True)
 
     class _Watch:
         def __init__(self, owner: WaitProgress, epoch: int | None) -> None:

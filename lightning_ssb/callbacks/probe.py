@@ -53,7 +53,8 @@ class ProbeConfig:
         if not (self.top_k_tokens == "all" or (isinstance(self.top_k_tokens, int) and self.top_k_tokens >= 2)):
             raise ValueError(f"probe.top_k_tokens must be an integer >= 2 or 'all', got {self.top_k_tokens!r}")
         if self.position_rule not in ("auto", "cls", "head_entity", "masked"):
-            raise ValueError(f"probe.position_rule must be auto, cls, head_entity or masked, got {self.position_rule!r}")
+            raise ValueError("probe.position_rule must be auto, cls, head_entity or masked, "
+                             f"got {self.position_rule!r}")
 
     def build(self, datamodule, task: str, state: dict | None = None) -> ProbeSet:
         """The probe set of ``datamodule`` for ``task`` (``state``: rebuild a checkpoint's), checked."""

@@ -53,7 +53,8 @@ class TokenizedDataModule(pl.LightningDataModule):
     # --- caching ----------------------------------------------------------------------------
     @property
     def cache_path(self) -> Path:
-        parts = {"module": type(self).__name__, "tokenizer": tokenizer_fingerprint(self.tokenizer), **self._cache_parts()}
+        parts = {"module": type(self).__name__, "tokenizer": tokenizer_fingerprint(self.tokenizer),
+                 **self._cache_parts()}
         return self.cache_dir / f"{self.name}-{cache_key(parts)}.npz"
 
     def prepare_data(self) -> None:
@@ -86,12 +87,13 @@ class TokenizedDataModule(pl.LightningDataModule):
         # replay epoch 0's order
         epoch = max(self._resume_epoch, self.trainer.current_epoch if self._trainer_attached() else 0)
         if self.length_grouped:
-            sampler = LengthGroupedBatchSampler(self.train_dataset.lengths, self.batch_size, shuffle=True, seed=self.seed,
-                                                epoch=epoch)
+            sampler = LengthGroupedBatchSampler(self.train_dataset.lengths, self.batch_size, shuffle=True,
+                                                seed=self.seed, epoch=epoch)
             return DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.collate_fn, **self._workers())
         if self._trainer_attached() and self.trainer.world_size > 1:
             # the DistributedSampler Lightning would add (its seed included), but at the right epoch
-            shuffled = DistributedSampler(self.train_dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            shuffled = DistributedSampler(self.train_dataset, shuffle=True,
+                                          seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
             shuffled.set_epoch(epoch)
             return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=shuffled,
                               collate_fn=self.collate_fn, **self._workers())

@@ -76,7 +76,8 @@ def _check_entity(entity: Any, n_tokens: int, where: str) -> None:
     if not isinstance(entity, list) or len(entity) < 3 or not isinstance(entity[2], list) or not entity[2]:
         raise ValueError(f"{where}: expected [name, Qid, [[token positions], ...]]")
     for span in entity[2]:
-        if not isinstance(span, list) or not span or not all(isinstance(p, int) and not isinstance(p, bool) for p in span):
+        if (not isinstance(span, list) or not span
+                or not all(isinstance(p, int) and not isinstance(p, bool) for p in span)):
             raise ValueError(f"{where}: span {span!r} is not a non-empty list of token positions")
         bad = [p for p in span if not 0 <= p < n_tokens]
         if bad:
@@ -145,7 +146,8 @@ def mark_entities(tokens: list[str], head: list, tail: list, markers: bool) -> t
         return list(tokens), h_start, h_end
     t_start, t_end = min(tail[2][0]), max(tail[2][0])
     # Openers before a word (outer span first), closers after it (inner span first).
-    spans = [(h_start, h_end, ENTITY_MARKERS[0], ENTITY_MARKERS[1]), (t_start, t_end, ENTITY_MARKERS[2], ENTITY_MARKERS[3])]
+    spans = [(h_start, h_end, ENTITY_MARKERS[0], ENTITY_MARKERS[1]),
+             (t_start, t_end, ENTITY_MARKERS[2], ENTITY_MARKERS[3])]
     words: list[str] = []
     head_at = -1
     for i, word in enumerate(tokens):
@@ -207,7 +209,8 @@ class FewRelDataModule(TokenizedDataModule):
         self.save_hyperparameters()
         if train_per_relation < 1 or test_per_relation < 1:
             raise ValueError(
-                f"train_per_relation and test_per_relation must be positive, got {train_per_relation}, {test_per_relation}"
+                "train_per_relation and test_per_relation must be positive, "
+                f"got {train_per_relation}, {test_per_relation}"
             )
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 ([CLS], a token, [SEP]), got {max_length}")

@@ -50,7 +50,8 @@ def load_tokenizer(path: str | os.PathLike | None = None, entity_markers: bool =
         elif looks_like_hub_id(str(path)):
             tokenizer = _from_hub(str(path), entity_markers)
         else:
-            raise FileNotFoundError(f"{path}: tokenizer path does not exist (expected a vocab .txt or a tokenizer directory)")
+            raise FileNotFoundError(f"{path}: tokenizer path does not exist "
+                                    "(expected a vocab .txt or a tokenizer directory)")
     return tokenizer
 
 

@@ -247,7 +247,8 @@ class WikipediaDataModule(TokenizedDataModule):
                 raise ValueError("source='hub': set num_articles (the full corpus has millions of articles)")
             self.files: list[Path] = []
         else:
-            paths = [SAMPLE_FILE] if source == "sample" else [source] if isinstance(source, (str, os.PathLike)) else source
+            paths = ([SAMPLE_FILE] if source == "sample" else [source] if isinstance(source, (str, os.PathLike))
+                     else source)
             self.files = [Path(p).expanduser() for p in paths]
             for p in self.files:
                 if not p.is_file():
@@ -304,7 +305,8 @@ class WikipediaDataModule(TokenizedDataModule):
             raise ValueError(f"{where}: no articles left for training")
         # File order within each split, so a split reads like its source.
         index = {"val": np.sort(drawn[:n_val]), "train": np.sort(drawn[n_val:])}
-        splits = {name: TokenizedDataset.from_lists(self._tokenize([articles[i] for i in idx])) for name, idx in index.items()}
+        splits = {name: TokenizedDataset.from_lists(self._tokenize([articles[i] for i in idx]))
+                  for name, idx in index.items()}
         return splits, {"articles": len(articles)}
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -314,7 +316,8 @@ class WikipediaDataModule(TokenizedDataModule):
         that come out short are tokenised again from the longer prefix: the same result."""
         short = self.max_length * 8
         ids = self._encode([_cut(t, short) for t in texts], show=True)
-        redo = [i for i, (t, x) in enumerate(zip(texts, ids, strict=True)) if len(x) < self.max_length and len(t) > short]
+        redo = [i for i, (t, x) in enumerate(zip(texts, ids, strict=True))
+                if len(x) < self.max_length and len(t) > short]
         for i, x in zip(redo, self._encode([texts[i] for i in redo]), strict=True):
             ids[i] = x
         return ids

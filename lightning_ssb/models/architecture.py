@@ -164,7 +164,8 @@ def load_mlm_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise ValueError(f"model.pretrained: {path}: not a readable PyTorch checkpoint ({err.__class__.__name__})") from None
+        raise ValueError(f"model.pretrained: {path}: not a readable PyTorch checkpoint "
+                         f"({err.__class__.__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"model.pretrained: {path}: not a Lightning checkpoint (no 'state_dict')")
     hparams = ckpt.get("hyper_parameters", {})

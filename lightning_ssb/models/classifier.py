@@ -128,7 +128,8 @@ class SequenceClassifier(BertTask):
 
     def _log_eval(self, stage: str) -> None:
         self.log_dict({f"{stage}/loss": self.val_loss.compute(), f"{stage}/acc": self.val_acc.compute(),
-                       f"{stage}/f1_macro": self.val_f1.compute()}, prog_bar=stage == "val", sync_dist=True)  # already reduced by torchmetrics
+                       f"{stage}/f1_macro": self.val_f1.compute()},
+                      prog_bar=stage == "val", sync_dist=True)  # already reduced by torchmetrics
         for m in (self.val_loss, self.val_acc, self.val_f1):
             m.reset()
 

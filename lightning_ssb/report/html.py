@@ -79,7 +79,8 @@ class Book:
                                          fig if self.keep_figures else None))
         rel = self.figures_dir.name
         b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-        links = f'<a href="{rel}/{png.name}">PNG</a>' + (f' \u00b7 <a href="{rel}/{svg.name}">SVG</a>' if self.svg else "")
+        links = (f'<a href="{rel}/{png.name}">PNG</a>'
+                 + (f' \u00b7 <a href="{rel}/{svg.name}">SVG</a>' if self.svg else ""))
         text = f"{html.escape(caption)} " if caption else ""
         return (f'<figure id="{stem}"><img src="data:image/png;base64,{b64}" alt="{html.escape(title)}">'
                 f"<figcaption>{text}({links})</figcaption></figure>\n")

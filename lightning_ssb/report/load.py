@@ -306,7 +306,8 @@ def load_run(folder: Path) -> RunResults:
         e, prefix = load_epoch(path, epoch, prefix)
         states.append(e)
     run = RunResults(run_id=folder.name, folder=folder, epochs=states, prefix=prefix or PREFIX)
-    if REFERENCE_EPOCH not in dirs and ANALYZE_EPOCH not in dirs and INIT_EPOCH not in dirs:  # analyze: a run of its own
+    # analyze: a run of its own
+    if REFERENCE_EPOCH not in dirs and ANALYZE_EPOCH not in dirs and INIT_EPOCH not in dirs:
         run.notes.append("no reference/ folder: the state before training is not shown")
     return run
 

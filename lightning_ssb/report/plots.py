@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg", force=False)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 MAX_TICK_LABELS = 70  # more tick labels than this are unreadable; FewRel's 64 still fit
 MAX_NAME_CHARS = 26  # longer label names are cut with an ellipsis (FewRel has 48-character relation names)

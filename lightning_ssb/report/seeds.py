@@ -121,8 +121,8 @@ def compare_runs(runs: list[RunResults], where: list[str] | None = None) -> Seed
             values = [e.scalars.get(s, math.nan) for e in results]
             mean, std, spread = _spread(values)
             cmp.statistics.append({"epoch": epoch, "site": s.site, "family": s.family, "granularity": s.granularity,
-                                   "statistic": s.statistic, **dict(zip(names, values, strict=True)), "mean": mean, "std": std,
-                                   "spread": spread})
+                                   "statistic": s.statistic, **dict(zip(names, values, strict=True)), "mean": mean,
+                                   "std": std, "spread": spread})
         units = list(dict.fromkeys((s.site, s.family, s.granularity) for s in keys if s.granularity in GRAN_ORDER))
         for site, family, gran in units:
             labels = [e.arrays.get(Stat(site, family, gran, "labels")) for e in results]

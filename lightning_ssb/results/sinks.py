@@ -3,8 +3,9 @@
 The monitor hands every result to each sink from the main thread (never from the analysis
 worker: W&B and most Lightning loggers are not meant to be called from other threads):
 ``begin``, then ``log_scalars`` / ``log_figure`` / ``log_table`` / ``log_arrays``, then ``flush``;
-at the end of fit ``log_report`` and ``log_results`` (the results folder). A sink that raises is reported by name and ``where`` (its folder or run) and left out from then
-on; the other sinks and training go on (``SinkError``).
+at the end of fit ``log_report`` and ``log_results`` (the results folder). A sink that raises is
+reported by name and ``where`` (its folder or run) and left out from then on; the other sinks and
+training go on (``SinkError``).
 """
 
 from __future__ import annotations

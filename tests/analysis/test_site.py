@@ -73,9 +73,11 @@ def test_own_family_is_each_units_own_fit(results):
         assert a.head_accuracy[h].item() == acc.item()
     assert math.isnan(a.site_accuracy)
     assert (a.node_accuracy.flatten() <= a.hull_bound + 1e-12).all() and not (a.node_labels & ~a.hull_labels).any()
-    assert [b["node"] for b in a.best_nodes] == a.node_accuracy.flatten().argsort(descending=True, stable=True)[:3].tolist()
+    best = a.node_accuracy.flatten().argsort(descending=True, stable=True)[:3].tolist()
+    assert [b["node"] for b in a.best_nodes] == best
     assert a.best_nodes[0]["confusion"].sum() == 200 and a.best_nodes[0]["field"].shape == (K, K)
-    assert torch.allclose(a.best_nodes[0]["field"].sum(1), torch.zeros(K, dtype=torch.float64), atol=1e-9)  # rows centred
+    # rows centred
+    assert torch.allclose(a.best_nodes[0]["field"].sum(1), torch.zeros(K, dtype=torch.float64), atol=1e-9)
     assert a.crossover[0]["cooperation"] == 1.0 or math.isnan(a.crossover[0]["cooperation"])
     assert set(a.fits) == {"node", "head", "subset"} and all(r.converged.all() for r in a.fits.values())
 
@@ -224,7 +226,8 @@ def test_sensitivity_rows_move_with_the_penalty():
     (xtr, ytr), (xte, yte) = planted(40, k, h, d, 2, sigma=1.5), planted(20, k, h, d, 3, sigma=1.5)
     cfg = AnalysisConfig(sensitivity_grid=[1e-4, 1.0, 100.0], crossover_sizes=[])
     rows = sensitivity(xtr, ytr, xte, yte, k, cfg)
-    assert {(r["family"], r["granularity"]) for r in rows} == {(f, g) for f in ("own", "shared") for g in ("node", "head")}
+    assert ({(r["family"], r["granularity"]) for r in rows}
+            == {(f, g) for f in ("own", "shared") for g in ("node", "head")})
     for family in ("own", "shared"):
         for gran in ("node", "head"):
             got = {r["l2"]: r for r in rows if r["family"] == family and r["granularity"] == gran}
@@ -280,7 +283,8 @@ def test_bad_input_and_config_name_the_argument():
     # non-finite activations: one line naming the site and the first node that has one
     inf = xtr.clone()
     inf[7, 2, 1] = math.inf
-    with pytest.raises(ValueError, match=r"blocks.3.attn.heads: x_train contains 1 NaN or inf values \(first at node 9\)"):
+    with pytest.raises(ValueError,
+                       match=r"blocks.3.attn.heads: x_train contains 1 NaN or inf values \(first at node 9\)"):
         analyze_site(inf, ytr, xte, yte, K, AnalysisConfig(readout="own"), penalties=FIXED, name="blocks.3.attn.heads")
     for bad, key in [(dict(granularities=("layer",)), "granularities"), (dict(ablation="noise"), "ablation"),
                      (dict(readout="all"), "readout"), (dict(q=1.5), "q must"), (dict(null_mode="some"), "null_mode"),

@@ -10,12 +10,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
-from lightning_ssb.callbacks.monitor import SSBMonitor  # noqa: E402
-from lightning_ssb.callbacks.probe import ProbeConfig  # noqa: E402
-from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis  # noqa: E402
+from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.callbacks.probe import ProbeConfig
+from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
 
 
 def main(out_dir: str) -> None:

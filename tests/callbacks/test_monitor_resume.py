@@ -230,4 +230,5 @@ def test_a_checkpoint_written_while_the_penalties_are_chosen_holds_them(tmp_path
         assert sorted(os.listdir(root / "ssb")) == ["epoch_001", "reference", "report.html", "report_figures"]
         assert json.loads((root / "ssb" / "epoch_001" / "meta.json").read_text())["penalties"] == reference
     a, b = (json.loads((r / "ssb" / "epoch_001" / "scalars.json").read_text()) for r in (tmp_path, whole))
-    assert {k: v for k, v in a.items() if k not in NOT_COMPARED} == {k: v for k, v in b.items() if k not in NOT_COMPARED}
+    assert ({k: v for k, v in a.items() if k not in NOT_COMPARED}
+            == {k: v for k, v in b.items() if k not in NOT_COMPARED})

@@ -179,7 +179,8 @@ def test_missing_files_name_the_file(tmp_path):
 
 
 def test_second_setup_reads_the_cache(tmp_path, monkeypatch):
-    kwargs = dict(train_file=str(_toy(tmp_path)), train_per_relation=1, test_per_relation=1, cache_dir=str(tmp_path / "c"))
+    kwargs = dict(train_file=str(_toy(tmp_path)), train_per_relation=1, test_per_relation=1,
+                  cache_dir=str(tmp_path / "c"))
     first = FewRelDataModule(**kwargs)
     first.prepare_data()
     assert first.cache_hit is False and first.cache_path.exists()

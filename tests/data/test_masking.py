@@ -22,7 +22,8 @@ def masked(wiki_sample):
     examples = [wiki_sample.train_dataset[i] for i in range(len(wiki_sample.train_dataset))]
     collator = MaskingCollator(wiki_sample.tokenizer)
     gen = torch.Generator().manual_seed(1234)
-    batches = [(examples[i : i + 64], collator(examples[i : i + 64], generator=gen)) for i in range(0, len(examples), 64)]
+    batches = [(examples[i : i + 64], collator(examples[i : i + 64], generator=gen))
+               for i in range(0, len(examples), 64)]
     return collator, batches
 
 

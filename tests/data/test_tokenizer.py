@@ -10,7 +10,8 @@ from lightning_ssb.data.tokenizer import DEFAULT_VOCAB
 
 def test_default_is_bert_base_uncased(tokenizer):
     assert len(tokenizer) == 30522
-    assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id) == (0, 101, 102, 103)
+    special = (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id)
+    assert special == (0, 101, 102, 103)
     assert tokenizer("The cat")["input_ids"] == [101, 1996, 4937, 102]  # lower-cased WordPiece
 
 

@@ -36,7 +36,8 @@ def test_contract_attributes_and_batches(wiki_sample):
 
 
 def _write_docs(path, texts):
-    docs = "".join(f'<doc id="{i}" url="http://x?curid={i}" title="T{i}">\nT{i}\n\n{t}\n</doc>\n' for i, t in enumerate(texts))
+    docs = "".join(f'<doc id="{i}" url="http://x?curid={i}" title="T{i}">\nT{i}\n\n{t}\n</doc>\n'
+                   for i, t in enumerate(texts))
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write(docs)
     return path
@@ -49,7 +50,8 @@ def test_seeded_draw_and_split(tmp_path):
     src = _write_docs(tmp_path / "w.txt.gz", ARTICLES)
 
     def texts(seed):
-        dm = WikipediaDataModule(source=str(src), num_articles=20, seed=seed, val_fraction=0.25, cache_dir=str(tmp_path))
+        dm = WikipediaDataModule(source=str(src), num_articles=20, seed=seed, val_fraction=0.25,
+                                 cache_dir=str(tmp_path))
         dm.setup("fit")
         return [[dm.tokenizer.decode(e["input_ids"][1:-1]) for e in ds] for ds in (dm.train_dataset, dm.val_dataset)]
 
@@ -149,8 +151,9 @@ def hub_layout(root, shards: int = 8, per_shard: int = 60):
                                     "    path: 20231101.en/train-*\n---\n")
     for s in range(shards):
         texts = [f"shard{s} article {i} " + "words of wikipedia text " * 20 for i in range(per_shard)]
-        pq.write_table(pa.table({"id": [f"{s}-{i}" for i in range(per_shard)], "title": [f"t{i}" for i in range(per_shard)],
-                                 "text": texts}), root / "20231101.en" / f"train-{s:05d}-of-{shards:05d}.parquet",
+        pq.write_table(pa.table({"id": [f"{s}-{i}" for i in range(per_shard)],
+                                 "title": [f"t{i}" for i in range(per_shard)], "text": texts}),
+                       root / "20231101.en" / f"train-{s:05d}-of-{shards:05d}.parquet",
                        row_group_size=20)
     return root
 

@@ -89,7 +89,8 @@ def test_hf_directory_checkpoint(tmp_path):
     mlm = MLMModule(pretrained=str(tmp_path / "hf"))
     assert torch.equal(mlm.model.bert.embeddings.word_embeddings.weight, hf.bert.embeddings.word_embeddings.weight)
     clf = SequenceClassifier(num_labels=4, pretrained=str(tmp_path / "hf"))
-    assert torch.equal(clf.model.bert.encoder.layer[1].output.dense.weight, hf.bert.encoder.layer[1].output.dense.weight)
+    assert torch.equal(clf.model.bert.encoder.layer[1].output.dense.weight,
+                       hf.bert.encoder.layer[1].output.dense.weight)
 
 
 def test_linear_warmup_then_decay_schedule():

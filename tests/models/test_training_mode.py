@@ -19,7 +19,8 @@ TINY = BertArchitecture(num_hidden_layers=2, hidden_size=32, num_attention_heads
 
 def batches(n=2, B=4, T=12, K=5):
     g = torch.Generator().manual_seed(0)
-    return [{"input_ids": torch.randint(1000, 2000, (B, T), generator=g), "attention_mask": torch.ones(B, T, dtype=torch.long),
+    return [{"input_ids": torch.randint(1000, 2000, (B, T), generator=g),
+             "attention_mask": torch.ones(B, T, dtype=torch.long),
              "labels": torch.randint(0, K, (B,), generator=g)} for _ in range(n)]
 
 

@@ -86,7 +86,8 @@ def test_sensitivity_curves_are_the_csv_rows_with_the_chosen_penalty_marked(synt
         for line in ax.get_lines():
             gid = line.get_gid() or ""
             if gid.startswith("chosen/"):
-                part = PENALTIES["shared"] if family == "shared" else PENALTIES["node" if gid.endswith("node") else "group"]
+                part = (PENALTIES["shared"] if family == "shared"
+                        else PENALTIES["node" if gid.endswith("node") else "group"])
                 assert list(line.get_xdata()) == [part, part]
                 continue
             if not gid:

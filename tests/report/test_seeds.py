@@ -53,19 +53,22 @@ def test_statistics_side_by_side_are_the_files_numbers(seeds):
     assert row["std"] == pytest.approx(abs(a - b) / math.sqrt(2))  # sample std of two values
     assert row["spread"] == pytest.approx(abs(a - b))
     phi = cmp.statistic(2, "blocks.0.attn.heads", "shared", "node", "phi")
-    assert phi["spread"] == pytest.approx(0.0) and phi["seed_0"] == pytest.approx(raw[0]["ssb/blocks.0.attn.heads/shared/node/phi"])
-    assert not any(r["statistic"] == "phi" and r["epoch"] == -1 and not math.isnan(r["mean"]) and r["granularity"] == "node"
-                   for r in cmp.statistics)  # no live node before training: Phi undefined in both runs
+    assert phi["spread"] == pytest.approx(0.0)
+    assert phi["seed_0"] == pytest.approx(raw[0]["ssb/blocks.0.attn.heads/shared/node/phi"])
+    # no live node before training: Phi undefined in both runs
+    assert not any(r["statistic"] == "phi" and r["epoch"] == -1 and not math.isnan(r["mean"])
+                   and r["granularity"] == "node" for r in cmp.statistics)
 
 
 def test_identity_and_matched_agreement(seeds):
     cmp = compare_runs(load_runs([seeds / "seed_0", seeds / "seed_1", seeds / "seed_2"]))
     pairs = [p for p in cmp.pairs if p["epoch"] == 2 and p["site"] == "blocks.0.attn.heads" and p["family"] == "own"
              and p["granularity"] == "node"]
-    assert [(p["run_a"], p["run_b"]) for p in pairs] == [("seed_0", "seed_1"), ("seed_0", "seed_2"), ("seed_1", "seed_2")]
+    assert ([(p["run_a"], p["run_b"]) for p in pairs]
+            == [("seed_0", "seed_1"), ("seed_0", "seed_2"), ("seed_1", "seed_2")])
     for p in pairs:
-        a, b = (torch.load(seeds / f"{name}/ssb/run{name[-1]}/epoch_002/arrays.pt")["blocks.0.attn.heads/own/node/labels"]
-                .numpy() for name in (p["run_a"], p["run_b"]))
+        a, b = (torch.load(seeds / f"{name}/ssb/run{name[-1]}/epoch_002/arrays.pt")
+                ["blocks.0.attn.heads/own/node/labels"].numpy() for name in (p["run_a"], p["run_b"]))
         assert p["identity_agreement"] == pytest.approx(identity_by_hand(a, b))
         assert p["live_a"] == a.any(1).sum() == 12  # three quarters of 16 nodes
         assert p["matched_agreement"] == 1.0  # the same sets, on permuted nodes
@@ -78,7 +81,8 @@ def test_identity_and_matched_agreement(seeds):
 def test_compare_writes_tables_and_figures(seeds, tmp_path):
     cmp, out, figures = write_comparison([seeds / "seed_0", seeds / "seed_1"], tmp_path / "cmp")
     header = (out / "seeds.csv").read_text().splitlines()[0].split(",")
-    assert header == ["epoch", "site", "family", "granularity", "statistic", "seed_0", "seed_1", "mean", "std", "spread"]
+    assert header == ["epoch", "site", "family", "granularity", "statistic", "seed_0", "seed_1", "mean", "std",
+                      "spread"]
     agreement = (out / "agreement.csv").read_text().splitlines()
     assert len(agreement) == 1 + len(cmp.pairs) == 1 + 4 * 2 * 2 * 2  # epochs x sites x families x granularities
     assert sorted(p.name for p in figures) == ["across_seeds_own.png", "across_seeds_shared.png"]

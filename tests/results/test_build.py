@@ -56,9 +56,11 @@ def test_the_full_key_list_of_a_tiny_run_is_pinned():
     assert result.meta["sites"] == {SITE: [2, 2]} and result.meta["step"] == 7 and result.meta["prefix"] == "ssb"
     # the penalties were chosen here (the rule's) and handed back through the plan for the later states
     chosen = result.meta["penalties"]
-    assert chosen["source"] == {"shared": "cv", "node": "cv", "group": "cv"} and plan.book.penalties.node == chosen["node"]
+    assert chosen["source"] == {"shared": "cv", "node": "cv", "group": "cv"}
+    assert plan.book.penalties.node == chosen["node"]
     assert result.scalars[f"ssb/{SITE}/own/node/l2"] == chosen["node"]
-    assert result.meta["convergence"][SITE] == {"unconverged": 0.0, "grad_max": result.meta["convergence"][SITE]["grad_max"]}
+    convergence = result.meta["convergence"][SITE]
+    assert convergence == {"unconverged": 0.0, "grad_max": convergence["grad_max"]}
 
 
 def test_values_are_the_analysis_values_at_the_plans_penalties():

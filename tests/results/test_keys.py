@@ -18,7 +18,8 @@ def test_wandb_keys_written_out():
     assert wandb_key("x/blocks.0.attn.heads/own/node/phi", prefix="x") == "x-phi/own/node/L00-attn-heads"
     assert wandb_figure_key(figure_key("heads", "accuracy")) == "ssb-figures/accuracy/heads"
     assert wandb_figure_key(figure_key("blocks.3.attn.heads", "envelope")) == "ssb-figures/envelope/L03-attn-heads"
-    assert site_tag("blocks.3.attn.heads") == "L03-attn-heads" and site_from_tag("L03-attn-heads") == "blocks.3.attn.heads"
+    assert site_tag("blocks.3.attn.heads") == "L03-attn-heads"
+    assert site_from_tag("L03-attn-heads") == "blocks.3.attn.heads"
 
 
 def test_every_key_of_a_run_has_one_wandb_key_in_a_statistic_section_and_reads_back():

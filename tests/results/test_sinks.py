@@ -33,7 +33,8 @@ def test_disk_sink_layout_and_no_overwrite(tmp_path):
     assert sorted(os.listdir(ref)) == ["arrays.pt", "nodes.csv", "scalars.json", "ssb__heads__accuracy.png"]
     assert json.loads((ref / "scalars.json").read_text())["ssb/blocks.0.attn.heads/own/node/phi"] == 0.25
     assert json.loads((tmp_path / "epoch_000" / "scalars.json").read_text())["step"] == 10
-    assert json.loads((tmp_path / "epoch_000-1" / "scalars.json").read_text())["ssb/blocks.0.attn.heads/own/node/phi"] == 0.75
+    second = json.loads((tmp_path / "epoch_000-1" / "scalars.json").read_text())
+    assert second["ssb/blocks.0.attn.heads/own/node/phi"] == 0.75
     assert (ref / "ssb__heads__accuracy.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.reader(open(ref / "nodes.csv")))
     assert rows == [["layer", "node", "learned_labels"], ["0", "1", "capital_of born_in"]]
