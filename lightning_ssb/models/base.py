@@ -60,8 +60,8 @@ class BertTask(L.LightningModule):
 
     def configure_callbacks(self):
         """Every fit of a BERT task keeps its random state in its checkpoints, so a resume draws the same
-        masks, data order and dropout as the uninterrupted run (see callbacks/resume.py)."""
-        from lightning_ssb.callbacks.resume import RNGState
+        masks, data order and dropout as the uninterrupted run (see models/rng.py)."""
+        from lightning_ssb.models.rng import RNGState  # here: models/__init__ need not load the callback
 
         return [RNGState()]
 
