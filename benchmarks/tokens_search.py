@@ -162,7 +162,7 @@ def monitor_cost(args, dm, model) -> None:
     the given sites) and ``build_result`` with the shipped analysis settings (both read-out families,
     the null, the full crossover), timed apart; the same calls as ``SSBMonitor._analyse_epoch``."""
     from lightning_ssb.analysis import AnalysisConfig
-    from lightning_ssb.callbacks.capture import capture_probe
+    from lightning_ssb.capture import capture_probe
     from lightning_ssb.results.build import EpochSnapshot, build_result
 
     if args.load:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
-from lightning_ssb.callbacks.capture import capture_probe
 from lightning_ssb.callbacks.monitor import SSBMonitor, random_init
+from lightning_ssb.capture import capture_probe
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
 from lightning_ssb.results.sinks import SinkError, close_all

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from lightning_ssb.analysis import fit_readout
-from lightning_ssb.callbacks.capture import capture_probe
 from lightning_ssb.callbacks.probe import ProbeConfig
+from lightning_ssb.capture import capture_probe
 from lightning_ssb.data import WikipediaDataModule
 from lightning_ssb.models import BertArchitecture, MLMModule, OptimizerConfig
 from lightning_ssb.probe_accuracy import probe_accuracy, probe_predictions

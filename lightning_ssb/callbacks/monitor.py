@@ -28,9 +28,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_ssb.analysis import AnalysisConfig, Penalties
-from lightning_ssb.callbacks.capture import SITES, capture_probe, encoder_layers
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
+from lightning_ssb.capture import SITES, capture_probe, encoder_layers
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
 from lightning_ssb.results.sinks import Sink, SinkError, close_all, log_results_all, make_sinks, write_all

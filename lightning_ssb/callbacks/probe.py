@@ -173,7 +173,7 @@ def _batches(datamodule, dataset, indices: list[int], batch_size: int, generator
 
 
 def _select(batch: dict, rule: str, class_of_token: torch.Tensor | None, mask_id: int | None) -> ProbeBatch:
-    from lightning_ssb.callbacks.capture import select_positions
+    from lightning_ssb.capture import select_positions
 
     rows, positions, labels = select_positions(batch, rule, class_of_token, mask_id)
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}

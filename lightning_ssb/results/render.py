@@ -9,7 +9,7 @@ import torch
 from lightning_ssb.results import epochs
 from lightning_ssb.results.keys import figure_key
 
-if TYPE_CHECKING:  # figures (matplotlib) are imported where drawn: results/ loads without callbacks/
+if TYPE_CHECKING:  # figures (matplotlib) are imported where drawn: results/ loads without matplotlib
     from lightning_ssb.results.build import EpochSnapshot
 
 TABLE_COLUMNS = ["site", "family", "layer", "head", "node", "accuracy", "learned_labels", "hull_labels",
@@ -47,7 +47,7 @@ def node_table(snap: EpochSnapshot, families: dict | None = None) -> tuple[list[
 
 def site_figures(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> dict:
     """Heatmaps (heads: layers x heads; nodes: per site), best-node matrices and envelope, crossover."""
-    from lightning_ssb.callbacks import figures
+    from lightning_ssb.report import plots as figures  # here: results/ loads without matplotlib
 
     out = {}
     title = epochs.label(snap.epoch)
@@ -89,6 +89,6 @@ def crossover_table(snap: EpochSnapshot, families: dict | None = None) -> tuple[
 
 def to_png(figure) -> bytes:
     """The PNG bytes of a figure (rendered once, cached on the figure)."""
-    from lightning_ssb.callbacks.figures import to_png as render
+    from lightning_ssb.report.plots import to_png as render
 
     return render(figure)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from lightning_ssb.callbacks.capture import capture_batches, capture_sites, select_positions, snapshot_names
 from lightning_ssb.callbacks.probe import ProbeBatch
+from lightning_ssb.capture import capture_batches, capture_sites, select_positions, snapshot_names
 
 
 def tiny_bert(cls=BertForSequenceClassification, attn="eager", layers=6, hidden=64, heads=4, seed=0):
@@ -127,7 +127,7 @@ def test_capture_batches_restores_mode_and_stops_early():
 
 
 def test_capture_share_installs_hooks_once_and_splits_per_batch(monkeypatch):
-    from lightning_ssb.callbacks import capture
+    from lightning_ssb import capture
 
     model = tiny_bert(layers=2)
     batches = [ProbeBatch(random_batch(seed=s), torch.arange(3), torch.tensor([0, 2, 4]), torch.tensor([s, 1, 2]))

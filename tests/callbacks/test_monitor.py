@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from lightning_ssb.callbacks.capture import capture_batches
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
+from lightning_ssb.capture import capture_batches
 from lightning_ssb.loggers.wandb_records import read_wandb_run
 from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook, site_results
 from lightning_ssb.results.keys import wandb_key
