@@ -53,7 +53,7 @@ def fit(config: str, epochs: int, folder: Path, monitor: bool):
 def breakdown(mon) -> dict[str, float]:
     """Seconds per part of the monitor's work, from its own counters and each state's meta.json."""
     parts: dict[str, float] = defaultdict(float)
-    parts["capture (probe forward passes)"] = sum(mon.blocking_seconds)
+    parts["capture (probe forward passes)"] = sum(mon.capture_seconds)
     parts["logging to the sinks"] = sum(mon.log_seconds)
     parts["end-of-fit report"] = mon.report_seconds
     for meta in Path(mon.dirpath).glob("*/meta.json"):

@@ -112,7 +112,9 @@ class SSBMonitor(Callback):
         self.failed: dict[Sink, str] = {}  # sink -> what went wrong; that sink is left out from then on
         self.history: list[dict] = []  # one entry per logged epoch: epoch, step, seconds
         self.captured: list[int] = []  # epochs whose probe was captured (the same on every rank)
-        self.blocking_seconds: list[float] = []  # main-thread time per analysed epoch (capture + gather)
+        self.blocking_seconds: list[float] = []  # main-thread time per analysed epoch (capture, gather, and in the
+        # foreground the wait for the analysis and the logging)
+        self.capture_seconds: list[float] = []  # the probe's forward passes and the gather alone, per analysed epoch
         self.log_seconds: list[float] = []  # main-thread time handing each result to the sinks
         self.wait_seconds: list[float] = []  # main-thread time waiting for each analysis to finish
         self.report_seconds = 0.0  # time writing the end-of-fit report
@@ -292,6 +294,7 @@ class SSBMonitor(Callback):
         model = pl_module.model if model is None else model  # the HF model, never the DDP wrapper
         captured = capture_probe(model, self.probe, self.layers, self.sites, trainer.global_rank,
                                  trainer.world_size, pl_module.device, ctx)
+        self.capture_seconds.append(time.perf_counter() - start)
         if captured is not None:  # rank 0
             snap = EpochSnapshot(epoch, trainer.global_step, *(captured[i] for i in (0, 2, 1, 3)),
                                  self.probe.num_classes, list(self.probe.label_names))

@@ -326,3 +326,30 @@ def test_the_schedule_computes_what_a_full_analysis_computes_where_both_ran(tmp_
                 assert value == full[key], (state, key)
         has_crossover = (roots["scheduled"] / state / "crossover.csv").exists()
         assert has_crossover != middle and (roots["full"] / state / "crossover.csv").exists()
+
+
+def test_two_monitors_in_one_trainer_keep_their_own_results_and_state(tmp_path):
+    """Two SSBMonitors in one Trainer (different layers, sites and prefix): Lightning accepts them (each has
+    its own ``state_key``), each logs its own sites under its own prefix into its own folder, and each gets
+    its own state back from the checkpoint."""
+    data = ToyClassificationData()
+    heads = SSBMonitor(layers=[0], sites=["attn.heads"], dirpath=str(tmp_path / "heads"), figures=False,
+                       background=False, **FAST)
+    outputs = SSBMonitor(layers=[1], sites=["output"], prefix="ssb_out", dirpath=str(tmp_path / "outputs"),
+                         figures=False, background=False, **FAST)
+    assert heads.state_key != outputs.state_key
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), filename="last", save_top_k=1,
+                           enable_version_counter=False)
+    L.seed_everything(0)
+    _trainer(tmp_path, heads, max_epochs=1, callbacks=[outputs, ckpt], enable_checkpointing=True).fit(
+        ToyTask("classification"), data)
+    for monitor, folder, key in ((heads, "heads", "ssb/blocks.0.attn.heads/own/node/live"),
+                                 (outputs, "outputs", "ssb_out/blocks.1.output/own/node/live")):
+        assert [h["epoch"] for h in monitor.history] == [-1, 0]
+        scalars = _scalars(tmp_path / folder / "epoch_000")
+        assert key in scalars
+        assert not any(k.split("/")[1].startswith("blocks.1" if folder == "heads" else "blocks.0") for k in scalars
+                       if k.count("/") > 2)  # each monitor's own sites only
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert {heads.state_key, outputs.state_key} <= saved.keys()
+    assert saved[heads.state_key]["probe"] == heads.state_dict()["probe"]
