@@ -343,8 +343,8 @@ def test_two_monitors_in_one_trainer_keep_their_own_results_and_state(tmp_path):
     L.seed_everything(0)
     _trainer(tmp_path, heads, max_epochs=1, callbacks=[outputs, ckpt], enable_checkpointing=True).fit(
         ToyTask("classification"), data)
-    for monitor, folder, key in ((heads, "heads", "ssb/blocks.0.attn.heads/own/node/live"),
-                                 (outputs, "outputs", "ssb_out/blocks.1.output/own/node/live")):
+    for monitor, folder, key in ((heads, "heads", "ssb/blocks.0.attn.heads/shared/node/live"),
+                                 (outputs, "outputs", "ssb_out/blocks.1.output/shared/node/live")):
         assert [h["epoch"] for h in monitor.history] == [-1, 0]
         scalars = _scalars(tmp_path / folder / "epoch_000")
         assert key in scalars
