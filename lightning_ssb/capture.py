@@ -16,7 +16,7 @@ on the accelerator.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -210,10 +210,7 @@ def capture_batches(
                 capture.select(batch.rows, batch.positions)
                 labels.append(batch.labels)
                 try:
-                    if autocast is not None:
-                        with autocast():
-                            base(**inputs)
-                    else:
+                    with (autocast or nullcontext)():
                         base(**inputs)
                 except _StopForward:
                     pass

@@ -17,6 +17,7 @@ exactly as ``SSBMonitor`` does from the same ``ProbeConfig``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -74,10 +75,7 @@ def probe_predictions(model, probe: ProbeSet, split: str = "test", device: torch
     try:
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-            if autocast is not None:
-                with autocast():
-                    hidden = model.bert(**inputs).last_hidden_state
-            else:
+            with (autocast or contextlib.nullcontext)():
                 hidden = model.bert(**inputs).last_hidden_state
             at = hidden[batch.rows.to(device), batch.positions.to(device)]  # [n, D]
             logits = model.cls(at).float()  # [n, V]: the MLM head at the probe's positions only
