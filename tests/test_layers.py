@@ -2,9 +2,10 @@
 
 From the bottom up (docs/ARCHITECTURE.md, "Layers"):
 
-0. helpers: ``hub``, ``progress``, ``provenance`` and the plotting helpers ``report/plots.py`` (they
-   import nothing of the package; ``results/`` draws its figures with them, so the one arrow from
-   ``results/`` into ``report/`` is to ``report.plots``, and only inside the functions that draw);
+0. helpers: ``hub``, ``progress``, ``provenance``, the statistics registry ``statistics`` and the plotting
+   helpers ``report/plots.py`` (they import nothing of the package; ``results/`` draws its figures with
+   them, so the one arrow from ``results/`` into ``report/`` is to ``report.plots``, and only inside the
+   functions that draw);
 1. ``data``, ``models`` (the Lightning modules, with ``RNGState``, the callback every BertTask adds),
    ``loggers``, ``run_folder``;
 2. ``capture`` (forward hooks, torch only) and ``analysis`` (docs/method.md; no Lightning, no wandb);
@@ -33,7 +34,7 @@ PACKAGE = ROOT / "lightning_ssb"
 
 # module prefix (relative to lightning_ssb) -> layer; the longest matching prefix wins
 LAYERS = {
-    "hub": 0, "progress": 0, "provenance": 0, "report.plots": 0,
+    "hub": 0, "progress": 0, "provenance": 0, "statistics": 0, "report.plots": 0,
     "data": 1, "models": 1, "loggers": 1, "run_folder": 1,
     "capture": 2, "analysis": 2,
     "results": 3,
@@ -104,6 +105,10 @@ def test_no_import_points_up():
 # module -> what importing it (alone, in a fresh interpreter) must not load
 ABOVE = {
     # report/__init__ runs first and loads the report (results.keys and .epochs with it): not Lightning
+    "lightning_ssb.statistics": ["lightning", "wandb", "scipy", "matplotlib", "lightning_ssb.data",
+                                 "lightning_ssb.models", "lightning_ssb.capture", "lightning_ssb.analysis",
+                                 "lightning_ssb.results", "lightning_ssb.report", "lightning_ssb.callbacks",
+                                 "lightning_ssb.cli"],
     "lightning_ssb.report.plots": ["lightning", "wandb", "lightning_ssb.callbacks", "lightning_ssb.cli"],
     "lightning_ssb.data": ["lightning_ssb.capture", "lightning_ssb.analysis", "lightning_ssb.results",
                            "lightning_ssb.report", "lightning_ssb.callbacks", "lightning_ssb.cli"],

@@ -9,6 +9,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from lightning_ssb.statistics import jaccard_matrix, unit_statistics
+
 
 def _check_sets(name: str, labels: Tensor) -> Tensor:
     if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.dtype != torch.bool:
@@ -17,38 +19,17 @@ def _check_sets(name: str, labels: Tensor) -> Tensor:
     return labels
 
 
-def jaccard_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """Jaccard index `[U, V]` between the label sets a `[U, K]` and b `[V, K]` (0 when both are empty)."""
-    af, bf = a.double(), b.double()
-    inter = af @ bf.T
-    union = af.sum(1, keepdim=True) + bf.sum(1) - inter
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+def order_parameters(labels: Tensor, accuracy: Tensor | None = None, level: str | None = None) -> dict[str, float]:
+    """The registered unit statistics (``lightning_ssb.statistics``) of the learned sets `[U, K]` of one
+    site and granularity (``level``: only the statistics registered for it).
 
-
-def order_parameters(labels: Tensor, accuracy: Tensor | None = None) -> dict[str, float]:
-    """Order parameters of the learned sets `[U, K]` of one site and granularity.
-
-    live: units with a non-empty L_u, live_fraction = live / U;
-    overlap: mean Jaccard index over pairs of live units; phi = 1 - overlap (both NaN, "undefined",
-    with fewer than two live units); mean_labels: mean |L_u| over all U units; coverage: |union of L_u| / K;
-    acc_mean, acc_max over all units when accuracy `[U]` is given.
+    The built-ins: live: units with a non-empty L_u, live_fraction = live / U; overlap: mean Jaccard index
+    over pairs of live units; phi = 1 - overlap (both NaN, "undefined", with fewer than two live units);
+    mean_labels: mean |L_u| over all U units; coverage: |union of L_u| / K; acc_mean, acc_max over all
+    units when accuracy `[U]` is given.
     """
     _check_sets("labels", labels)
-    sizes = labels.sum(1)
-    live = labels[sizes > 0]
-    n = live.shape[0]
-    if n >= 2:
-        jac = jaccard_matrix(live, live)
-        overlap = ((jac.sum() - jac.diagonal().sum()) / (n * (n - 1))).item()
-    else:
-        overlap = float("nan")
-    out = {"live": float(n), "live_fraction": n / max(labels.shape[0], 1), "overlap": overlap, "phi": 1.0 - overlap,
-           "mean_labels": sizes.double().mean().item(),
-           "coverage": labels.any(0).double().mean().item()}
-    if accuracy is not None:
-        out["acc_mean"] = accuracy.double().mean().item()
-        out["acc_max"] = accuracy.double().max().item()
-    return out
+    return unit_statistics(labels, accuracy, level)
 
 
 @dataclass

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_ssb import statistics as registry
+
 from ._checks import check_ablation, check_features, check_labels, check_readout
 from .crossover import crossover
 from .families import FAMILIES, HeadMaps, NodeLines, own_units, shared_units
@@ -420,7 +422,7 @@ def score_family(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg:
     node_labels = learned_labels(node_stats, cfg.theta, cfg.q)
     order, clusters = {}, {}
     if "node" in cfg.granularities:
-        order["node"] = order_parameters(node_labels, node_stats.accuracy)
+        order["node"] = order_parameters(node_labels, node_stats.accuracy, "node")
         clusters["node"] = _cluster_means(
             node_field_matrices(means, nodes.slope.T, intercept=nodes.intercept) if matrices else None, cfg.tau)
     head_acc = head_labels = None
@@ -428,7 +430,7 @@ def score_family(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg:
         head_pred = ff.heads.predict(xte)
         head_stats = label_stats(head_pred, yte, k)
         head_acc, head_labels = head_stats.accuracy, learned_labels(head_stats, cfg.theta, cfg.q)
-        order["head"] = order_parameters(head_labels, head_acc)
+        order["head"] = order_parameters(head_labels, head_acc, "head")
         clusters["head"] = _cluster_means(
             head_field_matrices(means, ff.heads.weight.cpu(), num_heads, ff.heads.bias.cpu()) if matrices else None,
             cfg.tau)
@@ -522,7 +524,7 @@ class SiteResults:
                     if kind is not None and g == "site":
                         continue
                     out.extend((family, kind, g, s, v) for s, v in stats.items()
-                               if not (kind is not None and s == "l2"))
+                               if kind is None or registry.carried_by_nulls(s))
         return out
 
     def convergence(self) -> dict[str, float]:
@@ -614,7 +616,8 @@ def sensitivity(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
     """Live units, labels per unit, coverage and Phi of every family and granularity against the L2
     penalty over `grid` (default `config.sensitivity_grid`): each family's read-outs refitted at each
     penalty (nodes and heads of the own family at the same value). One row per family, granularity and
-    penalty: {"family", "granularity", "l2", "live", "live_fraction", "mean_labels", "coverage", "phi"}."""
+    penalty: {"family", "granularity", "l2", <every registered statistic with ``sensitivity``: "live",
+    "live_fraction", "phi", "mean_labels", "coverage" built in>}."""
     config = AnalysisConfig() if config is None else config
     with timed("sensitivity"):
         return _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, name)
@@ -658,6 +661,5 @@ def _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, na
             site = score_family(ff, xte, yte, k, quiet, best=False)
             for g, stats in site.order.items():
                 rows.append({"family": ff.family, "granularity": g, "l2": l2,
-                             **{s: float(stats[s]) for s in ("live", "live_fraction", "mean_labels", "coverage",
-                                                             "phi")}})
+                             **{s.name: float(stats[s.name]) for s in registry.in_sensitivity() if s.name in stats}})
     return sorted(rows, key=lambda r: (r["family"], r["granularity"], r["l2"]))

@@ -14,19 +14,25 @@ import re
 
 import numpy as np
 
+from lightning_ssb import statistics as registry
 from lightning_ssb.report.load import RunResults, Stat, epoch_label
 from lightning_ssb.report.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
 from lightning_ssb.results import epochs as E
 
-# (statistic, panel title, y axis label, y range or None)
-EPOCH_STATISTICS = (
-    ("live_fraction", "live units", "fraction of units with a learned label", (0, 1.02)),
-    ("phi", "order parameter \u03a6 = 1 \u2212 overlap", "\u03a6 (0 symmetric, 1 broken)", (0, 1.02)),
-    ("coverage", "coverage", "|\u222a L_u| / K (fraction of labels)", (0, 1.02)),
-    ("mean_labels", "labels per unit", "mean |L_u| (labels)", None),
-    ("acc_mean", "mean unit accuracy", "accuracy on probe-test", None),
-    ("acc_max", "best unit accuracy", "accuracy on probe-test", None),
-)
+
+def epoch_panels(run: RunResults | None = None) -> list[tuple[str, str, str, tuple[float, float] | None, bool]]:
+    """The panels of the figure of the statistics by epoch: ``(statistic, title, y label, y range, chance)``
+    of every registered statistic with a ``plot`` (``lightning_ssb.statistics``), then, with ``run``,
+    every node or head statistic in its results that this process has no entry for (a statistic
+    registered by the process that wrote them), titled by its name."""
+    panels = [(s.name, s.plot.title, s.plot.ylabel, s.plot.ylim, s.plot.chance) for s in registry.plotted()]
+    if run is not None:
+        unknown = sorted({k.statistic for e in run.epochs for k in e.scalars
+                          if k.granularity in registry.UNIT_LEVELS and registry.get(k.statistic) is None})
+        panels += [(name, name, name, None, False) for name in unknown]
+    return panels
+
+
 GRAN_NAMES = {"node": "nodes", "head": "heads"}
 GRAN_COLOURS = {"node": "tab:blue", "head": "tab:orange"}
 # the real labels and the two nulls: series name, line style, marker, alpha, legend suffix
@@ -83,19 +89,23 @@ def node_where(site_shape, node: int) -> str:
 
 
 def statistics_over_epochs(run: RunResults, site: str, family: str):
-    """Live units, Phi, coverage, labels per unit and accuracies against the epoch (random init and the
-    start first), per granularity, with the two nulls beside each (probe-train permuted: dashed; both
-    splits permuted: dotted). Data: ``{statistic: {"node/real": (epochs, values), "node/null_train": ...}}``;
-    the lines' x values are `position(epoch)`."""
-    fig = new_figure(12, 6.5)
-    axes = fig.subplots(2, 3).flatten()
+    """Every statistic of `epoch_panels` (built in: live units, Phi, coverage, labels per unit and
+    accuracies) against the epoch (random init and the start first), per granularity, with the two nulls
+    beside each (probe-train permuted: dashed; both splits permuted: dotted). Data: ``{statistic:
+    {"node/real": (epochs, values), "node/null_train": ...}}``; the lines' x values are `position(epoch)`."""
+    panels = epoch_panels(run)
+    rows = math.ceil(len(panels) / 3)
+    fig = new_figure(12, 3.25 * rows)
+    axes = fig.subplots(rows, 3).flatten()
+    for ax in axes[len(panels):]:  # a last row not filled
+        ax.set_axis_off()
     data, missing, handles = {}, [], {}
-    grans = [g for g in ("node", "head") if any(run.series(site, family, g, s)[0] for s, *_ in EPOCH_STATISTICS)]
+    grans = [g for g in ("node", "head") if any(run.series(site, family, g, s)[0] for s, *_ in panels)]
     if not grans:
         raise MissingData(f"{site}, {family}: no node or head statistics in scalars.json")
     shape = run.site_shape(site)
     one_head = shape is not None and shape[0] == 1  # a layer output: its one "head" is the whole layer
-    for ax, (stat, title, ylabel, ylim) in zip(axes, EPOCH_STATISTICS, strict=True):
+    for ax, (stat, title, ylabel, ylim, chance) in zip(axes, panels, strict=False):
         ax.set_gid(stat)
         data[stat] = {}
         for gran in grans:
@@ -111,7 +121,7 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
                                   gid=series)
                 handles.setdefault(label, line)
                 data[stat][series] = (states, values)
-        if stat.startswith("acc") and run.num_classes:
+        if chance and run.num_classes:
             handles.setdefault("chance 1/K", ax.axhline(1 / run.num_classes, color="0.3", linestyle=":",
                                                         linewidth=1, label="chance 1/K"))
         if not data[stat]:
@@ -134,14 +144,19 @@ def statistics_over_epochs(run: RunResults, site: str, family: str):
     return fig, {"site": site, "family": family, "statistics": data, "missing": missing}
 
 
-SENSITIVITY_STATISTICS = (("live_fraction", "live units (fraction)"), ("mean_labels", "labels per unit"),
-                          ("phi", "\u03a6 = 1 \u2212 overlap"))
+
+
+def sensitivity_panels() -> list[tuple[str, str]]:
+    """``(statistic, title)`` of every registered statistic with ``sensitivity_plot``."""
+    return [(s.name, s.plot.title) for s in registry.in_sensitivity() if s.sensitivity_plot]
+
 PART_OF = {("shared", "node"): "shared", ("shared", "head"): "shared", ("own", "node"): "node",
            ("own", "head"): "group"}
 
 
 def sensitivity_curves(run: RunResults, site: str):
-    """Live units, labels per unit and Phi against the L2 penalty (log axis) at every state that ran the
+    """The statistics of `sensitivity_panels` (built in: live units, Phi, labels per unit) against
+    the L2 penalty (log axis) at every state that ran the
     sensitivity analysis, one row of panels per read-out family, the run's chosen penalty marked.
 
     Data: ``{"states": [epochs], "rows": {(family, granularity, epoch): (l2s, {stat: values})},
@@ -150,13 +165,14 @@ def sensitivity_curves(run: RunResults, site: str):
     if not states:
         raise MissingData(f"{site}: no sensitivity.csv rows (the monitor runs them at the start and the last epoch)")
     families = [f for f in run.families if any(r.get("family") == f for e in states for r in e.sensitivity)]
-    fig = new_figure(12, 3.3 * len(families) + 1.0)
-    axes = np.atleast_2d(fig.subplots(len(families), 3, squeeze=False))
+    panels = sensitivity_panels()
+    fig = new_figure(3.2 * len(panels) + 1.0, 3.3 * len(families) + 1.0)
+    axes = np.atleast_2d(fig.subplots(len(families), len(panels), squeeze=False))
     styles = ["o-", "s--", "^:", "d-."]
     data_rows, chosen, handles = {}, {}, {}
     penalties = run.penalties
     for row_axes, family in zip(axes, families, strict=True):
-        for ax, (stat, title) in zip(row_axes, SENSITIVITY_STATISTICS, strict=True):
+        for ax, (stat, title) in zip(row_axes, panels, strict=True):
             ax.set_gid(f"{family}/{stat}")
             for i, e in enumerate(states):
                 for gran in ("node", "head"):
@@ -165,7 +181,7 @@ def sensitivity_curves(run: RunResults, site: str):
                     if not rows:
                         continue
                     l2s = [r["l2"] for r in rows]
-                    values = [r[stat] for r in rows]
+                    values = [r.get(stat, math.nan) for r in rows]  # a statistic the csv predates: a gap
                     data_rows.setdefault((family, gran, e.epoch), (l2s, {}))[1][stat] = values
                     label = f"{GRAN_NAMES[gran]}, {epoch_label(e.epoch)}"
                     (line,) = ax.plot(l2s, values, styles[i % len(styles)], color=GRAN_COLOURS[gran],
@@ -180,8 +196,9 @@ def sensitivity_curves(run: RunResults, site: str):
             ax.set_xscale("log")
             ax.set_xlabel("L2 penalty (standardised nodes)", fontsize=8)
             ax.set_title(f"{family}: {title}", fontsize=9)
-            if stat == "live_fraction":
-                ax.set_ylim(0, 1.02)
+            ylim = registry.get(stat).plot.ylim
+            if ylim:
+                ax.set_ylim(*ylim)
             ax.grid(alpha=0.3)
     handles["chosen"] = axes[0][0].plot([], [], "-", color="0.3", alpha=0.22, linewidth=7,
                                         label="the run's penalty (wide band)")[0]

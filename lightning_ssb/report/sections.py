@@ -9,6 +9,7 @@ import html
 import math
 from collections.abc import Callable
 
+from lightning_ssb import statistics as registry
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.html import Book
 from lightning_ssb.report.load import RunResults, Stat
@@ -94,6 +95,18 @@ def statistics(runs: list[RunResults], book: Book):
     return "Symmetry breaking by epoch (with the nulls)", "".join(body)
 
 
+NULL_NAMES = {"train": "null: probe-train permuted", "both": "null: both splits permuted"}
+
+
+def table_rows() -> list[tuple[str, str | None, str]]:
+    """``(statistic, null, row name)`` of the deepest layer's table: every registered statistic with
+    ``table`` (its panel title as the name), then those with ``table_nulls`` under each null."""
+    entries = registry.in_table()
+    rows = [(s.name, None, s.plot.title if s.plot else s.name) for s in entries]
+    return rows + [(s.name, null, f"{s.plot.title if s.plot else s.name}, {NULL_NAMES[null]}")
+                   for s in entries if s.table_nulls for null in ("train", "both")]
+
+
 def states_side_by_side(runs: list[RunResults], book: Book):
     """The deepest layer's statistics at random init, the start and every epoch, in one table per site."""
     body = []
@@ -109,11 +122,7 @@ def states_side_by_side(runs: list[RunResults], book: Book):
             rows = []
             for fam in run.families:
                 for gran in ("node", "head"):
-                    for stat, null, name in (("live_fraction", None, "live fraction"),
-                                             ("mean_labels", None, "labels per unit"), ("phi", None, "\u03a6"),
-                                             ("coverage", None, "coverage"),
-                                             ("live_fraction", "train", "live fraction, null: probe-train permuted"),
-                                             ("live_fraction", "both", "live fraction, null: both splits permuted")):
+                    for stat, null, name in table_rows():
                         values = [e.scalars.get(Stat(site, fam, gran, stat, null)) for e in run.epochs]
                         if all(v is None for v in values):
                             continue

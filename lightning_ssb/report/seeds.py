@@ -21,11 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_ssb import statistics as registry
 from lightning_ssb.report.load import NoResultsError, RunResults, Stat, epoch_label, load_runs
 from lightning_ssb.report.plots import new_figure
 
-# the statistics the printed table and the figure show (the CSV has every one the runs logged)
-SHOWN = ("live_fraction", "phi", "coverage", "mean_labels", "acc_mean")
+
+def shown() -> list[str]:
+    """The statistics the printed table shows: every registered one with ``compare`` (built in:
+    live_fraction, phi, mean_labels, coverage, acc_mean); the CSV has every one the runs logged."""
+    return [s.name for s in registry.compared()]
+
+
 AGREEMENT = ("identity_agreement", "matched_agreement")
 STAT_COLUMNS = ("epoch", "site", "family", "granularity", "statistic")
 PAIR_COLUMNS = ("epoch", "site", "family", "granularity", "run_a", "run_b", "live_a", "live_b", "identity_agreement",
@@ -167,13 +173,14 @@ def summary_rows(cmp: SeedComparison, epoch: int | None = None) -> tuple[list[st
     """The printed table: one row per site, family and granularity of ``epoch`` (default: the last
     common one): each shown statistic as mean +- std over runs, then the agreements (mean over pairs)."""
     epoch = cmp.epochs[-1] if epoch is None else epoch
-    header = ["site", "family", "gran", *SHOWN, "identity", "matched"]
+    stats = shown()
+    header = ["site", "family", "gran", *stats, "identity", "matched"]
     rows = []
     units = dict.fromkeys((r["site"], r["family"], r["granularity"]) for r in cmp.statistics
                           if r["epoch"] == epoch and r["granularity"] in ("node", "head"))
     for site, family, gran in units:
         row = [site, family, gran]
-        for stat in SHOWN:
+        for stat in stats:
             r = cmp.statistic(epoch, site, family, gran, stat)
             row.append("-" if r is None else f"{_fmt(r['mean'])}\u00b1{_fmt(r['std'])}")
         agree = cmp.agreement(epoch, site, family, gran)
