@@ -183,7 +183,7 @@ def capture_batches(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Run ``batches`` (``ProbeBatch``) through ``model``'s encoder in eval mode and capture the sites.
 
-    The encoder alone runs (no task head), it stops after the deepest captured layer, and the
+    The encoder alone runs (no task head), it stops after the deepest capture, and the
     model's training mode is restored afterwards, also on error.
 
     Args:
@@ -203,8 +203,14 @@ def capture_batches(
     stop = None
     try:
         with capture_sites(model, layers, sites) as capture:
-            # registered after the capture hooks, so the deepest layer's own output is captured first
-            stop = encoder_layers(model)[max(layers)].register_forward_hook(_raise_stop)
+            # registered after the capture hooks, so the deepest capture runs first; without an `output`
+            # site there, the pass stops at the input of its attention output projection (the deepest
+            # `attn.heads` capture): that layer's projection and feed-forward block are never computed
+            deepest = encoder_layers(model)[max(layers)]
+            if "output" in sites:
+                stop = deepest.register_forward_hook(_raise_stop)
+            else:
+                stop = deepest.attention.output.dense.register_forward_pre_hook(_raise_stop)
             for batch in batches:
                 inputs = {k: v.to(device, non_blocking=True) for k, v in batch.inputs.items()}
                 capture.select(batch.rows, batch.positions)

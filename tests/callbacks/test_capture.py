@@ -126,6 +126,27 @@ def test_capture_batches_restores_mode_and_stops_early():
     torch.testing.assert_close(tensors["blocks.1.output"][:2, 0], ref[[0, 2], [3, 1]])
 
 
+def test_heads_only_capture_stops_before_the_deepest_feed_forward():
+    """Without an `output` site, the deepest layer runs up to its attention context only: its output
+    projection and feed-forward block never run, and the heads equal a full forward's."""
+    model = tiny_bert(layers=3)
+    batch = random_batch()
+    pb = ProbeBatch(batch, torch.tensor([0, 1, 2]), torch.tensor([0, 4, 7]), torch.tensor([0, 1, 0]))
+    deepest = model.bert.encoder.layer[1]
+    calls = []
+    handles = [deepest.attention.output.dense.register_forward_hook(lambda *a: calls.append("projection")),
+               deepest.intermediate.register_forward_hook(lambda *a: calls.append("feed-forward"))]
+    tensors, _ = capture_batches(model, [pb], [0, 1], ["attn.heads"])
+    for h in handles:
+        h.remove()
+    assert calls == []
+    with torch.no_grad(), capture_sites(model, [0, 1], ["attn.heads"]) as cap:
+        cap.select(pb.rows, pb.positions)
+        model.eval().bert(**batch)
+    for name, full in cap.tensors().items():
+        torch.testing.assert_close(tensors[name], full)
+
+
 def test_capture_share_installs_hooks_once_and_splits_per_batch(monkeypatch):
     from lightning_ssb import capture
 
