@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_ssb.progress import progress
-from lightning_ssb.report.html import Book, page
+from lightning_ssb.report.html import Book, default_workers, page
 from lightning_ssb.report.load import RunResults, load_runs
 from lightning_ssb.report.sections import SECTIONS, Section
 
@@ -38,13 +38,15 @@ def _resolve_out(out, runs) -> Path:
 
 
 def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECTIONS, dpi: int = 110,
-                 keep_figures: bool = False, svg: bool = True) -> Book:
+                 keep_figures: bool = False, svg: bool = True, workers: int | None = None) -> Book:
     """Write the report of already loaded runs to ``out`` and return the ``Book`` (figures with their
-    plotted data, notes, errors); `svg` also writes every figure as SVG."""
+    plotted data, notes, errors); `svg` also writes every figure as SVG. ``workers``: processes that draw
+    the figures (default ``html.default_workers()``; 1 draws them here, as ``keep_figures`` does)."""
     out = _resolve_out(out, runs)
     out.parent.mkdir(parents=True, exist_ok=True)
+    workers = default_workers() if workers is None else max(1, int(workers))
     book = Book(out=out, figures_dir=out.with_name(out.stem + "_figures"), dpi=dpi, keep_figures=keep_figures,
-                svg=svg)
+                svg=svg, workers=workers)
     if book.figures_dir.is_dir():  # figures of an earlier report there would read as part of this one
         for old in [*book.figures_dir.glob("*.png"), *book.figures_dir.glob("*.svg")]:
             old.unlink()
@@ -61,11 +63,17 @@ def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECT
     ks = sorted({r.num_classes for r in runs if r.num_classes})
     chance = ", ".join(f"1/K = 1/{k} = {1 / k:.4f}" for k in ks) or "unknown (no label count in meta.json)"
     title = "SSB report: " + ", ".join(r.run_id for r in runs)
-    out.write_text(page(title, INTRO.format(chance=html.escape(chance)), parts), encoding="utf-8")
+    text = page(title, INTRO.format(chance=html.escape(chance)), parts)
+    if book.pending:
+        with progress(total=book.pending, desc=f"report {out.name}: figures ({book.workers} processes)",
+                      unit="figures") as bar:
+            text = book.render(text, bar.update)
+    out.write_text(text, encoding="utf-8")
     return book
 
 
-def write_report(run_dirs, out=None, sections: Sequence[Section] = SECTIONS, svg: bool = True) -> Path:
+def write_report(run_dirs, out=None, sections: Sequence[Section] = SECTIONS, svg: bool = True,
+                 workers: int | None = None) -> Path:
     """Write the HTML report of one or more runs and return its path.
 
     ``run_dirs``: a path or a list of paths, each a run folder (every ``ssb/<run id>/`` under it is
@@ -78,4 +86,4 @@ def write_report(run_dirs, out=None, sections: Sequence[Section] = SECTIONS, svg
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     runs = load_runs(run_dirs)
-    return build_report(runs, out, sections, svg=svg).out
+    return build_report(runs, out, sections, svg=svg, workers=workers).out
