@@ -284,7 +284,19 @@ class SSBMonitor(Callback):
         deepest = [f"blocks.{max(self.layers)}.{site}" for site in self.sites]
         return AnalysisPlan(book=self.book, nulls=list(self.analysis.nulls) if run_nulls else [],
                             sensitivity=deepest if self.sensitivity and ends else [],
-                            crossover=self.analysis.crossover_mode == "all" or ends, device=device)
+                            crossover=self.analysis.crossover_mode == "all" or ends, device=device,
+                            figure_workers=self._figure_workers(device))
+
+    @staticmethod
+    def _figure_workers(device) -> int:
+        """On a CPU, where training waits for the analysis, a state's figures are drawn by forked processes
+        on every core (``report.plots.figure_workers``); beside training on an accelerator, in the analysis
+        thread (a forked child cannot touch the accelerator, and training does not wait for them there)."""
+        if torch.device(device).type != "cpu":
+            return 1
+        from lightning_ssb.report.plots import figure_workers
+
+        return figure_workers()
 
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
                        model: torch.nn.Module | None = None) -> None:

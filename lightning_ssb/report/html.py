@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_ssb.report.figures import MissingData
+from lightning_ssb.report.plots import fork_map
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto;
@@ -123,7 +124,8 @@ class Book:
         jobs, self._jobs = self._jobs, []
         if not jobs:
             return html_text
-        outcomes = _render_parallel(jobs, self.figures_dir, self.dpi, self.svg, self.workers, progress)
+        outcomes = fork_map(lambda i: _draw_one(jobs[i], self.figures_dir, self.dpi, self.svg), len(jobs),
+                            self.workers, progress)
         parts = {}
         for job, (ok, payload, png_bytes) in zip(jobs, outcomes, strict=True):
             if ok:
@@ -167,62 +169,13 @@ class _DrawError(Exception):
     """A figure function's error in a worker, as ``<type>: <message>`` (the error itself may not pickle)."""
 
 
-_PENDING: list[_Job] = []  # the jobs of the running `render`, inherited by its forked workers
-
-
-def _child_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
-
-
-def _draw_one(i: int, folder: Path, dpi: int, svg: bool):
-    job = _PENDING[i]
+def _draw_one(job: _Job, folder: Path, dpi: int, svg: bool):
     try:
         fig, data = job.make(*job.args, **job.kwargs)
         return True, data, _save(fig, folder, job.stem, dpi, svg)
     except Exception as err:  # noqa: BLE001 - reported as the serial path does
         err = err if isinstance(err, MissingData) else _DrawError(f"{type(err).__name__}: {err}")
         return False, err, b""
-
-
-def _render_parallel(jobs: list[_Job], folder: Path, dpi: int, svg: bool, workers: int, progress=None) -> list:
-    """``(ok, data or the exception, PNG bytes)`` of every job, drawn by ``workers`` forked processes
-    (figures are single-threaded Python: a report of 65 figures draws about ``workers`` times as fast)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    global _PENDING
-    _PENDING = jobs
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_child_init) as pool:
-            futures = [pool.submit(_draw_one, j.index, folder, dpi, svg) for j in jobs]
-            out = []
-            for future in futures:
-                out.append(future.result())
-                if progress is not None:
-                    progress(1)
-            return out
-    finally:
-        _PENDING = []
-
-
-def default_workers() -> int:
-    """Processes that draw a report's figures: up to 4 of the machine's cores where ``fork`` is safe and
-    available (Linux), else 1 (drawn in this process). ``LIGHTNING_SSB_REPORT_WORKERS`` overrides it."""
-    import os
-    import sys
-
-    env = os.environ.get("LIGHTNING_SSB_REPORT_WORKERS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"LIGHTNING_SSB_REPORT_WORKERS must be an integer, got {env!r}") from None
-    if not sys.platform.startswith("linux"):
-        return 1
-    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def page(title: str, intro: str, sections: list[tuple[str, str, str]]) -> str:

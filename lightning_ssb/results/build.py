@@ -78,6 +78,7 @@ class AnalysisPlan:
         sensitivity: the sites whose statistics are re-run over ``AnalysisConfig.sensitivity_grid``.
         crossover: whether the crossover runs (``AnalysisConfig.crossover_sizes``) at this state.
         device: where the read-outs are fitted (the training device; the snapshot itself stays on the CPU).
+        figure_workers: processes that draw the state's figures (``report.plots.fork_map``; 1: this thread).
     """
 
     book: PenaltyBook = field(default_factory=PenaltyBook)
@@ -85,6 +86,7 @@ class AnalysisPlan:
     sensitivity: list[str] = field(default_factory=list)
     crossover: bool = True
     device: Any = "cpu"
+    figure_workers: int = 1
 
 
 def _quiet(stage: str) -> None:
@@ -185,7 +187,10 @@ def _build(result, snapshot, config, analyses, figures, table, prefix, plan, pro
     if figures:
         progress("figures")
         with timed("figures"):
-            result.figures.update(render.site_figures(snapshot, prefix, granularities))
+            from lightning_ssb.report.plots import draw_pngs  # matplotlib: only where figures are drawn
+
+            makers = render.site_figure_makers(snapshot, prefix, granularities)
+            result.figures.update(draw_pngs(makers, plan.figure_workers if plan is not None else 1))
     with timed("custom analyses"):
         for analysis in analyses:
             for key, value in (analysis.analyze(snapshot) or {}).items():

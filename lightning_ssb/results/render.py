@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,37 +47,45 @@ def node_table(snap: EpochSnapshot, families: dict | None = None) -> tuple[list[
     return TABLE_COLUMNS, rows
 
 def site_figures(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> dict:
-    """Heatmaps (heads: layers x heads; nodes: per site), best-node matrices and envelope, crossover."""
+    """Heatmaps (heads: layers x heads; nodes: per site), best-node matrices and envelope, crossover:
+    ``{key: Figure}`` (``site_figure_makers``, each drawn here)."""
+    return {key: make() for key, make in site_figure_makers(snap, prefix, granularities).items()}
+
+
+def site_figure_makers(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> dict:
+    """The figures of ``site_figures`` as ``{key: zero-argument function returning the Figure}``, so that
+    ``report.plots.draw_pngs`` can draw them in worker processes (the functions hold CPU tensors only)."""
     from lightning_ssb.report import plots as figures  # here: results/ loads without matplotlib
 
     out = {}
     title = epochs.label(snap.epoch)
     head_sites = [n for n in snap.results if n.endswith("attn.heads")]
     if "head" in granularities and head_sites and snap.results[head_sites[0]].head_accuracy is not None:
-        grid = torch.stack([snap.results[n].head_accuracy for n in head_sites])
-        out[figure_key("heads", "accuracy", prefix)] = figures.heatmap(
-            grid, f"single-head accuracy, {title}", "head", "layer",
+        grid = torch.stack([snap.results[n].head_accuracy for n in head_sites]).cpu()
+        out[figure_key("heads", "accuracy", prefix)] = partial(
+            figures.heatmap, grid, f"single-head accuracy, {title}", "head", "layer",
             ynames=[str(_layer(n)) for n in head_sites], vmin=0.0)
     for name, site in snap.results.items():
         if "node" in granularities:
-            out[figure_key(name, "node_accuracy", prefix)] = figures.heatmap(
-                site.node_accuracy, f"{name}: single-node accuracy, {title}", "node", "head", vmin=0.0)
+            out[figure_key(name, "node_accuracy", prefix)] = partial(
+                figures.heatmap, site.node_accuracy.cpu(), f"{name}: single-node accuracy, {title}", "node", "head",
+                vmin=0.0)
         best = site.best_nodes[0] if site.best_nodes else None
         if best is not None:
             node, d = best["node"], site.node_accuracy.shape[1]
             where = f"node {node} (head {node // d}, node {node % d}; accuracy {best['accuracy']:.3f})"
-            out[figure_key(name, "best_node", prefix)] = figures.matrices(
-                best["field"], best["confusion"], f"{name}: best {where}, {title}",
+            out[figure_key(name, "best_node", prefix)] = partial(
+                figures.matrices, best["field"].cpu(), best["confusion"].cpu(), f"{name}: best {where}, {title}",
                 "field matrix F[i, k]", "confusion matrix C[i, j]", snap.label_names)
             x = snap.test[name].flatten(1)[:, node]  # the range the hull labels are computed over
             # the node's own K lines in its family: the effective intercepts (own fit, shared bias,
             # mean-ablation constant), not the read-out's raw bias
-            out[figure_key(name, "envelope", prefix)] = figures.envelope(
-                site.nodes.slope[node], site.nodes.intercept[node], (float(x.min()), float(x.max())),
-                f"{name}: upper envelope of {where}, {title}", snap.label_names)
+            out[figure_key(name, "envelope", prefix)] = partial(
+                figures.envelope, site.nodes.slope[node].cpu(), site.nodes.intercept[node].cpu(),
+                (float(x.min()), float(x.max())), f"{name}: upper envelope of {where}, {title}", snap.label_names)
         if site.crossover:
-            out[figure_key(name, "crossover", prefix)] = figures.crossover(
-                site.crossover, f"{name}: crossover in the number of nodes, {title}")
+            out[figure_key(name, "crossover", prefix)] = partial(
+                figures.crossover, site.crossover, f"{name}: crossover in the number of nodes, {title}")
     return out
 
 

@@ -45,3 +45,22 @@ def test_figure_titles_name_the_state():
         titles += [fig._suptitle.get_text() for fig in figs.values() if fig._suptitle is not None]
         assert titles and all(name in t for t in titles if "accuracy" in t or "envelope" in t), (epoch, titles)
         assert not any("reference" in t for t in titles if epoch != -1)
+
+
+def test_figures_drawn_by_forked_workers_are_the_ones_drawn_here():
+    """The monitor draws a state's figures in forked processes on a CPU: the same PNG bytes, same keys."""
+    from lightning_ssb.report.plots import draw_pngs, to_png
+    from lightning_ssb.results.render import site_figure_makers
+
+    gen = torch.Generator().manual_seed(2)
+    k, n = 3, 120
+    y = torch.arange(n) % k
+    x = torch.randn(k, 2, 3, generator=gen)[y] + torch.randn(n, 2, 3, generator=gen)
+    site = analyze_site(x, y, x, y, k, AnalysisConfig(readout="shared", crossover_sizes=[1, 2, 6], top_nodes=1,
+                                                      l2=1e-3, crossover_draws=2))
+    snap = EpochSnapshot(1, 0, {"blocks.0.attn.heads": x}, {"blocks.0.attn.heads": x}, y, y, k, list("abc"))
+    snap.results["blocks.0.attn.heads"] = site
+    makers = site_figure_makers(snap, "ssb", ["node", "head"])
+    assert len(makers) == 5  # heads heatmap, node accuracy, best node, envelope, crossover
+    here = {key: to_png(fig) for key, fig in site_figures(snap, "ssb", ["node", "head"]).items()}
+    assert draw_pngs(makers, workers=2) == here
