@@ -34,7 +34,7 @@ PACKAGE = ROOT / "lightning_ssb"
 
 # module prefix (relative to lightning_ssb) -> layer; the longest matching prefix wins
 LAYERS = {
-    "hub": 0, "progress": 0, "provenance": 0, "statistics": 0, "report.plots": 0,
+    "hub": 0, "progress": 0, "provenance": 0, "statistics": 0, "parallel": 0, "report.plots": 0,
     "data": 1, "models": 1, "loggers": 1, "run_folder": 1,
     "capture": 2, "analysis": 2,
     "results": 3,

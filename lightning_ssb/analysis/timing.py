@@ -53,3 +53,11 @@ def timed(stage: str) -> Iterator[None]:
         seconds[stage] += elapsed - nested
         if stack:
             stack[-1] += elapsed
+
+
+def add_seconds(seconds: dict[str, float]) -> None:
+    """Add stage times measured elsewhere (a worker process's `collect`) to the current `collect`, if any."""
+    current = getattr(_local, "seconds", None)
+    if current is not None:
+        for k, v in seconds.items():
+            current[k] += v

@@ -285,18 +285,19 @@ class SSBMonitor(Callback):
         return AnalysisPlan(book=self.book, nulls=list(self.analysis.nulls) if run_nulls else [],
                             sensitivity=deepest if self.sensitivity and ends else [],
                             crossover=self.analysis.crossover_mode == "all" or ends, device=device,
-                            figure_workers=self._figure_workers(device))
+                            workers=self._workers(device))
 
     @staticmethod
-    def _figure_workers(device) -> int:
-        """On a CPU, where training waits for the analysis, a state's figures are drawn by forked processes
-        on every core (``report.plots.figure_workers``); beside training on an accelerator, in the analysis
-        thread (a forked child cannot touch the accelerator, and training does not wait for them there)."""
+    def _workers(device) -> int:
+        """On a CPU, where training waits for the analysis, a state's sites are analysed and its figures
+        drawn by forked processes, one thread each, on every core (``parallel.default_workers``); beside
+        training on an accelerator, in the analysis thread (a forked child cannot touch the accelerator,
+        and training does not wait there)."""
         if torch.device(device).type != "cpu":
             return 1
-        from lightning_ssb.report.plots import figure_workers
+        from lightning_ssb.parallel import default_workers
 
-        return figure_workers()
+        return default_workers()
 
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
                        model: torch.nn.Module | None = None) -> None:

@@ -7,10 +7,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_ssb.parallel import default_workers
 from lightning_ssb.progress import progress
 from lightning_ssb.report.html import Book, page
 from lightning_ssb.report.load import RunResults, load_runs
-from lightning_ssb.report.plots import figure_workers
 from lightning_ssb.report.sections import SECTIONS, Section
 
 INTRO = (
@@ -42,10 +42,10 @@ def build_report(runs: list[RunResults], out, sections: Sequence[Section] = SECT
                  keep_figures: bool = False, svg: bool = True, workers: int | None = None) -> Book:
     """Write the report of already loaded runs to ``out`` and return the ``Book`` (figures with their
     plotted data, notes, errors); `svg` also writes every figure as SVG. ``workers``: processes that draw
-    the figures (default ``plots.figure_workers()``; 1 draws them here, as ``keep_figures`` does)."""
+    the figures (default ``parallel.default_workers()``; 1 draws them here, as ``keep_figures`` does)."""
     out = _resolve_out(out, runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    workers = figure_workers() if workers is None else max(1, int(workers))
+    workers = default_workers() if workers is None else max(1, int(workers))
     book = Book(out=out, figures_dir=out.with_name(out.stem + "_figures"), dpi=dpi, keep_figures=keep_figures,
                 svg=svg, workers=workers)
     if book.figures_dir.is_dir():  # figures of an earlier report there would read as part of this one

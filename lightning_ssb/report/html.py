@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_ssb.parallel import fork_map
 from lightning_ssb.report.figures import MissingData
-from lightning_ssb.report.plots import fork_map
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto;

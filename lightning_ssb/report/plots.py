@@ -52,69 +52,10 @@ def to_png(figure) -> bytes:
     return cached
 
 
-def figure_workers() -> int:
-    """Processes that draw figures in parallel (``fork_map``): up to 4 of the cores this process may use,
-    on Linux (where ``fork`` is available and safe for drawing); 1 elsewhere (drawn in this process).
-    ``LIGHTNING_SSB_FIGURE_WORKERS`` overrides it (1: never fork)."""
-    import os
-    import sys
-
-    env = os.environ.get("LIGHTNING_SSB_FIGURE_WORKERS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"LIGHTNING_SSB_FIGURE_WORKERS must be an integer, got {env!r}") from None
-    if not sys.platform.startswith("linux"):
-        return 1
-    return max(1, min(4, len(os.sched_getaffinity(0))))
-
-
-_TASK = None  # the task of the running `fork_map`, inherited by its forked workers
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
-
-
-def _run_task(i: int):
-    return _TASK(i)
-
-
-def fork_map(task, n: int, workers: int, done=None) -> list:
-    """``[task(0), ..., task(n - 1)]``, computed by ``workers`` forked processes (in this process when
-    ``workers`` <= 1 or n <= 1). ``task`` is inherited by the fork, never pickled (a closure over
-    figures' data is fine); its results must pickle. ``done(1)`` is called as each result arrives, in
-    order. For drawing: matplotlib is single-threaded Python, so figures scale with processes. Callers
-    must not hand it work that touches an accelerator (a forked child cannot)."""
-    global _TASK
-    if workers <= 1 or n <= 1:
-        out = []
-        for i in range(n):
-            out.append(task(i))
-            if done is not None:
-                done(1)
-        return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    _TASK = task
-    try:
-        with ProcessPoolExecutor(min(workers, n), mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_worker_init) as pool:
-            futures = [pool.submit(_run_task, i) for i in range(n)]
-            out = []
-            for future in futures:
-                out.append(future.result())
-                if done is not None:
-                    done(1)
-            return out
-    finally:
-        _TASK = None
-
-
 def draw_pngs(makers: dict, workers: int = 1) -> dict[str, bytes]:
     """``{key: PNG bytes}`` of ``{key: zero-argument function returning a Figure}``, drawn by ``fork_map``."""
+    from lightning_ssb.parallel import fork_map
+
     keys = list(makers)
     pngs = fork_map(lambda i: to_png(makers[keys[i]]()), len(keys), workers)
     return dict(zip(keys, pngs, strict=True))

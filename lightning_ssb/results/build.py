@@ -78,7 +78,8 @@ class AnalysisPlan:
         sensitivity: the sites whose statistics are re-run over ``AnalysisConfig.sensitivity_grid``.
         crossover: whether the crossover runs (``AnalysisConfig.crossover_sizes``) at this state.
         device: where the read-outs are fitted (the training device; the snapshot itself stays on the CPU).
-        figure_workers: processes that draw the state's figures (``report.plots.fork_map``; 1: this thread).
+        workers: processes that analyse the sites and draw the figures (``parallel.fork_map``, one torch
+            thread each; 1: all in this thread). Only for a CPU device.
     """
 
     book: PenaltyBook = field(default_factory=PenaltyBook)
@@ -86,7 +87,7 @@ class AnalysisPlan:
     sensitivity: list[str] = field(default_factory=list)
     crossover: bool = True
     device: Any = "cpu"
-    figure_workers: int = 1
+    workers: int = 1
 
 
 def _quiet(stage: str) -> None:
@@ -105,9 +106,12 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     figures and the custom analyses. ``meta`` has the penalties, the fits' convergence and the nulls.
     ``progress(stage)`` hears what is being computed (the monitor shows it while training waits).
     """
+    from contextlib import nullcontext
     from dataclasses import replace
 
     from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
+    from lightning_ssb.analysis.timing import add_seconds, collect
+    from lightning_ssb.parallel import fork_map
 
     plan = plan if plan is not None else AnalysisPlan(nulls=list(getattr(config, "nulls", [])))
     if not plan.crossover:
@@ -123,23 +127,53 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
         progress(f"read-out penalties by cross-validation on probe-train, {len(train)} sites pooled (once per run)")
         plan.book.penalties = analysis.choose_penalties(train, y_train, snapshot.num_classes, config)
     penalties = plan.book.penalties
-    for i, name in enumerate(snapshot.train, 1):
+    names = list(snapshot.train)
+    # one task per site, and one per sensitivity site (the longest: first, so two workers share the load)
+    tasks = [("sensitivity", name) for name in names if name in plan.sensitivity] + [("site", n) for n in names]
+    workers = plan.workers if device.type == "cpu" else 1
+
+    def run(i: int):
+        kind, name = tasks[i]
         xtr, xte = train[name], snapshot.test[name]
-        where = f"site {i}/{len(snapshot.train)} {name}"
-        progress(f"{where}: read-outs and statistics" + (f", nulls {'+'.join(plan.nulls)}" if plan.nulls else ""))
-        res = analysis.analyze_all(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
-                                   nulls=list(plan.nulls), penalties=penalties, name=name)
-        snapshot.results[name] = res.real.get("shared") or next(iter(res.real.values()))
-        families[name] = res.real
-        for family, null, granularity, statistic, value in res.statistics():
+        with collect() if workers > 1 else nullcontext({}) as seconds:  # here: timed into the outer collect
+            if kind == "site":
+                out = analysis.analyze_all(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
+                                           nulls=list(plan.nulls), penalties=penalties, name=name)
+            else:
+                out = analysis.sensitivity(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
+                                           name=name)
+        return out, dict(seconds)
+
+    def what(i: int) -> str:
+        kind, name = tasks[i]
+        if kind == "sensitivity":
+            return f"{name}: sensitivity to the penalty ({len(config.sensitivity_grid)} values)"
+        where = f"site {names.index(name) + 1}/{len(names)} {name}"
+        return f"{where}: read-outs and statistics" + (f", nulls {'+'.join(plan.nulls)}" if plan.nulls else "")
+
+    finished = [0]
+
+    def done(_):
+        finished[0] += 1
+        if workers > 1 and finished[0] < len(tasks):
+            progress(f"{finished[0]}/{len(tasks)} parts done in {workers} processes (sites and sensitivity)")
+        elif finished[0] < len(tasks):
+            progress(what(finished[0]))
+
+    progress(what(0) if workers <= 1 else f"0/{len(tasks)} parts done in {workers} processes (sites and "
+             "sensitivity)")
+    outcomes = fork_map(run, len(tasks), workers, done)
+    for (kind, name), (out, seconds) in zip(tasks, outcomes, strict=True):
+        add_seconds(seconds)  # from the worker processes: summed over them (they overlap in time)
+        if kind == "sensitivity":
+            sens_rows += [{"site": name, **row} for row in out]
+            continue
+        snapshot.results[name] = out.real.get("shared") or next(iter(out.real.values()))
+        families[name] = out.real
+        for family, null, granularity, statistic, value in out.statistics():
             scalars[scalar_key(name, family, granularity, statistic, null, prefix)] = float(value)
-        arrays.update({f"{name}/{key}": value for key, value in res.arrays().items()})
-        convergence[name] = res.convergence()
-        if name in plan.sensitivity:
-            progress(f"{where}: sensitivity to the penalty ({len(config.sensitivity_grid)} values)")
-            rows = analysis.sensitivity(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
-                                        name=name)
-            sens_rows += [{"site": name, **row} for row in rows]
+        arrays.update({f"{name}/{key}": value for key, value in out.arrays().items()})
+        convergence[name] = out.convergence()
     tables = {"nodes": render.node_table(snapshot, families)}
     if any(site.crossover for per_family in families.values() for site in per_family.values()):
         tables["crossover"] = render.crossover_table(snapshot, families)
@@ -190,7 +224,7 @@ def _build(result, snapshot, config, analyses, figures, table, prefix, plan, pro
             from lightning_ssb.report.plots import draw_pngs  # matplotlib: only where figures are drawn
 
             makers = render.site_figure_makers(snapshot, prefix, granularities)
-            result.figures.update(draw_pngs(makers, plan.figure_workers if plan is not None else 1))
+            result.figures.update(draw_pngs(makers, plan.workers if plan is not None else 1))
     with timed("custom analyses"):
         for analysis in analyses:
             for key, value in (analysis.analyze(snapshot) or {}).items():

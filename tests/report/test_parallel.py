@@ -5,10 +5,11 @@ import re
 
 import pytest
 
+from lightning_ssb.parallel import default_workers
 from lightning_ssb.report.build import build_report
 from lightning_ssb.report.figures import MissingData
 from lightning_ssb.report.load import load_runs
-from lightning_ssb.report.plots import figure_workers, new_figure
+from lightning_ssb.report.plots import new_figure
 from lightning_ssb.report.sections import SECTIONS
 from tests.report.synthetic import write_run
 
@@ -60,8 +61,8 @@ def test_forked_workers_draw_the_same_report(tmp_path):
 
 
 def test_worker_count_from_the_environment(monkeypatch):
-    monkeypatch.setenv("LIGHTNING_SSB_FIGURE_WORKERS", "3")
-    assert figure_workers() == 3
-    monkeypatch.setenv("LIGHTNING_SSB_FIGURE_WORKERS", "many")
-    with pytest.raises(ValueError, match="LIGHTNING_SSB_FIGURE_WORKERS must be an integer, got 'many'"):
-        figure_workers()
+    monkeypatch.setenv("LIGHTNING_SSB_WORKERS", "3")
+    assert default_workers() == 3
+    monkeypatch.setenv("LIGHTNING_SSB_WORKERS", "many")
+    with pytest.raises(ValueError, match="LIGHTNING_SSB_WORKERS must be an integer, got 'many'"):
+        default_workers()
