@@ -19,6 +19,7 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 import lightning_ssb.callbacks.monitor as monitor_module
+import lightning_ssb.results.engine as engine_module
 
 
 class InterruptAt(Callback):
@@ -55,11 +56,11 @@ def once(condition):
 
 
 def hold_analysis_then_interrupt(patches: pytest.MonkeyPatch, epoch: int) -> None:
-    """Patch (through ``patches``) the monitor's analysis and its wait: the analysis of ``epoch`` is still running
+    """Patch (through ``patches``) the monitor's engine and its wait: the analysis of ``epoch`` is still running
     when the Ctrl-C comes (it reports a stage every 20 ms, which raises once the interrupted monitor stopped
     it), and the Ctrl-C comes while the main thread waits for that analysis."""
     held, ctrl_c = once(lambda snap: snap.epoch == epoch), once(lambda future: future.ssb_epoch == epoch)
-    build, waiting = monitor_module.build_result, monitor_module.WaitProgress.waiting
+    build, waiting = engine_module.build_result, monitor_module.WaitProgress.waiting
 
     def held_until_stopped(snapshot, *args):
         if held(snapshot):
@@ -72,5 +73,5 @@ def hold_analysis_then_interrupt(patches: pytest.MonkeyPatch, epoch: int) -> Non
         if ctrl_c(future):
             raise KeyboardInterrupt  # Ctrl-C while the main thread waits for this analysis
         return waiting(self, future)
-    patches.setattr(monitor_module, "build_result", held_until_stopped)
+    patches.setattr(engine_module, "build_result", held_until_stopped)
     patches.setattr(monitor_module.WaitProgress, "waiting", ctrl_c_while_waiting)
