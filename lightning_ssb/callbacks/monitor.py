@@ -21,7 +21,8 @@ import os
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -273,8 +274,10 @@ class SSBMonitor(Callback):
         While the first analysed state is still choosing the penalties (in the background, before its
         result is logged), waits until they are chosen: a resume must use the run's penalties, not
         choose new ones on a later state."""
-        while self.book.penalties is None and any(not f.done() for f in self._pending):
-            time.sleep(0.05)
+        running = [f for f in self._pending if not f.done()]
+        while self.book.penalties is None and running:  # until chosen, or no analysis is left that could choose
+            wait_for([self.book.chosen, *running], return_when=FIRST_COMPLETED)
+            running = [f for f in running if not f.done()]
         probe_state = self.probe.state_dict() if self.probe is not None else self._probe_state
         chosen = self.book.penalties
         return {"history": [dict(h) for h in self.history], "captured": list(self.captured), "probe": probe_state,

@@ -1,17 +1,21 @@
 """The analysis engine (results/engine.py) on its own, without Lightning's Trainer: probe, capture, analyse,
-log, failed sinks and the penalty book."""
+log, failed sinks and the penalty book; and the monitor's checkpoint waiting for the penalties, not polling."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
+from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.capture import capture_batches
-from lightning_ssb.results.build import AnalysisPlan
+from lightning_ssb.results.build import AnalysisPlan, PenaltyBook
 from lightning_ssb.results.engine import AnalysisEngine
 from lightning_ssb.results.sinks import Sink
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
@@ -48,7 +52,7 @@ def test_one_state_through_the_engine(tmp_path):
     stages = []
     result = engine.analyse(snap, AnalysisPlan(book=engine.book, crossover=False), figures=False,
                             progress=stages.append)
-    assert stages and engine.book.penalties is not None  # the first state chose them
+    assert stages and engine.book.penalties is not None and engine.book.chosen.done()  # the first state chose them
     broken = Broken()
     engine.sinks.append(broken)
     with pytest.warns(UserWarning, match="the broken sink could not write .*disk full; it is left out from now on"):
@@ -62,3 +66,45 @@ def test_one_state_through_the_engine(tmp_path):
         engine.log(result)  # the failed sink is left out: no second warning
     assert broken.calls == 1
     engine.close()
+
+
+def test_the_penalty_book_says_when_they_are_chosen():
+    book = PenaltyBook()
+    assert book.penalties is None and not book.chosen.done()
+    book.penalties = "chosen"
+    assert book.chosen.result(timeout=0) == "chosen"
+    assert PenaltyBook("given").chosen.done()
+
+
+def _monitor_with(work) -> SSBMonitor:
+    """A monitor whose queue holds one analysis running ``work(book)`` on a worker thread."""
+    monitor = SSBMonitor(layers=[0], probe=PROBE)
+    executor = ThreadPoolExecutor(1)
+    monitor._pending.append(executor.submit(work, monitor.book))
+    executor.shutdown(wait=False)
+    return monitor
+
+
+def test_a_checkpoint_waits_for_the_penalties_not_for_the_whole_analysis():
+    release = threading.Event()
+
+    def analysis(book):
+        time.sleep(0.2)
+        book.penalties = type("Chosen", (), {"as_dict": lambda self: {"l2": 1.0}})()
+        release.wait(timeout=30)  # the rest of the analysis runs on after the choice
+
+    monitor = _monitor_with(analysis)
+    try:
+        assert monitor.state_dict()["penalties"] == {"l2": 1.0}
+        assert not monitor._pending[0].done()  # returned at the choice, while the analysis still runs
+    finally:
+        release.set()
+
+
+def test_a_checkpoint_does_not_wait_on_an_analysis_that_failed_before_choosing():
+    def analysis(book):
+        time.sleep(0.1)
+        raise RuntimeError("failed before the penalties")
+
+    monitor = _monitor_with(analysis)
+    assert monitor.state_dict()["penalties"] is None and monitor._pending[0].done()
