@@ -160,7 +160,8 @@ def main() -> None:
 def monitor_cost(args, dm, model) -> None:
     """What one analysed epoch of SSBMonitor costs on a saved model: the probe's capture (every layer,
     the given sites) and ``build_result`` with the shipped analysis settings (both read-out families,
-    the null, the full crossover), timed apart; the same calls as ``SSBMonitor._analyse_epoch``."""
+    the null, the full crossover), timed apart; the same calls as the monitor's engine makes
+    (``results.engine.AnalysisEngine.capture`` and ``.analyse``)."""
     from lightning_ssb.analysis import AnalysisConfig
     from lightning_ssb.capture import capture_probe
     from lightning_ssb.results.build import EpochSnapshot, build_result

@@ -6,7 +6,9 @@ subcommand parsed like ``fit`` (the same model, data, trainer, monitor and callb
 loads the checkpoint's weights into the model the config builds (either stage; a classifier config also
 takes an MLM checkpoint or a Hugging Face folder through ``pretrained``), sets up the data, and asks
 the config's ``SSBMonitor`` for one analysis, written like an epoch of ``fit`` to the same sinks (disk
-``ssb/<run id>/analyze/``, the W&B run, other loggers), so that ``report`` and ``compare`` read it.
+``ssb/<run id>/analyze/``, the W&B run, other loggers), so that ``report`` and ``compare`` read it. The
+work is the monitor's own engine (``results/engine.py``), driven through its public API as the monitor
+drives it at each analysed epoch.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from lightning_ssb.callbacks.monitor import SSBMonitor, random_init
-from lightning_ssb.capture import capture_probe
 from lightning_ssb.results import epochs
-from lightning_ssb.results.build import EpochResult, EpochSnapshot, build_result
-from lightning_ssb.results.sinks import SinkError, close_all
+from lightning_ssb.results.build import EpochResult
+from lightning_ssb.results.sinks import SinkError
 from lightning_ssb.run_folder import RunRecord
 
 ANALYZE_SUFFIX = "_analyze"  # an analysis of the run folder F writes to F_analyze (F itself holds the fit's run)
@@ -93,15 +94,18 @@ class SSBTrainer(Trainer):
         monitor.check(model, datamodule)  # before any W&B run exists
         datamodule.prepare_data()
         datamodule.setup("fit")
-        model.trainer = self
-        self.strategy.connect(model)
+        # Lightning has no public way to set a Trainer up without running a loop (fit/validate/predict run
+        # Trainer._run, whose set-up steps are private), and none is needed: nothing here reads
+        # trainer.lightning_module or model.trainer. What is needed is done by hand: the model on the
+        # strategy's device, the loggers' runs, and the set-up of the two callbacks that record the run.
         model.to(self.strategy.root_device)
         for logger in self.loggers:  # the W&B run first, as fit does: its id names the run and its results folder
             getattr(logger, "experiment", None)
         started = time.perf_counter()
         status = "failed"
         try:
-            for cb in self.callbacks:  # the run record and the config file, as in fit
+            for cb in self.callbacks:  # the run record and the config file, as in fit (the others are fit's own:
+                # checkpoints, learning-rate logging, and the monitor, whose setup analyze_once does)
                 if isinstance(cb, RunRecord) or hasattr(cb, "save_config"):
                     cb.setup(self, model, "analyze")
             result = analyze_once(monitor, self, model, datamodule, source, init_seed if random_init else None)
@@ -125,36 +129,32 @@ def analyze_once(monitor: SSBMonitor, trainer: Trainer, pl_module: LightningModu
     initialisation as ``init/`` (epoch -3). One process; the data module must be set up. ``source``
     (what was analysed, its epoch and step) goes into meta.json."""
     monitor.check(pl_module, datamodule)
-    monitor._open_sinks(trainer)
-    monitor.probe = monitor.probe_config.build(datamodule, monitor._task)
+    monitor.open_sinks(trainer)
+    monitor.build_probe(datamodule)
+    engine = monitor.engine
     source = dict(source or {})
     run_penalties = source.pop("run_penalties", None)
     if run_penalties and init_seed is None:  # a checkpoint of a monitored run: its penalties, like with like
         from lightning_ssb.analysis import Penalties
 
-        monitor.book.penalties = Penalties.from_dict(run_penalties)
+        engine.book.penalties = Penalties.from_dict(run_penalties)
         source["penalties"] = "the checkpoint's run (chosen at its first analysed state)"
     try:
         start = time.perf_counter()
         ctx = getattr(trainer.precision_plugin, "forward_context", None)
         epoch = epochs.ANALYZE if init_seed is None else epochs.INIT
+        step = int(source.get("global_step") or 0)
         if init_seed is None:
-            captured = capture_probe(pl_module.model, monitor.probe, monitor.layers, monitor.sites,
-                                     device=pl_module.device, autocast=ctx)
+            snap = engine.capture(pl_module.model, epoch, step, device=pl_module.device, autocast=ctx)
         else:
             with random_init(pl_module.model, init_seed) as fresh:
-                captured = capture_probe(fresh, monitor.probe, monitor.layers, monitor.sites,
-                                         device=pl_module.device, autocast=ctx)
-        x_train, y_train, x_test, y_test = captured
-        monitor.blocking_seconds.append(time.perf_counter() - start)
-        snap = EpochSnapshot(epoch, int(source.get("global_step") or 0), x_train, x_test, y_train, y_test,
-                             monitor.probe.num_classes, list(monitor.probe.label_names))
-        result = build_result(snap, monitor.analysis, monitor.analyses, monitor.make_figures, monitor.make_table,
-                              monitor.prefix, monitor.plan(epoch, last=True, device=pl_module.device))
+                snap = engine.capture(fresh, epoch, step, device=pl_module.device, autocast=ctx)
+        engine.blocking_seconds.append(time.perf_counter() - start)
+        result = engine.analyse(snap, monitor.plan(epoch, last=True, device=pl_module.device), monitor.make_figures)
         result.meta["source"] = source
-        monitor._log(result)
+        engine.log(result)
     finally:
-        close_all(monitor.sinks)
-    if monitor.failed:
-        raise SinkError("SSBMonitor: " + "; ".join(monitor.failed.values()))
+        engine.close()
+    if engine.failed:
+        raise SinkError(f"SSBMonitor: {engine.failure()}")
     return result

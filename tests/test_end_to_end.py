@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
 
 from lightning_ssb.cli import main
 from lightning_ssb.loggers import read_wandb_run
+from tests.interrupts import hold_analysis_then_interrupt, sigint_restored
 
 # 2 layers x 4 heads of 12 nodes: fast, still several heads and nodes per head for the monitor
 SMALL = ["--model.init_args.architecture.num_hidden_layers", "2", "--model.init_args.architecture.hidden_size", "48",
@@ -163,17 +163,6 @@ def test_missing_ckpt_path_is_one_line(capsys):
     assert capsys.readouterr().err.strip() == "lightning_ssb: error: ckpt_path: nothere.ckpt: no such file"
 
 
-class InterruptAt(Callback):
-    """Ctrl-C in the middle of a fit: a KeyboardInterrupt after batch ``batch`` of epoch ``epoch``."""
-
-    def __init__(self, epoch: int = 1, batch: int = 3) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise KeyboardInterrupt
-
-
 NOT_COMPARED = {"ssb/analysis_seconds", "_runtime", "_timestamp", "_step"}  # wall-clock and W&B's own counters
 
 
@@ -201,15 +190,9 @@ def test_interrupted_and_resumed_fit_equals_the_uninterrupted_run(mlm_stage, wor
 
     Equal means equal: the same process, the same deterministic CPU kernels, and the random state
     (masking, data order, dropout) restored from the checkpoint. Only wall-clock keys are left out."""
-    import signal
-
     with in_folder(tmp_path, cache):
-        handler = signal.getsignal(signal.SIGINT)
-        try:  # Lightning ignores further Ctrl-C after the first: give the handler back afterwards
-            with pytest.raises(SystemExit) as stopped:
-                main([*MLM, "--config", fast_monitor(tmp_path), "--trainer.callbacks+", f"{__name__}.InterruptAt"])
-        finally:
-            signal.signal(signal.SIGINT, handler)
+        with sigint_restored(), pytest.raises(SystemExit) as stopped:  # Ctrl-C after batch 3 of epoch 1
+            main([*MLM, "--config", fast_monitor(tmp_path), "--trainer.callbacks+", "tests.interrupts.InterruptAt"])
         assert stopped.value.code == 1
         save = tmp_path / "runs/quickstart/mlm"
         record = json.loads((save / "run.json").read_text())
@@ -255,38 +238,12 @@ def test_a_ctrl_c_while_the_last_epoch_is_analysed_in_the_background_loses_nothi
     trained and checkpointed, while its analysis runs; `fit --ckpt_path last` then has no training left (and
     Lightning skips on_train_start), yet must analyse that epoch: the results equal the uninterrupted run's,
     in one W&B run id and one results folder, and the results folder reaches W&B as an artifact."""
-    import signal
-    import time
-
-    import lightning_ssb.callbacks.monitor as monitor_module
-
-    build, waiting, held = monitor_module.build_result, monitor_module.WaitProgress.waiting, []
-
-    def held_until_stopped(snapshot, *args):  # the last epoch's analysis is still running at the Ctrl-C
-        if snapshot.epoch == 1 and not held:
-            held.append(True)
-            while True:
-                args[-1]("a stage")  # raises once the interrupted monitor stopped it
-                time.sleep(0.02)
-        return build(snapshot, *args)
-
-    def ctrl_c_while_waiting(self, future):
-        if getattr(future, "ssb_epoch", None) == 1 and len(held) == 1:
-            held.append(True)
-            raise KeyboardInterrupt
-        return waiting(self, future)
-
     background = ["--ssb.init_args.background", "true"]
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # offline artifacts are staged here
     with in_folder(tmp_path, cache):
-        handler = signal.getsignal(signal.SIGINT)
-        try:
-            with pytest.MonkeyPatch.context() as patches, pytest.raises(SystemExit):
-                patches.setattr(monitor_module, "build_result", held_until_stopped)
-                patches.setattr(monitor_module.WaitProgress, "waiting", ctrl_c_while_waiting)
-                main([*MLM, "--config", fast_monitor(tmp_path), *background])
-        finally:
-            signal.signal(signal.SIGINT, handler)
+        with sigint_restored(), pytest.MonkeyPatch.context() as patches, pytest.raises(SystemExit):
+            hold_analysis_then_interrupt(patches, epoch=1)  # the last epoch's analysis still runs at the Ctrl-C
+            main([*MLM, "--config", fast_monitor(tmp_path), *background])
         save = tmp_path / "runs/quickstart/mlm"
         assert torch.load(save / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
         run_id = json.loads((save / "run.json").read_text())["run_id"]

@@ -9,7 +9,8 @@ From the bottom up (docs/ARCHITECTURE.md, "Layers"):
 1. ``data``, ``models`` (the Lightning modules, with ``RNGState``, the callback every BertTask adds),
    ``loggers``, ``run_folder``;
 2. ``capture`` (forward hooks, torch only) and ``analysis`` (docs/method.md; no Lightning, no wandb);
-3. ``results``: keys, epoch names, snapshot -> result, figures and tables, sinks;
+3. ``results``: keys, epoch names, snapshot -> result, figures and tables, sinks, and the engine that runs
+   them for one state (capture -> snapshot -> result -> sinks), which the monitor and ``analyze`` share;
 4. ``report``: the HTML report and ``compare``, from the disk results alone (no Lightning);
 5. ``callbacks`` (the monitor, probe set, resume, custom analyses) and ``probe_accuracy``;
 6. the command line: ``cli``, ``analyze``, ``seeds``, ``__main__``.
@@ -37,7 +38,7 @@ LAYERS = {
     "hub": 0, "progress": 0, "provenance": 0, "statistics": 0, "parallel": 0, "report.plots": 0,
     "data": 1, "models": 1, "loggers": 1, "run_folder": 1,
     "capture": 2, "analysis": 2,
-    "results": 3,
+    "results": 3, "results.engine": 3,  # the engine: capture (2) -> results -> sinks, used by callbacks and analyze
     "report": 4,
     "callbacks": 5, "probe_accuracy": 5,
     "cli": 6, "analyze": 6, "seeds": 6, "__main__": 6,
@@ -121,7 +122,7 @@ ABOVE = {
                                "lightning_ssb.report", "lightning_ssb.callbacks", "lightning_ssb.cli"],
     **{f"lightning_ssb.results.{m}": ["lightning", "wandb", "matplotlib", "lightning_ssb.report",
                                       "lightning_ssb.callbacks", "lightning_ssb.cli"]
-       for m in ("keys", "epochs", "build", "render", "sinks")},
+       for m in ("keys", "epochs", "build", "render", "sinks", "engine")},
     "lightning_ssb.report": ["lightning", "wandb", "lightning_ssb.callbacks", "lightning_ssb.cli"],
     "lightning_ssb.report.cli": ["lightning", "wandb", "lightning_ssb.callbacks", "lightning_ssb.cli"],
     "lightning_ssb.callbacks": ["lightning_ssb.cli", "lightning_ssb.analyze", "lightning_ssb.seeds"],

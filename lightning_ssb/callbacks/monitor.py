@@ -1,8 +1,9 @@
 """``SSBMonitor``: the nodal symmetry-breaking analysis of docs/method.md, live while BERT trains.
 
-Only the Lightning hooks, the schedule and the resumable state live here; the probe set is in
-``probe.py``, capture-and-gather in ``capture.py``, snapshot -> result in ``results/build.py``, the
-sinks in ``results/sinks.py``. The reference (epoch -1) is analysed at ``on_train_start`` (and, for a
+Only the Lightning hooks, the schedule, the resumable state and the background queue live here; the
+work of each analysed state (probe, capture, snapshot -> result, sinks) is the run's
+``results.engine.AnalysisEngine`` (``self.engine``, which ``analyze`` drives too); the probe set is in
+``probe.py``. The reference (epoch -1) is analysed at ``on_train_start`` (and, for a
 pre-trained start with ``init_reference``, the same architecture at a seeded random initialisation,
 epoch -3), every ``every_n_epochs``-th epoch at its end (training waits for the capture only; the
 analysis runs on a worker thread and is logged from the main thread). The first analysed state fixes
@@ -20,7 +21,8 @@ import os
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -30,10 +32,24 @@ from lightning.pytorch.callbacks import Callback
 from lightning_ssb.analysis import AnalysisConfig, Penalties
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
-from lightning_ssb.capture import SITES, capture_probe, encoder_layers
+from lightning_ssb.capture import SITES, encoder_layers
 from lightning_ssb.results import epochs
-from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
-from lightning_ssb.results.sinks import Sink, SinkError, close_all, log_results_all, make_sinks, write_all
+from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook
+from lightning_ssb.results.engine import AnalysisEngine
+from lightning_ssb.results.sinks import SinkError
+
+
+class _OnEngine:
+    """A monitor attribute that lives on its engine: one copy, read and written under the monitor's name."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, monitor, owner=None):
+        return self if monitor is None else getattr(monitor.engine, self.name)
+
+    def __set__(self, monitor, value) -> None:
+        setattr(monitor.engine, self.name, value)
 
 
 class SSBMonitor(Callback):
@@ -76,6 +92,28 @@ class SSBMonitor(Callback):
             ``<prefix>-results-<run id>``.
     """
 
+    # Held by the engine (results/engine.py), read and written here under the same names: its settings,
+    layers = _OnEngine()
+    sites = _OnEngine()
+    analysis = _OnEngine()
+    analyses = _OnEngine()
+    make_table = _OnEngine()
+    prefix = _OnEngine()
+    sink_names = _OnEngine()
+    # the run's results folder, probe set, sinks (failed: sink -> what went wrong), logged states, penalties,
+    dirpath = _OnEngine()
+    probe = _OnEngine()
+    sinks = _OnEngine()
+    failed = _OnEngine()
+    history = _OnEngine()
+    book = _OnEngine()
+    # and the main thread's seconds per analysed state: the capture and gather; all of it (in the foreground
+    # with the wait for the analysis and the logging); handing each result to the sinks; waiting for it
+    capture_seconds = _OnEngine()
+    blocking_seconds = _OnEngine()
+    log_seconds = _OnEngine()
+    wait_seconds = _OnEngine()
+
     def __init__(self, layers: list[int] | None = None, sites: list[str] = ["attn.heads"],  # noqa: B006
                  every_n_epochs: int = 1, reference: bool = True, init_reference: bool = False, init_seed: int = 0,
                  sensitivity: bool = True, probe: ProbeConfig = ProbeConfig(),  # noqa: B008
@@ -94,38 +132,26 @@ class SSBMonitor(Callback):
             raise ValueError(f"SSBMonitor.layers must be distinct layers >= 0, got {layers}")
         if any(not isinstance(a, NodalAnalysis) for a in analyses or []):
             raise TypeError("SSBMonitor.analyses must be NodalAnalysis instances")
-        self.layers, self.sites, self.every_n_epochs, self.reference = layers, list(sites), every_n_epochs, reference
+        self.engine = AnalysisEngine(layers, sites, analysis, analyses, table=table, prefix=prefix, sinks=sinks,
+                                     dirpath=dirpath)
+        self.every_n_epochs, self.reference = every_n_epochs, reference
         self.init_reference, self.init_seed, self.sensitivity = init_reference, init_seed, sensitivity
         self._layers_arg = None if layers is None else list(layers)  # as given: the state key must not move
-        self.probe_config, self.analysis = probe, analysis  # validated by their own __post_init__, once
-        self.make_figures, self.make_table, self.background, self.strict = figures, table, background, strict
+        self.probe_config = probe  # validated by its own __post_init__, once (the analysis settings too)
+        self.make_figures, self.background, self.strict = figures, background, strict
         if figures_every_n_epochs is not None and (not isinstance(figures_every_n_epochs, int)
                                                    or figures_every_n_epochs < 1):
             raise ValueError(f"SSBMonitor.figures_every_n_epochs must be null or an integer >= 1, "
                              f"got {figures_every_n_epochs!r}")
         self.figures_every_n_epochs = figures_every_n_epochs
-        self.sink_names, self.dirpath, self.prefix, self.analyses = list(sinks), dirpath, prefix, list(analyses or [])
         self.report, self.report_path = report, None
-
-        self.probe: ProbeSet | None = None
-        self.sinks: list[Sink] = []
-        self.failed: dict[Sink, str] = {}  # sink -> what went wrong; that sink is left out from then on
-        self.history: list[dict] = []  # one entry per logged epoch: epoch, step, seconds
         self.captured: list[int] = []  # epochs whose probe was captured (the same on every rank)
-        self.blocking_seconds: list[float] = []  # main-thread time per analysed epoch (capture, gather, and in the
-        # foreground the wait for the analysis and the logging)
-        self.capture_seconds: list[float] = []  # the probe's forward passes and the gather alone, per analysed epoch
-        self.log_seconds: list[float] = []  # main-thread time handing each result to the sinks
-        self.wait_seconds: list[float] = []  # main-thread time waiting for each analysis to finish
         self.report_seconds = 0.0  # time writing the end-of-fit report
+        self.task: str | None = None  # "mlm" or "classification", known once check() ran
         self._probe_state: dict | None = None
         self._unlogged: list[int] = []  # after a resume: captured before the checkpoint, never logged
-        self._pending: list[Future] = []
+        self._pending: list[Future] = []  # the queued analyses, in submission order (one worker: in order)
         self._executor: ThreadPoolExecutor | None = None
-        self._task: str | None = None
-        # the run's read-out penalties, fixed by the first analysed state (docs/method.md 3); filled by
-        # the worker of that state, read by the later ones (one worker: in order)
-        self.book = PenaltyBook()
         self._progress = WaitProgress()
 
     @property
@@ -139,14 +165,14 @@ class SSBMonitor(Callback):
         if model is None or not hasattr(getattr(model, "config", None), "num_attention_heads"):
             raise ValueError("SSBMonitor needs a LightningModule whose `.model` is a Hugging Face BERT "
                              "(see docs/ARCHITECTURE.md)")
-        self._task = getattr(pl_module, "task", None) or getattr(datamodule, "task", None)
-        if self._task not in ("mlm", "classification"):
-            raise ValueError(f"SSBMonitor: task must be 'mlm' or 'classification', got {self._task!r}")
+        self.task = getattr(pl_module, "task", None) or getattr(datamodule, "task", None)
+        if self.task not in ("mlm", "classification"):
+            raise ValueError(f"SSBMonitor: task must be 'mlm' or 'classification', got {self.task!r}")
         num_layers = len(encoder_layers(model))
         if self.layers is not None and max(self.layers) >= num_layers:
             raise ValueError(f"SSBMonitor.layers must be in 0..{num_layers - 1}, got {self.layers}")
         self.layers = list(range(num_layers)) if self.layers is None else list(self.layers)
-        self.probe_config.rule_for(self._task)  # raises when the position rule does not fit the task
+        self.probe_config.rule_for(self.task)  # raises when the position rule does not fit the task
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -157,18 +183,20 @@ class SSBMonitor(Callback):
         missing = [a for a in ("train_dataset", "val_dataset", "collate_fn") if getattr(dm, a, None) is None]
         if missing:
             raise ValueError(f"SSBMonitor needs a data module with {missing} after setup('fit') (docs/ARCHITECTURE.md)")
-        self._open_sinks(trainer)
+        self.open_sinks(trainer)
 
-    def _open_sinks(self, trainer: pl.Trainer) -> None:
+    def open_sinks(self, trainer: pl.Trainer) -> None:
+        """The engine's sinks in the run's results folder: ``dirpath``, or ``<trainer.log_dir>/ssb`` (plus
+        ``/<logger version>`` when the logger's folder is shared by runs). Call it on every rank."""
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective call under DDP: every rank, here
         if trainer.is_global_zero:
             logger = trainer.logger
             shared = logger is not None and getattr(logger, "log_dir", None) is None and logger.version is not None
-            self.dirpath = self.dirpath or os.path.join(log_dir, "ssb", *([str(logger.version)] if shared else []))
-            self.sinks = make_sinks(self.sink_names, trainer.loggers, self.dirpath, self.prefix)
+            self.engine.open_sinks(self.dirpath or os.path.join(log_dir, "ssb", *([str(logger.version)] if shared
+                                                                                    else [])), trainer.loggers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._build_probe(trainer)
+        self.build_probe(trainer.datamodule)
         if self.reference and trainer.global_step == 0 and epochs.REFERENCE not in self.captured:
             self._analyse_epoch(trainer, pl_module, epochs.REFERENCE)
         if (self.init_reference and trainer.global_step == 0 and epochs.INIT not in self.captured
@@ -177,9 +205,9 @@ class SSBMonitor(Callback):
                 self._analyse_epoch(trainer, pl_module, epochs.INIT, model=fresh)
         self._finish_unlogged(trainer, pl_module)
 
-    def _build_probe(self, trainer: pl.Trainer) -> None:
-        if self.probe is None:
-            self.probe = self.probe_config.build(trainer.datamodule, self._task, state=self._probe_state)
+    def build_probe(self, datamodule) -> ProbeSet:
+        """The engine's probe set from ``probe`` (once; after a resume, from the checkpoint's seed and indices)."""
+        return self.engine.build_probe(self.probe_config, datamodule, self.task, state=self._probe_state)
 
     def _finish_unlogged(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a resume: the epochs captured before the checkpoint was written but never logged (an
@@ -209,17 +237,17 @@ class SSBMonitor(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._unlogged:  # a resume from a checkpoint that ends the training: Lightning skipped on_train_start
-            self._build_probe(trainer)
+            self.build_probe(trainer.datamodule)
             self._finish_unlogged(trainer, pl_module)
         self._drain(wait=True)
-        if trainer.is_global_zero and "disk" in {s.name for s in self.sinks if s not in self.failed}:
+        if trainer.is_global_zero and "disk" in {s.name for s in self.engine.live_sinks}:
             if self.report:
                 self._write_report()
-            self._log_results()
+            self.engine.log_results()
         self._shutdown()
         if self.failed and self.strict:  # raised after the last checkpoint and every other sink's results
-            raise SinkError("SSBMonitor: " + "; ".join(self.failed.values()) + " (checkpoints and the other "
-                            "sinks' results are complete)")
+            raise SinkError(f"SSBMonitor: {self.engine.failure()} (checkpoints and the other sinks' results are "
+                            "complete)")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """Log every finished analysis. After an interrupt (Ctrl-C, SIGTERM) the running one stops at its next
@@ -246,8 +274,10 @@ class SSBMonitor(Callback):
         While the first analysed state is still choosing the penalties (in the background, before its
         result is logged), waits until they are chosen: a resume must use the run's penalties, not
         choose new ones on a later state."""
-        while self.book.penalties is None and any(not f.done() for f in self._pending):
-            time.sleep(0.05)
+        running = [f for f in self._pending if not f.done()]
+        while self.book.penalties is None and running:  # until chosen, or no analysis is left that could choose
+            wait_for([self.book.chosen, *running], return_when=FIRST_COMPLETED)
+            running = [f for f in running if not f.done()]
         probe_state = self.probe.state_dict() if self.probe is not None else self._probe_state
         chosen = self.book.penalties
         return {"history": [dict(h) for h in self.history], "captured": list(self.captured), "probe": probe_state,
@@ -303,24 +333,22 @@ class SSBMonitor(Callback):
                        model: torch.nn.Module | None = None) -> None:
         start = time.perf_counter()
         self.captured.append(epoch)
-        ctx = getattr(trainer.precision_plugin, "forward_context", None)
         model = pl_module.model if model is None else model  # the HF model, never the DDP wrapper
-        captured = capture_probe(model, self.probe, self.layers, self.sites, trainer.global_rank,
-                                 trainer.world_size, pl_module.device, ctx)
-        self.capture_seconds.append(time.perf_counter() - start)
-        if captured is not None:  # rank 0
-            snap = EpochSnapshot(epoch, trainer.global_step, *(captured[i] for i in (0, 2, 1, 3)),
-                                 self.probe.num_classes, list(self.probe.label_names))
+        snap = self.engine.capture(model, epoch, trainer.global_step, trainer.global_rank, trainer.world_size,
+                                   pl_module.device, getattr(trainer.precision_plugin, "forward_context", None))
+        if snap is not None:  # rank 0
             last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
-            self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
-            self._pending.append(future := self._executor.submit(build_result, snap, self.analysis, self.analyses,
-                                                       self.draws_figures(epoch, last), self.make_table, self.prefix,
-                                                       self.plan(epoch, last, pl_module.device),
-                                                       self._progress.reporter(epoch)))
-            future.ssb_epoch = epoch
+            self._submit(snap, self.plan(epoch, last, pl_module.device), self.draws_figures(epoch, last))
             if not self.runs_in_background(pl_module):
                 self._drain(wait=True)
         self.blocking_seconds.append(time.perf_counter() - start)
+
+    def _submit(self, snap: EpochSnapshot, plan: AnalysisPlan, figures: bool) -> None:
+        """Queue the analysis of ``snap`` on the worker thread (one worker: the states in order)."""
+        self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="ssb-analysis")
+        future = self._executor.submit(self.engine.analyse, snap, plan, figures, self._progress.reporter(snap.epoch))
+        future.ssb_epoch = snap.epoch
+        self._pending.append(future)
 
     def _drain(self, wait: bool) -> None:
         """Log finished results in submission order (all of them when ``wait``). A result leaves the
@@ -346,23 +374,7 @@ class SSBMonitor(Callback):
             warnings.warn(f"SSBMonitor: the analysis failed and is skipped: {err!r}", stacklevel=2)
             return
         self._pending.pop(0)
-        start = time.perf_counter()
-        self._log(result)
-        self.log_seconds.append(time.perf_counter() - start)
-
-    def _log(self, result: EpochResult) -> None:
-        unconverged = {site: c for site, c in (result.meta.get("convergence") or {}).items() if c.get("unconverged")}
-        if unconverged:
-            worst = max(c["grad_max"] for c in unconverged.values())
-            count = int(sum(c["unconverged"] for c in unconverged.values()))
-            warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {count} "
-                          f"read-out fits stopped before converging in {sorted(unconverged)} (largest final gradient "
-                          f"{worst:.2g} > analysis.gtol {self.analysis.gtol:g}); raise analysis.max_iter", stacklevel=2)
-        for sink, message in write_all([s for s in self.sinks if s not in self.failed], result):
-            self.failed[sink] = message
-            warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on",
-                          stacklevel=2)
-        self.history.append({"epoch": result.epoch, "step": result.step, "seconds": result.seconds})
+        self.engine.log(result)
 
     def _write_report(self) -> None:
         import sys
@@ -372,25 +384,15 @@ class SSBMonitor(Callback):
         print(f"lightning_ssb: SSBMonitor: writing the report of {self.dirpath} (figures from the disk results)",
               file=sys.stderr, flush=True)
         start = time.perf_counter()
-        self.report_path, failed = publish_report(self.dirpath, [s for s in self.sinks if s not in self.failed])
+        self.report_path, failed = publish_report(self.dirpath, self.engine.live_sinks)
         self.report_seconds = time.perf_counter() - start
-        self.failed.update(failed)
-
-    def _log_results(self) -> None:
-        """The results folder (report included) to the sinks that take it: W&B logs it as an artifact.
-        Rank 0, after the report; a failure is a sink failure like any other (a warning, then one line at
-        the end with ``strict``), never a lost checkpoint or disk result."""
-        if not os.path.isdir(self.dirpath):
-            return
-        for sink, message in log_results_all([s for s in self.sinks if s not in self.failed], self.dirpath):
-            self.failed[sink] = message
-            warnings.warn(f"SSBMonitor: {message}", stacklevel=2)
+        self.engine.note_failures(failed)
 
     def _shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        close_all(self.sinks)
+        self.engine.close()
 
 
 class AnalysisStopped(Exception):

@@ -9,6 +9,7 @@ built by ``lightning_ssb.results.keys`` (docs/RESULTS.md).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,12 +60,30 @@ class EpochResult:
     seconds: float = 0.0
 
 
-@dataclass
 class PenaltyBook:
     """The run's read-out penalties (an ``analysis.Penalties``), None until the first analysed state
-    chose them. One book is shared by every state of a run, so that all use the same penalties."""
+    chose them. One book is shared by every state of a run, so that all use the same penalties.
 
-    penalties: Any = None
+    ``chosen`` is a future done once the penalties are in the book (written by an analysis on a worker
+    thread): the main thread can wait for it together with the analyses themselves."""
+
+    def __init__(self, penalties: Any = None) -> None:
+        self.chosen: Future = Future()
+        self._penalties = None
+        self.penalties = penalties
+
+    @property
+    def penalties(self) -> Any:
+        return self._penalties
+
+    @penalties.setter
+    def penalties(self, value: Any) -> None:
+        self._penalties = value
+        if value is not None and not self.chosen.done():  # one writer: the worker, or the main thread before it
+            self.chosen.set_result(value)
+
+    def __repr__(self) -> str:
+        return f"PenaltyBook(penalties={self._penalties!r})"
 
 
 @dataclass

@@ -2,7 +2,8 @@
 uninterrupted run's (issue 16.10: a Ctrl-C late in a run lost the last epoch's results).
 
 Real tiny HF BERTs fitted by a real Trainer with the real checkpoint and random-state callbacks; the
-interrupt is a KeyboardInterrupt raised at a chosen point, as Ctrl-C raises it in the main thread:
+interrupt is a KeyboardInterrupt raised at a chosen point, as Ctrl-C raises it in the main thread
+(tests/interrupts.py):
 - ``training``: in a training batch of the last epoch;
 - ``middle_analysis`` / ``last_analysis``: while the main thread waits for the analysis of the middle (1)
   or the last (2) epoch, which is still running: the monitor stops it, nothing of it is written, and the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 
@@ -32,22 +32,12 @@ from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.callbacks.resume import RNGState
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
+from tests.interrupts import InterruptAt, hold_analysis_then_interrupt, once, sigint_restored
 
 EPOCHS = 3  # 0, 1 (the middle) and 2 (the last)
 STATES = ["epoch_000", "epoch_001", "epoch_002", "reference"]
 PROBE = ProbeConfig(train_size=48, test_size=None, batch_size=16)
 NOT_COMPARED = {"ssb/analysis_seconds"}  # wall clock
-
-
-class InterruptAt(Callback):
-    """Ctrl-C after training batch ``batch`` of epoch ``epoch``."""
-
-    def __init__(self, epoch: int, batch: int = 1) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise KeyboardInterrupt
 
 
 def fit(root, background: bool, ckpt_path=None, callbacks=(), every_n_epochs: int = 1, max_epochs: int = EPOCHS,
@@ -67,13 +57,9 @@ def fit(root, background: bool, ckpt_path=None, callbacks=(), every_n_epochs: in
 def interrupted(fn) -> None:
     """Run ``fn``, which must end as Lightning ends a fit on Ctrl-C (exit code 1); Lightning ignores
     further Ctrl-C from then on: the handler is given back."""
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            fn()
-        assert stopped.value.code == 1
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    with sigint_restored(), pytest.raises(SystemExit) as stopped:
+        fn()
+    assert stopped.value.code == 1
 
 
 @pytest.fixture
@@ -103,18 +89,6 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-def once(condition):
-    """A one-shot trigger: True the first time ``condition(...)`` holds."""
-    fired = []
-
-    def check(*args) -> bool:
-        if not fired and condition(*args):
-            fired.append(True)
-            return True
-        return False
-    return check
-
-
 def assert_same_results(got, expected) -> None:
     assert sorted(os.listdir(got / "ssb")) == sorted(os.listdir(expected / "ssb"))  # nothing twice, nothing missing
     for state in STATES:
@@ -137,25 +111,10 @@ def test_a_ctrl_c_at_any_stage_then_a_resume_gives_the_uninterrupted_results(sta
     reports.clear()
     callbacks, stopped = [], None
     if stage == "training":
-        callbacks = [InterruptAt(epoch=EPOCHS - 1)]
+        callbacks = [InterruptAt(epoch=EPOCHS - 1, batch=1)]
     elif stage in ("middle_analysis", "last_analysis"):
         stopped = 1 if stage == "middle_analysis" else EPOCHS - 1
-        held, ctrl_c = once(lambda snap: snap.epoch == stopped), once(lambda future: future.ssb_epoch == stopped)
-        build, waiting = monitor_module.build_result, monitor_module.WaitProgress.waiting
-
-        def held_until_stopped(snapshot, *args):
-            if held(snapshot):  # still running when the Ctrl-C comes: it reports its stages until it is stopped
-                while True:
-                    args[-1]("a stage")  # the monitor's progress reporter: raises once the monitor stopped it
-                    time.sleep(0.02)
-            return build(snapshot, *args)
-
-        def ctrl_c_while_waiting(self, future):
-            if ctrl_c(future):
-                raise KeyboardInterrupt  # Ctrl-C while the main thread waits for this analysis
-            return waiting(self, future)
-        monkeypatch.setattr(monitor_module, "build_result", held_until_stopped)
-        monkeypatch.setattr(monitor_module.WaitProgress, "waiting", ctrl_c_while_waiting)
+        hold_analysis_then_interrupt(monkeypatch, stopped)
     else:
         ctrl_c, write = once(lambda monitor: True), monitor_module.SSBMonitor._write_report
 

@@ -1,0 +1,110 @@
+"""The analysis engine (results/engine.py) on its own, without Lightning's Trainer: probe, capture, analyse,
+log, failed sinks and the penalty book; and the monitor's checkpoint waiting for the penalties, not polling."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from lightning_ssb.callbacks.monitor import SSBMonitor
+from lightning_ssb.callbacks.probe import ProbeConfig
+from lightning_ssb.capture import capture_batches
+from lightning_ssb.results.build import AnalysisPlan, PenaltyBook
+from lightning_ssb.results.engine import AnalysisEngine
+from lightning_ssb.results.sinks import Sink
+from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
+
+PROBE = ProbeConfig(train_size=48, test_size=None, batch_size=16)
+
+
+class Broken(Sink):
+    name = "broken"
+    calls = 0
+
+    def write(self, result) -> None:
+        self.calls += 1
+        raise OSError("disk full")
+
+
+def test_one_state_through_the_engine(tmp_path):
+    torch.manual_seed(0)
+    model, data = ToyTask("classification"), ToyClassificationData()
+    data.setup("fit")
+    engine = AnalysisEngine([1], ["attn.heads"], fast_analysis(crossover_sizes=[1, 4], crossover_draws=2),
+                            table=False, sinks=["disk"])
+    engine.open_sinks(str(tmp_path / "ssb"))
+    probe = engine.build_probe(PROBE, data, "classification")
+    assert engine.build_probe(PROBE, data, "classification") is probe  # built once
+
+    snap = engine.capture(model.model, -2, 7)
+    x_train, y_train = capture_batches(model.model, probe.train_batches, [1], ["attn.heads"])
+    assert (snap.epoch, snap.step, snap.num_classes) == (-2, 7, 4)
+    assert torch.equal(snap.train["blocks.1.attn.heads"], x_train["blocks.1.attn.heads"])
+    assert torch.equal(snap.y_train, y_train) and len(snap.y_test) == len(probe.y_test)
+    assert len(engine.capture_seconds) == 1
+
+    stages = []
+    result = engine.analyse(snap, AnalysisPlan(book=engine.book, crossover=False), figures=False,
+                            progress=stages.append)
+    assert stages and engine.book.penalties is not None and engine.book.chosen.done()  # the first state chose them
+    broken = Broken()
+    engine.sinks.append(broken)
+    with pytest.warns(UserWarning, match="the broken sink could not write .*disk full; it is left out from now on"):
+        engine.log(result)
+    assert json.loads((tmp_path / "ssb" / "analyze" / "scalars.json").read_text())["epoch"] == -2
+    assert engine.history == [{"epoch": -2, "step": 7, "seconds": result.seconds}] and len(engine.log_seconds) == 1
+    assert engine.failed.keys() == {broken} and engine.live_sinks == engine.sinks[:1]
+    assert engine.failure() == engine.failed[broken]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.log(result)  # the failed sink is left out: no second warning
+    assert broken.calls == 1
+    engine.close()
+
+
+def test_the_penalty_book_says_when_they_are_chosen():
+    book = PenaltyBook()
+    assert book.penalties is None and not book.chosen.done()
+    book.penalties = "chosen"
+    assert book.chosen.result(timeout=0) == "chosen"
+    assert PenaltyBook("given").chosen.done()
+
+
+def _monitor_with(work) -> SSBMonitor:
+    """A monitor whose queue holds one analysis running ``work(book)`` on a worker thread."""
+    monitor = SSBMonitor(layers=[0], probe=PROBE)
+    executor = ThreadPoolExecutor(1)
+    monitor._pending.append(executor.submit(work, monitor.book))
+    executor.shutdown(wait=False)
+    return monitor
+
+
+def test_a_checkpoint_waits_for_the_penalties_not_for_the_whole_analysis():
+    release = threading.Event()
+
+    def analysis(book):
+        time.sleep(0.2)
+        book.penalties = type("Chosen", (), {"as_dict": lambda self: {"l2": 1.0}})()
+        release.wait(timeout=30)  # the rest of the analysis runs on after the choice
+
+    monitor = _monitor_with(analysis)
+    try:
+        assert monitor.state_dict()["penalties"] == {"l2": 1.0}
+        assert not monitor._pending[0].done()  # returned at the choice, while the analysis still runs
+    finally:
+        release.set()
+
+
+def test_a_checkpoint_does_not_wait_on_an_analysis_that_failed_before_choosing():
+    def analysis(book):
+        time.sleep(0.1)
+        raise RuntimeError("failed before the penalties")
+
+    monitor = _monitor_with(analysis)
+    assert monitor.state_dict()["penalties"] is None and monitor._pending[0].done()
