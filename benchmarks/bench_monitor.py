@@ -79,6 +79,14 @@ def bench(config: str, epochs: int, root: Path) -> None:
         print(f"  {seconds:7.1f} s  {100 * seconds / total:5.1f}%  {name}")
     print(f"  {total:7.1f} s  in all (the monitor's own time; the rest of the difference is start-up and "
           f"the model built again for the random initialisation)")
+    from lightning_ssb.parallel import default_workers
+
+    walls = [json.loads(m.read_text()).get("seconds") for m in sorted(Path(mon.dirpath).glob("*/meta.json"))]
+    scalars = [json.loads(p.read_text()) for p in sorted(Path(mon.dirpath).glob("*/scalars.json"))]
+    analysis_wall = sum(s.get("ssb/analysis_seconds", 0.0) for s in scalars)
+    print(f"analysis wall time {analysis_wall:.1f} s over {len(walls)} states; on a CPU the sites, the "
+          f"sensitivity and the figures ran in {default_workers()} forked processes (LIGHTNING_SSB_WORKERS), so "
+          f"the analysis stages above are summed over the processes and overlap in time")
 
 
 def main() -> None:

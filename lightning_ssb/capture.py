@@ -1,5 +1,7 @@
 """Forward hooks that capture per-site activations of a Hugging Face BERT, pooled at capture time.
 
+The sites are declared once, in ``SITE_TABLE`` (the hooked module, pre or post hook, heads or not);
+snapshot names are built by ``snapshot_name`` and parsed by ``parse_snapshot_name`` here only.
 Snapshot names (stable; see docs/ARCHITECTURE.md and ``snapshot_names``):
 
 - ``blocks.{l}.attn.heads``: the input of layer ``l``'s attention output projection
@@ -15,21 +17,79 @@ on the accelerator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-SITES = ("attn.heads", "output")
+
+@dataclass(frozen=True)
+class Site:
+    """One capturable site of an encoder layer: which module is hooked and how (TransformerLens' hook
+    points, for Hugging Face BERT).
+
+    Attributes:
+        name: the site's name in snapshot names (``blocks.{l}.<name>``) and in ``SSBMonitor.sites``.
+        description: what the tensor is.
+        module: the hooked module, from the layer's ``BertLayer``.
+        hook: ``pre`` (the module's input) or ``post`` (its output; the first element of a tuple).
+        heads: split the D hidden dimensions into the model's attention heads (``[N, H, d]``); otherwise
+            one head of D nodes (``[N, 1, D]``).
+        order: where the hook fires in the layer's forward pass (the pass may stop after the deepest one).
+    """
+
+    name: str
+    description: str
+    module: Callable[[nn.Module], nn.Module]
+    hook: Literal["pre", "post"]
+    heads: bool
+    order: int
+
+
+SITE_TABLE: dict[str, Site] = {site.name: site for site in (
+    Site("attn.heads", "per-head attention context vectors: the input of the attention output projection",
+         lambda layer: layer.attention.output.dense, "pre", heads=True, order=0),
+    Site("output", "the layer's hidden-state output", lambda layer: layer, "post", heads=False, order=1),
+)}
+SITES = tuple(SITE_TABLE)
 POSITION_RULES = ("cls", "head_entity", "masked")
+_NAME_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
 def snapshot_name(layer: int, site: str) -> str:
     """The stable name of one captured tensor, e.g. ``blocks.3.attn.heads``."""
-    if site not in SITES:
+    if site not in SITE_TABLE:
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
     return f"blocks.{layer}.{site}"
+
+
+def parse_snapshot_name(name: str) -> tuple[int, str]:
+    """``(layer, site)`` of a snapshot name (``blocks.3.attn.heads`` -> ``(3, "attn.heads")``); a ValueError
+    names anything else."""
+    m = _NAME_RE.match(name)
+    if not m or m.group(2) not in SITE_TABLE:
+        raise ValueError(f"not a snapshot name (blocks.<layer>.<site>, site one of {SITES}): {name!r}")
+    return int(m.group(1)), m.group(2)
+
+
+def layer_of(name: str) -> int | None:
+    """The layer of a snapshot name, None for anything else."""
+    try:
+        return parse_snapshot_name(name)[0]
+    except ValueError:
+        return None
+
+
+def has_heads(name: str) -> bool:
+    """Whether the snapshot ``name`` is split into attention heads (False for anything else)."""
+    try:
+        return SITE_TABLE[parse_snapshot_name(name)[1]].heads
+    except ValueError:
+        return False
 
 
 def snapshot_names(layers: list[int], sites: list[str]) -> list[str]:
@@ -119,22 +179,20 @@ class SiteCapture:
     def install(self) -> None:
         layer_modules = encoder_layers(self.model)
         for layer in self.layers:
-            module = layer_modules[layer]
-            if "attn.heads" in self.sites:
-                name = snapshot_name(layer, "attn.heads")
+            for site in self.sites:
+                spec = SITE_TABLE[site]
+                name, heads = snapshot_name(layer, site), self.num_heads if spec.heads else 1
+                module = spec.module(layer_modules[layer])
+                if spec.hook == "pre":
+                    def pre_hook(_mod, args, _name=name, _heads=heads):
+                        self._store(_name, args[0], _heads)
 
-                def pre_hook(_mod, args, _name=name):
-                    self._store(_name, args[0], self.num_heads)
+                    self._handles.append(module.register_forward_pre_hook(pre_hook))
+                else:
+                    def hook(_mod, _args, output, _name=name, _heads=heads):
+                        self._store(_name, output[0] if isinstance(output, tuple) else output, _heads)
 
-                self._handles.append(module.attention.output.dense.register_forward_pre_hook(pre_hook))
-            if "output" in self.sites:
-                name = snapshot_name(layer, "output")
-
-                def hook(_mod, _args, output, _name=name):
-                    hidden = output[0] if isinstance(output, tuple) else output
-                    self._store(_name, hidden, 1)
-
-                self._handles.append(module.register_forward_hook(hook))
+                    self._handles.append(module.register_forward_hook(hook))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -148,7 +206,7 @@ class SiteCapture:
             if chunks:
                 out[name] = torch.cat(chunks)
             else:  # no example selected: keep the shape so downstream code can concatenate
-                heads = self.num_heads if name.endswith("attn.heads") else 1
+                heads = self.num_heads if has_heads(name) else 1
                 out[name] = torch.zeros(0, heads, self.num_heads * self.head_dim // heads)
         return out
 
@@ -203,14 +261,13 @@ def capture_batches(
     stop = None
     try:
         with capture_sites(model, layers, sites) as capture:
-            # registered after the capture hooks, so the deepest capture runs first; without an `output`
-            # site there, the pass stops at the input of its attention output projection (the deepest
-            # `attn.heads` capture): that layer's projection and feed-forward block are never computed
-            deepest = encoder_layers(model)[max(layers)]
-            if "output" in sites:
-                stop = deepest.register_forward_hook(_raise_stop)
-            else:
-                stop = deepest.attention.output.dense.register_forward_pre_hook(_raise_stop)
+            # registered after the capture hooks, on the module of the deepest layer's last site in the
+            # forward order, so that capture runs first and nothing after it is computed (with attn.heads
+            # alone, that layer's output projection and feed-forward block never run)
+            last = max((SITE_TABLE[s] for s in sites), key=lambda spec: spec.order)
+            module = last.module(encoder_layers(model)[max(layers)])
+            stop = (module.register_forward_pre_hook(_raise_stop) if last.hook == "pre"
+                    else module.register_forward_hook(_raise_stop))
             for batch in batches:
                 inputs = {k: v.to(device, non_blocking=True) for k, v in batch.inputs.items()}
                 capture.select(batch.rows, batch.positions)
@@ -262,12 +319,22 @@ def join_chunks(chunks, names: list[str]) -> tuple[dict[str, torch.Tensor], torc
     return {n: torch.cat([c[1][n] for c in chunks]) for n in names}, torch.cat([c[2] for c in chunks])
 
 
+class ProbeCapture(NamedTuple):
+    """The probe's activations of one state: ``{snapshot name: [N, H, d]}`` and labels ``[N]`` per split,
+    float32 / long on the CPU, in the probe's batch order."""
+
+    x_train: dict[str, Tensor]
+    y_train: Tensor
+    x_test: dict[str, Tensor]
+    y_test: Tensor
+
+
 def capture_probe(model: nn.Module, probe, layers: list[int], sites: list[str], rank: int = 0, world: int = 1,
-                  device: torch.device | str = "cpu", autocast=None):
+                  device: torch.device | str = "cpu", autocast=None) -> ProbeCapture | None:
     """Capture-and-gather of one analysed epoch: every rank captures its share of the probe batches
     (one hook install per split), rank 0 gathers them back into the single-process order.
 
-    Returns ``(x_train {name: [N, H, d]}, y_train [N], x_test, y_test)`` on rank 0, None elsewhere.
+    Returns the ``ProbeCapture`` on rank 0, None elsewhere.
     """
     parts = [capture_share(model, batches, layers, sites, rank, world, device, autocast)
              for batches in (probe.train_batches, probe.test_batches)]
@@ -276,4 +343,4 @@ def capture_probe(model: nn.Module, probe, layers: list[int], sites: list[str], 
         return None
     names = snapshot_names(layers, sites)
     (x_train, y_train), (x_test, y_test) = (join_chunks([c for p in parts for c in p[i]], names) for i in (0, 1))
-    return x_train, y_train, x_test, y_test
+    return ProbeCapture(x_train, y_train, x_test, y_test)

@@ -51,8 +51,8 @@ def _run(i: int) -> bytes:
 
 def fork_map(task: Callable[[int], Any], n: int, workers: int, done: Callable[[int], object] | None = None) -> list:
     """``[task(0), ..., task(n - 1)]``, computed by ``workers`` forked processes (here when ``workers``
-    <= 1 or ``n`` <= 1). ``done(1)`` is called as each result arrives, in order; an exception it raises
-    (an interrupt) abandons the rest. An exception in a task is raised here."""
+    <= 1 or ``n`` <= 1). ``done(1)`` is called as each task finishes (in any order); an exception it
+    raises (an interrupt) abandons the rest. An exception in a task is raised here."""
     global _TASK
     if workers <= 1 or n <= 1:
         out = []
@@ -62,7 +62,7 @@ def fork_map(task: Callable[[int], Any], n: int, workers: int, done: Callable[[i
                 done(1)
         return out
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     _TASK = task
     pool = ProcessPoolExecutor(min(workers, n), mp_context=multiprocessing.get_context("fork"),
@@ -70,13 +70,12 @@ def fork_map(task: Callable[[int], Any], n: int, workers: int, done: Callable[[i
     finished = False
     try:
         futures = [pool.submit(_run, i) for i in range(n)]
-        out = []
-        for future in futures:
-            out.append(pickle.loads(future.result()))
+        for future in as_completed(futures):
+            future.result()  # a task's error, raised as soon as it happens
             if done is not None:
                 done(1)
         finished = True
-        return out
+        return [pickle.loads(f.result()) for f in futures]
     finally:
         pool.shutdown(wait=finished, cancel_futures=True)
         _TASK = None

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_ssb import statistics as registry
+from lightning_ssb.parallel import fork_map
 
 from ._checks import check_ablation, check_features, check_labels, check_readout
 from .crossover import crossover
@@ -202,19 +203,20 @@ class AnalysisConfig:
 
 
 def choose_penalties(x_train: Tensor | dict[str, Tensor], y_train: Tensor, num_classes: int,
-                     config: AnalysisConfig | None = None, name: str = "site") -> Penalties:
+                     config: AnalysisConfig | None = None, name: str = "site", workers: int = 1) -> Penalties:
     config = AnalysisConfig() if config is None else config
     with timed("penalties (cross-validation)"):
-        return _choose_penalties(x_train, y_train, num_classes, config, name)
+        return _choose_penalties(x_train, y_train, num_classes, config, name, workers)
 
 
-def _choose_penalties(x_train, y_train, num_classes, config, name) -> Penalties:
+def _choose_penalties(x_train, y_train, num_classes, config, name, workers: int = 1) -> Penalties:
     """The L2 penalty of every part the config analyses (docs/method.md 3): a number from the config,
     or "cv": k-fold cross-validation of held-out log-loss on probe-train, pooled over the part's units.
 
     x_train is one site `[N, H, d]` or ``{site: [N, H, d]}``: several sites of one snapshot share one
     set of penalties, chosen on their units pooled (a seeded subset of at most `cv_max_nodes` nodes,
-    `cv_max_groups` heads and `cv_max_sites` site read-outs keeps it cheap)."""
+    `cv_max_groups` heads and `cv_max_sites` site read-outs keeps it cheap). ``workers`` > 1 runs the
+    parts' cross-validations in that many forked processes (`parallel.fork_map`; CPU tensors only)."""
     sites = {name: x_train} if isinstance(x_train, Tensor) else dict(x_train)
     if not sites:
         raise ValueError("choose_penalties needs at least one site")
@@ -231,38 +233,42 @@ def _choose_penalties(x_train, y_train, num_classes, config, name) -> Penalties:
     families = cfg.families()
     parts = (["shared"] if "shared" in families else []) + (["node", "group"] if "own" in families else [])
     out = Penalties()
-    base = cfg.settings(0.0)
     for part in parts:
         value = cfg.penalty_part(part)
         if value != "cv":
             setattr(out, part, float(value))
             out.source[part] = "config"
-            continue
-        if part == "node":
-            nodes = torch.cat([x.flatten(1) for x in flat.values()], 1)
-            cols = seeded_rows(nodes.shape[1], cfg.cv_max_nodes, cfg.seed + 7).to(nodes.device)
-            curve = cv_nodes(nodes[:, cols], y_train, num_classes, cfg.own_bins, cfg.cv_grid, cfg.cv_folds,
-                             cfg.seed, base)
-        else:
-            # read-outs of the same width are fitted as one batch: every head (group), or every site (shared)
-            units = [(x.flatten(1).unsqueeze(0) if part == "shared" else x.transpose(0, 1)) for x in flat.values()]
-            units = [u for x in units for u in x.unbind(0)]  # [N, m] each
-            cap = cfg.cv_max_sites if part == "shared" else cfg.cv_max_groups
-            pick = seeded_rows(len(units), cap, cfg.seed + 11).tolist()
-            by_width: dict[int, list[Tensor]] = {}
-            for i in pick:
-                by_width.setdefault(units[i].shape[1], []).append(units[i])
-            pooled: dict[float, float] = {}
-            for group in by_width.values():
-                c = cv_groups(torch.stack(group), y_train, num_classes, cfg.shared_bias if part == "shared" else True,
-                              cfg.cv_grid, cfg.cv_folds, cfg.seed, base)
-                for l2, v in c:
-                    pooled[l2] = pooled.get(l2, 0.0) + v * len(group) / len(pick)
-            curve = sorted(pooled.items())
+    todo = [part for part in parts if cfg.penalty_part(part) == "cv"]
+    curves = fork_map(lambda i: _cv_curve(todo[i], flat, y_train, num_classes, cfg), len(todo), workers)
+    for part, curve in zip(todo, curves, strict=True):
         setattr(out, part, argmin(curve))
         out.source[part] = "cv"
         out.curves[part] = curve
     return out
+
+
+def _cv_curve(part: str, flat: dict[str, Tensor], y_train: Tensor, num_classes: int, cfg: AnalysisConfig) -> list:
+    """The pooled held-out log-loss over ``cfg.cv_grid`` of one part (``shared``, ``node`` or ``group``)."""
+    base = cfg.settings(0.0)
+    if part == "node":
+        nodes = torch.cat([x.flatten(1) for x in flat.values()], 1)
+        cols = seeded_rows(nodes.shape[1], cfg.cv_max_nodes, cfg.seed + 7).to(nodes.device)
+        return cv_nodes(nodes[:, cols], y_train, num_classes, cfg.own_bins, cfg.cv_grid, cfg.cv_folds, cfg.seed, base)
+    # read-outs of the same width are fitted as one batch: every head (group), or every site (shared)
+    units = [(x.flatten(1).unsqueeze(0) if part == "shared" else x.transpose(0, 1)) for x in flat.values()]
+    units = [u for x in units for u in x.unbind(0)]  # [N, m] each
+    cap = cfg.cv_max_sites if part == "shared" else cfg.cv_max_groups
+    pick = seeded_rows(len(units), cap, cfg.seed + 11).tolist()
+    by_width: dict[int, list[Tensor]] = {}
+    for i in pick:
+        by_width.setdefault(units[i].shape[1], []).append(units[i])
+    pooled: dict[float, float] = {}
+    for group in by_width.values():
+        c = cv_groups(torch.stack(group), y_train, num_classes, cfg.shared_bias if part == "shared" else True,
+                      cfg.cv_grid, cfg.cv_folds, cfg.seed, base)
+        for l2, v in c:
+            pooled[l2] = pooled.get(l2, 0.0) + v * len(group) / len(pick)
+    return sorted(pooled.items())
 
 
 @dataclass

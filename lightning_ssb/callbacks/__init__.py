@@ -4,7 +4,7 @@ Results (``EpochSnapshot`` -> ``EpochResult``) and sinks live in ``lightning_ssb
 re-exported here so that earlier imports keep working.
 """
 
-from lightning_ssb.callbacks.custom import NodalAnalysis
+from lightning_ssb.callbacks.custom import AnalysisOutput, NodalAnalysis
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet, build_probe_set
 from lightning_ssb.callbacks.resume import InterruptCheckpoint, RNGState
@@ -13,7 +13,7 @@ from lightning_ssb.results.build import EpochResult, EpochSnapshot
 from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink
 
 __all__ = [
-    "DiskSink", "EpochResult", "EpochSnapshot", "InterruptCheckpoint", "LoggerSink", "RNGState", "NodalAnalysis",
-    "ProbeConfig", "ProbeSet", "SSBMonitor", "Sink", "WandbSink", "build_probe_set", "capture_batches", "capture_sites",
-    "snapshot_name", "snapshot_names",
+    "AnalysisOutput", "DiskSink", "EpochResult", "EpochSnapshot", "InterruptCheckpoint", "LoggerSink", "RNGState",
+    "NodalAnalysis", "ProbeConfig", "ProbeSet", "SSBMonitor", "Sink", "WandbSink", "build_probe_set",
+    "capture_batches", "capture_sites", "snapshot_name", "snapshot_names",
 ]

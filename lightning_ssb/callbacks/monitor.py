@@ -36,6 +36,7 @@ from lightning_ssb.capture import SITES, encoder_layers
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook
 from lightning_ssb.results.engine import AnalysisEngine
+from lightning_ssb.results.keys import check_custom_name
 from lightning_ssb.results.sinks import SinkError
 
 
@@ -132,6 +133,10 @@ class SSBMonitor(Callback):
             raise ValueError(f"SSBMonitor.layers must be distinct layers >= 0, got {layers}")
         if any(not isinstance(a, NodalAnalysis) for a in analyses or []):
             raise TypeError("SSBMonitor.analyses must be NodalAnalysis instances")
+        names = [check_custom_name(getattr(a, "name", None) or type(a).__name__) for a in analyses or []]
+        if len(set(names)) < len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"SSBMonitor.analyses: two analyses named {twice}; give each its own name")
         self.engine = AnalysisEngine(layers, sites, analysis, analyses, table=table, prefix=prefix, sinks=sinks,
                                      dirpath=dirpath)
         self.every_n_epochs, self.reference = every_n_epochs, reference

@@ -10,11 +10,11 @@ read back from the figure itself.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
 from lightning_ssb import statistics as registry
+from lightning_ssb.capture import has_heads, layer_of
 from lightning_ssb.report.load import RunResults, Stat, epoch_label
 from lightning_ssb.report.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
 from lightning_ssb.results import epochs as E
@@ -53,9 +53,6 @@ class MissingData(Exception):
     """Nothing to draw; the message says what is missing (shown as a note in the report)."""
 
 
-def layer_of(site: str) -> int | None:
-    m = re.match(r"blocks\.(\d+)\.", site)
-    return int(m.group(1)) if m else None
 
 
 def position(epoch: int) -> float:
@@ -219,7 +216,7 @@ def head_accuracy_grid(run: RunResults, family: str, most_epochs: int = 6):
     """Single-head accuracy, layers x heads, one panel per epoch on one colour scale.
 
     Data: ``{"epochs": [...], "layers": [...], "grids": [[L, H] arrays]}``."""
-    sites = sorted((s for s in run.sites if s.endswith("attn.heads") and layer_of(s) is not None), key=layer_of)
+    sites = sorted((s for s in run.sites if has_heads(s)), key=layer_of)
     per_epoch = {}
     for e in run.epochs:
         rows = [e.arrays.get(Stat(s, family, "head", "accuracy")) for s in sites]

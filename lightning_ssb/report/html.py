@@ -73,6 +73,19 @@ class Book:
         png_bytes = _save(fig, self.figures_dir, stem, self.dpi, self.svg)
         return self._added(name, stem, png_bytes, data, title, caption, fig)
 
+    def embed(self, name: str, png: Path, title: str, caption: str = "") -> str:
+        """A PNG already on disk (a custom analysis's figure) copied beside the page and embedded like a drawn
+        figure (its data: the source path)."""
+        stem = self._stem(name)
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        data = png.read_bytes()
+        (self.figures_dir / f"{stem}.png").write_bytes(data)
+        svg, self.svg = self.svg, False  # no SVG of a PNG
+        try:
+            return self._added(name, stem, data, {"source": str(png)}, title, caption)
+        finally:
+            self.svg = svg
+
     def _added(self, name: str, stem: str, png_bytes: bytes, data: Any, title: str, caption: str, fig=None) -> str:
         png, svg = self.figures_dir / f"{stem}.png", self.figures_dir / f"{stem}.svg"
         self.figures.append(ReportFigure(name, title, png, svg if self.svg else None, data,

@@ -53,6 +53,8 @@ class EpochResults:
     meta: dict = field(default_factory=dict)
     scalars: dict[Stat, float] = field(default_factory=dict)  # NaN where the disk has null
     other_scalars: dict[str, float] = field(default_factory=dict)  # run and custom keys, as written
+    custom: dict[str, dict[str, float]] = field(default_factory=dict)  # a NodalAnalysis's scalars: name -> key -> value
+    custom_arrays: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # name -> key -> arrays.pt entry
     arrays: dict[Stat, torch.Tensor] = field(default_factory=dict)  # "<site>/<family>[/null]/<gran>/<name>"
     best: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)  # (site, family)
     crossover: list[dict] = field(default_factory=list)  # crossover.csv rows, numbers as float
@@ -234,6 +236,8 @@ def _load_scalars(e: EpochResults, prefix: str | None) -> str:
             e.scalars[Stat.of(parsed)] = _number(v)
         else:
             e.other_scalars[k] = v
+            if parsed.kind == "custom":
+                e.custom.setdefault(parsed.site, {})[parsed.statistic] = _number(v)
     return prefix
 
 
@@ -254,9 +258,13 @@ def _load_arrays(e: EpochResults) -> None:
         if not isinstance(v, torch.Tensor):
             continue
         try:  # array keys are scalar keys without the prefix (docs/RESULTS.md)
-            e.arrays[Stat.of(parse_key(f"{PREFIX}/{k}"))] = v
+            parsed = parse_key(f"{PREFIX}/{k}")
         except ValueError:
-            pass  # "<site>/<family>/best/<name>" has no granularity: looked up by array_key below
+            continue  # "<site>/<family>/best/<name>" has no granularity: looked up by array_key below
+        if parsed.kind == "site":
+            e.arrays[Stat.of(parsed)] = v
+        elif parsed.kind == "custom":  # "<analysis name>/<key>": a NodalAnalysis's array
+            e.custom_arrays.setdefault(parsed.site, {})[parsed.statistic] = v
     sites = {s.site for s in e.arrays} | set(e.meta.get("sites") or {})
     for site in sites:
         for fam in FAMILIES:

@@ -10,11 +10,12 @@ import math
 from collections.abc import Callable
 
 from lightning_ssb import statistics as registry
+from lightning_ssb.capture import layer_of
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.html import Book
 from lightning_ssb.report.load import RunResults, Stat
 from lightning_ssb.report.seeds import across_seeds  # several runs of the same sites and labels
-from lightning_ssb.results.keys import FAMILIES
+from lightning_ssb.results.keys import FAMILIES, HEADS_FIGURE
 
 Section = Callable[[list[RunResults], Book], tuple[str, str] | None]
 
@@ -111,8 +112,8 @@ def states_side_by_side(runs: list[RunResults], book: Book):
     """The deepest layer's statistics at random init, the start and every epoch, in one table per site."""
     body = []
     for run in runs:
-        deepest = max((F.layer_of(s) for s in run.sites if F.layer_of(s) is not None), default=None)
-        sites = [s for s in run.sites if F.layer_of(s) == deepest]
+        deepest = max((layer_of(s) for s in run.sites if layer_of(s) is not None), default=None)
+        sites = [s for s in run.sites if layer_of(s) == deepest]
         if not sites:
             continue
         body.append(_run_heading(run, runs))
@@ -265,8 +266,54 @@ def best_node_labels(runs: list[RunResults], book: Book):
     return "What the best nodes learned", "".join(body)
 
 
+def custom_analyses(runs: list[RunResults], book: Book):
+    """One subsection per custom analysis (``NodalAnalysis``): its scalars at every state, the arrays it
+    saved, and the figures it drew at the last state that has any."""
+    body = []
+    for run in runs:
+        names = sorted({n for e in run.epochs for n in (*e.custom, *e.custom_arrays)}
+                       | {n for e in run.epochs for n in _custom_figures(run, e)})
+        if not names:
+            continue
+        body.append(_run_heading(run, runs))
+        for name in names:
+            body.append(f"<h4>{html.escape(name)}</h4>\n")
+            keys = sorted({k for e in run.epochs for k in e.custom.get(name, {})})
+            if keys:
+                head = "<tr><th>key</th>" + "".join(f"<th>{html.escape(e.name)}</th>" for e in run.epochs) + "</tr>"
+                rows = "".join(
+                    f"<tr><td>{html.escape(k)}</td>"
+                    + "".join(f"<td>{_fmt(e.custom.get(name, {}).get(k)) if k in e.custom.get(name, {}) else '-'}</td>"
+                              for e in run.epochs) + "</tr>" for k in keys)
+                body.append(f"<table>{head}{rows}</table>\n")
+            arrays = {k: tuple(v.shape) for e in run.epochs for k, v in e.custom_arrays.get(name, {}).items()}
+            if arrays:
+                listed = ", ".join(f"{html.escape(k)} {list(shape)}" for k, shape in sorted(arrays.items()))
+                body.append(f"<p>Arrays in each state's arrays.pt (as <code>{html.escape(name)}/&lt;key&gt;</code>): "
+                            f"{listed}.</p>\n")
+            last = next((e for e in reversed(run.epochs) if _custom_figures(run, e).get(name)), None)
+            for key, png in sorted(_custom_figures(run, last).get(name, {}).items()) if last else []:
+                body.append(book.embed(f"{run.run_id}__{name}__{key}", png, title=f"{name}: {key}, {last.name}",
+                                       caption=f"{name}: {key} ({last.name}), as the analysis drew it."))
+    if not body:
+        return None
+    return "Custom analyses", "".join(body)
+
+
+def _custom_figures(run: RunResults, e) -> dict[str, dict[str, object]]:
+    """``{analysis name: {key: PNG path}}`` of the custom figures a state's folder holds
+    (``<prefix>__<name>__<key>.png``; the built-in figures are named after a site or ``heads``)."""
+    out: dict[str, dict[str, object]] = {}
+    for png in sorted(e.folder.glob(f"{run.prefix}__*.png")):
+        parts = png.stem.split("__")
+        if len(parts) < 3 or parts[1].startswith("blocks.") or parts[1] == HEADS_FIGURE:
+            continue
+        out.setdefault(parts[1], {})["/".join(parts[2:])] = png
+    return out
+
+
 SECTIONS: list[Section] = [overview, statistics, states_side_by_side, penalties, head_accuracy, learned_labels,
-                           best_node_labels, crossover_section, hull_bound, best_nodes, across_seeds]
+                           best_node_labels, crossover_section, hull_bound, best_nodes, custom_analyses, across_seeds]
 
 
 def chance_text(runs: list[RunResults]) -> str:

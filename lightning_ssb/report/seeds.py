@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_ssb import statistics as registry
+from lightning_ssb.capture import has_heads, layer_of
 from lightning_ssb.report.load import NoResultsError, RunResults, Stat, epoch_label, load_runs
 from lightning_ssb.report.plots import new_figure
 
@@ -201,7 +202,7 @@ def agreement_figure(cmp: SeedComparison, family: str, epoch: int | None = None)
 
     Data: ``{"epoch", "family", "sites", "<gran>": {"phi": {run: [...]}, "live_fraction": {...},
     "identity_agreement": [mean per site], "matched_agreement": [...]}}``."""
-    from lightning_ssb.report.figures import MissingData, layer_of
+    from lightning_ssb.report.figures import MissingData
 
     epoch = cmp.epochs[-1] if epoch is None else epoch
     grans = [g for g in ("node", "head") if cmp.statistic(epoch, *_any_site(cmp, epoch, family, g), "phi")]
@@ -209,7 +210,7 @@ def agreement_figure(cmp: SeedComparison, family: str, epoch: int | None = None)
         raise MissingData(f"{family}: no node or head statistics in every run")
     sites = list(dict.fromkeys(r["site"] for r in cmp.statistics if r["epoch"] == epoch and r["family"] == family
                                and r["granularity"] in grans))
-    ticks = [s if layer_of(s) is None else str(layer_of(s)) if s.endswith("attn.heads") else f"{layer_of(s)} (output)"
+    ticks = [s if layer_of(s) is None else str(layer_of(s)) if has_heads(s) else f"{layer_of(s)} ({s.split('.', 2)[2]})"
              for s in sites]
     x = np.arange(len(sites))
     fig = new_figure(13, 3.4 * len(grans) + 0.9)

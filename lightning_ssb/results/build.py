@@ -32,7 +32,9 @@ class EpochSnapshot:
             (names as in ``capture.snapshot_names``, e.g. ``blocks.3.attn.heads``).
         y_train, y_test: ``[N]`` long labels in ``0..num_classes-1``.
         num_classes, label_names: the probe's classes (FewRel relation names, or MLM token strings).
-        results: ``{snapshot name: SiteAnalysis}``: the built-in analysis, with its fitted read-out.
+        results: ``{snapshot name: SiteAnalysis}``: the built-in analysis, with its fitted read-out (the
+            shared family when it ran, else the own one).
+        families: ``{snapshot name: {family: SiteAnalysis}}``: every read-out family the analysis ran.
     """
 
     epoch: int
@@ -44,6 +46,48 @@ class EpochSnapshot:
     num_classes: int
     label_names: list[str]
     results: dict[str, Any] = field(default_factory=dict)
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class AnalysisOutput:
+    """What a custom analysis (``NodalAnalysis.analyze``) returns, typed; a plain dict is read the same way
+    (a number or a one-element tensor: a scalar; a larger tensor: an array; anything else: a figure).
+
+    Attributes:
+        scalars: ``{key: number}``, logged as ``<prefix>/<name>/<key>`` (W&B ``<prefix>-custom-<name>/<key>``).
+        arrays: ``{key: tensor}`` (per-unit values, say), saved in the state's ``arrays.pt`` as ``<name>/<key>``.
+        figures: ``{key: matplotlib Figure or PNG bytes}``, logged as images under ``<prefix>/<name>/<key>``.
+    """
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, Tensor] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value, name: str = "analysis") -> AnalysisOutput:
+        """``value`` (an ``AnalysisOutput``, a dict or None) as an ``AnalysisOutput``; a TypeError names the
+        analysis and the key that is neither a number, a tensor nor a figure."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"custom analysis {name!r}: analyze must return a dict or an AnalysisOutput, "
+                            f"got {type(value).__name__}")
+        out = cls()
+        for key, v in value.items():
+            if isinstance(v, bool) or not (isinstance(v, (int, float, Tensor)) or hasattr(v, "savefig")
+                                           or isinstance(v, (bytes, bytearray))):
+                raise TypeError(f"custom analysis {name!r}: {key!r} is a {type(v).__name__}; return numbers, "
+                                "tensors or matplotlib figures")
+            if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1):
+                out.scalars[key] = float(v)
+            elif isinstance(v, Tensor):
+                out.arrays[key] = v
+            else:
+                out.figures[key] = v
+        return out
 
 
 @dataclass
@@ -144,7 +188,8 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     y_train = snapshot.y_train.to(device)
     if plan.book.penalties is None:
         progress(f"read-out penalties by cross-validation on probe-train, {len(train)} sites pooled (once per run)")
-        plan.book.penalties = analysis.choose_penalties(train, y_train, snapshot.num_classes, config)
+        plan.book.penalties = analysis.choose_penalties(train, y_train, snapshot.num_classes, config,
+                                                        workers=plan.workers if device.type == "cpu" else 1)
     penalties = plan.book.penalties
     names = list(snapshot.train)
     # one task per site, and one per sensitivity site (the longest: first, so two workers share the load)
@@ -188,7 +233,7 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
             sens_rows += [{"site": name, **row} for row in out]
             continue
         snapshot.results[name] = out.real.get("shared") or next(iter(out.real.values()))
-        families[name] = out.real
+        snapshot.families[name] = families[name] = out.real
         for family, null, granularity, statistic, value in out.statistics():
             scalars[scalar_key(name, family, granularity, statistic, null, prefix)] = float(value)
         arrays.update({f"{name}/{key}": value for key, value in out.arrays().items()})
@@ -246,11 +291,10 @@ def _build(result, snapshot, config, analyses, figures, table, prefix, plan, pro
             result.figures.update(draw_pngs(makers, plan.workers if plan is not None else 1))
     with timed("custom analyses"):
         for analysis in analyses:
-            for key, value in (analysis.analyze(snapshot) or {}).items():
-                if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
-                    result.scalars[custom_key(analysis.name, key, prefix)] = float(value)
-                else:
-                    result.figures[custom_key(analysis.name, key, prefix)] = value
+            out = AnalysisOutput.of(analysis.analyze(snapshot), analysis.name)
+            result.scalars.update({custom_key(analysis.name, k, prefix): float(v) for k, v in out.scalars.items()})
+            result.figures.update({custom_key(analysis.name, k, prefix): v for k, v in out.figures.items()})
+            result.arrays.update({f"{analysis.name}/{k}": v.detach().cpu() for k, v in out.arrays.items()})
     with timed("figures"):
         for fig in result.figures.values():
             render.to_png(fig)  # render here, off the main thread; sinks reuse the bytes

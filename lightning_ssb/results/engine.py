@@ -109,9 +109,8 @@ class AnalysisEngine:
         self.capture_seconds.append(time.perf_counter() - start)
         if captured is None:
             return None
-        x_train, y_train, x_test, y_test = captured
-        return EpochSnapshot(epoch, step, x_train, x_test, y_train, y_test, self.probe.num_classes,
-                             list(self.probe.label_names))
+        return EpochSnapshot(epoch, step, captured.x_train, captured.x_test, captured.y_train, captured.y_test,
+                             self.probe.num_classes, list(self.probe.label_names))
 
     def analyse(self, snapshot: EpochSnapshot, plan: AnalysisPlan, figures: bool = True,
                 progress=None) -> EpochResult:

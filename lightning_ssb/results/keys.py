@@ -76,10 +76,25 @@ def run_key(name: str, prefix: str = PREFIX) -> str:
     return f"{prefix}/{name}"
 
 
+TABLES = ("nodes", "crossover", "sensitivity")  # ``ssb/<table>`` on W&B, ``<table>.csv`` on disk
+RESERVED_NAMES = (*RUN_KEYS, HEADS_FIGURE, *TABLES, "report", WANDB_FIGURES, WANDB_CUSTOM)
+_CUSTOM_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def check_custom_name(name) -> str:
+    """``name`` when a custom analysis may log under it (``ssb/<name>/<key>``); otherwise a ValueError in one
+    line saying which built-in it would collide with."""
+    if not isinstance(name, str) or not _CUSTOM_RE.match(name):
+        raise ValueError(f"a custom analysis name is a letter, then letters, digits, _ or -, got {name!r}")
+    if name in RESERVED_NAMES or _is_site(name):
+        raise ValueError(f"a custom analysis cannot be named {name!r}: it would collide with the built-in keys "
+                         f"(reserved: {', '.join(RESERVED_NAMES)} and blocks.*)")
+    return name
+
+
 def custom_key(analysis: str, key: str, prefix: str = PREFIX) -> str:
     """``ssb/<analysis name>/<key>`` for a user's NodalAnalysis."""
-    if _is_site(analysis) or analysis in RUN_KEYS or analysis == HEADS_FIGURE:
-        raise ValueError(f"a custom analysis cannot be named {analysis!r}: it would clash with built-in keys")
+    check_custom_name(analysis)
     return f"{prefix}/{analysis}/{key}"
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lightning_ssb.capture import has_heads, parse_snapshot_name
 from lightning_ssb.results import epochs
 from lightning_ssb.results.keys import figure_key
 
@@ -18,7 +19,7 @@ TABLE_COLUMNS = ["site", "family", "layer", "head", "node", "accuracy", "learned
 
 
 def _layer(name: str) -> int:
-    return int(name.split(".")[1])
+    return parse_snapshot_name(name)[0]
 
 
 def _names(mask: torch.Tensor, label_names: list[str]) -> str:
@@ -59,7 +60,7 @@ def site_figure_makers(snap: EpochSnapshot, prefix: str, granularities: list[str
 
     out = {}
     title = epochs.label(snap.epoch)
-    head_sites = [n for n in snap.results if n.endswith("attn.heads")]
+    head_sites = [n for n in snap.results if has_heads(n)]
     if "head" in granularities and head_sites and snap.results[head_sites[0]].head_accuracy is not None:
         grid = torch.stack([snap.results[n].head_accuracy for n in head_sites]).cpu()
         out[figure_key("heads", "accuracy", prefix)] = partial(
