@@ -11,7 +11,7 @@ import sys
 COMMANDS = {
     "report": "lightning_ssb.report.cli:main",
     "compare": "lightning_ssb.report.cli:compare_main",
-    "seeds": "lightning_ssb.seeds:main",
+    "seeds": "lightning_ssb.seed_runs:main",
 }
 
 

@@ -46,6 +46,7 @@ def _child_init() -> None:
 
 
 def _run(i: int) -> bytes:
+    assert _TASK is not None, "fork_map's task is set before its children fork"
     return pickle.dumps(_TASK(i), protocol=pickle.HIGHEST_PROTOCOL)
 
 

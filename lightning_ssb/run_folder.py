@@ -70,10 +70,17 @@ def free_sibling(folder: str) -> str:
 
 
 def rebase(value, old: str, new: str):
-    """Every string in a nested config equal to ``old`` or under ``old/``, moved to ``new``."""
+    """Every string in a nested config (dicts and jsonargparse Namespaces changed in place, lists copied)
+    that is the path ``old`` or a path under it, moved to ``new``; paths compare normalised (``./runs/x``
+    is ``runs/x``), every other value is left as it is. Returns ``value``. The one path mover of the run
+    folder's rules and of the ``seeds`` command."""
+    old = os.path.normpath(old)
     if isinstance(value, str):
-        if value == old or value.startswith(old.rstrip("/") + "/"):
-            return new + value[len(old.rstrip("/")):]
+        p = os.path.normpath(value) if value else value
+        if p == old:
+            return new
+        if value and p.startswith(old.rstrip(os.sep) + os.sep):
+            return os.path.join(new, os.path.relpath(p, old))
         return value
     if isinstance(value, list):
         return [rebase(v, old, new) for v in value]

@@ -83,7 +83,8 @@ class Statistic:
         levels: the granularities it is logged for: ``node``, ``head`` (unit statistics) or ``site``.
         families: the read-out families that carry it.
         nulls: whether the nulls (permuted probe labels) carry it too.
-        compute: ``Units -> float`` (NaN: undefined) for a statistic of a granularity's learned sets; None
+        compute: ``Units -> float`` (NaN: undefined; None: not computable from what it was given, e.g. an
+            accuracy statistic without accuracies) for a statistic of a granularity's learned sets; None
             when the analysis computes it elsewhere (the hull, the clusters, the fits' records).
         plot: its panel in the report's figure of the statistics by epoch (None: no panel).
         table: a row in the report's table of the deepest layer at every state.
@@ -99,7 +100,7 @@ class Statistic:
     levels: tuple[str, ...] = UNIT_LEVELS
     families: tuple[str, ...] = FAMILIES
     nulls: bool = True
-    compute: Callable[[Units], float] | None = None
+    compute: Callable[[Units], float | None] | None = None
     plot: Plot | None = None
     table: bool = False
     table_nulls: bool = False

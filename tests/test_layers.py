@@ -2,10 +2,9 @@
 
 From the bottom up (docs/ARCHITECTURE.md, "Layers"):
 
-0. helpers: ``hub``, ``progress``, ``provenance``, the statistics registry ``statistics`` and the plotting
-   helpers ``report/plots.py`` (they import nothing of the package; ``results/`` draws its figures with
-   them, so the one arrow from ``results/`` into ``report/`` is to ``report.plots``, and only inside the
-   functions that draw);
+0. helpers: ``hub``, ``progress``, ``provenance``, the statistics registry ``statistics``, the process
+   pool ``parallel`` and the plotting helpers ``plots`` (they import nothing of the package above layer
+   0; ``results/`` and ``report/`` draw their figures with ``plots``);
 1. ``data``, ``models`` (the Lightning modules, with ``RNGState``, the callback every BertTask adds),
    ``loggers``, ``run_folder``;
 2. ``capture`` (forward hooks, torch only) and ``analysis`` (docs/method.md; no Lightning, no wandb);
@@ -13,7 +12,7 @@ From the bottom up (docs/ARCHITECTURE.md, "Layers"):
    them for one state (capture -> snapshot -> result -> sinks), which the monitor and ``analyze`` share;
 4. ``report``: the HTML report and ``compare``, from the disk results alone (no Lightning);
 5. ``callbacks`` (the monitor, probe set, resume, custom analyses) and ``probe_accuracy``;
-6. the command line: ``cli``, ``analyze``, ``seeds``, ``__main__``.
+6. the command line: ``cli``, ``analyze``, ``seed_runs`` (the ``seeds`` command), ``__main__``.
 
 Two checks: every ``lightning_ssb`` import in the source, at module level or inside a function, points
 down or sideways (a static read of the files); and importing each layer in a fresh interpreter loads no
@@ -35,13 +34,13 @@ PACKAGE = ROOT / "lightning_ssb"
 
 # module prefix (relative to lightning_ssb) -> layer; the longest matching prefix wins
 LAYERS = {
-    "hub": 0, "progress": 0, "provenance": 0, "statistics": 0, "parallel": 0, "report.plots": 0,
+    "hub": 0, "progress": 0, "provenance": 0, "statistics": 0, "parallel": 0, "plots": 0,
     "data": 1, "models": 1, "loggers": 1, "run_folder": 1,
     "capture": 2, "analysis": 2,
     "results": 3, "results.engine": 3,  # the engine: capture (2) -> results -> sinks, used by callbacks and analyze
     "report": 4,
     "callbacks": 5, "probe_accuracy": 5,
-    "cli": 6, "analyze": 6, "seeds": 6, "__main__": 6,
+    "cli": 6, "analyze": 6, "seed_runs": 6, "__main__": 6,
 }
 
 
@@ -110,7 +109,9 @@ ABOVE = {
                                  "lightning_ssb.models", "lightning_ssb.capture", "lightning_ssb.analysis",
                                  "lightning_ssb.results", "lightning_ssb.report", "lightning_ssb.callbacks",
                                  "lightning_ssb.cli"],
-    "lightning_ssb.report.plots": ["lightning", "wandb", "lightning_ssb.callbacks", "lightning_ssb.cli"],
+    "lightning_ssb.plots": ["lightning", "wandb", "lightning_ssb.data", "lightning_ssb.models", "lightning_ssb.capture",
+                            "lightning_ssb.analysis", "lightning_ssb.results", "lightning_ssb.report",
+                            "lightning_ssb.callbacks", "lightning_ssb.cli"],
     "lightning_ssb.data": ["lightning_ssb.capture", "lightning_ssb.analysis", "lightning_ssb.results",
                            "lightning_ssb.report", "lightning_ssb.callbacks", "lightning_ssb.cli"],
     "lightning_ssb.models": ["lightning_ssb.capture", "lightning_ssb.analysis", "lightning_ssb.results",
@@ -125,7 +126,7 @@ ABOVE = {
        for m in ("keys", "epochs", "build", "render", "sinks", "engine")},
     "lightning_ssb.report": ["lightning", "wandb", "lightning_ssb.callbacks", "lightning_ssb.cli"],
     "lightning_ssb.report.cli": ["lightning", "wandb", "lightning_ssb.callbacks", "lightning_ssb.cli"],
-    "lightning_ssb.callbacks": ["lightning_ssb.cli", "lightning_ssb.analyze", "lightning_ssb.seeds"],
+    "lightning_ssb.callbacks": ["lightning_ssb.cli", "lightning_ssb.analyze", "lightning_ssb.seed_runs"],
     "lightning_ssb.loggers": ["lightning_ssb.results", "lightning_ssb.report", "lightning_ssb.callbacks",
                               "lightning_ssb.cli"],
 }

@@ -9,10 +9,10 @@ import yaml
 
 from lightning_ssb.cli import CONFIG_DIR
 from lightning_ssb.loggers import read_wandb_run
+from lightning_ssb.report.compare import compare_runs
 from lightning_ssb.report.load import load_runs
-from lightning_ssb.report.seeds import compare_runs
-from lightning_ssb.seeds import main as seeds_main
-from lightning_ssb.seeds import move_paths, seed_config
+from lightning_ssb.seed_runs import main as seeds_main
+from lightning_ssb.seed_runs import move_paths, seed_config
 
 # tiny: 2 layers x 4 heads of 12 nodes trained from scratch for two epochs on the shipped FewRel sample
 # (64 x 40 sentences; about 20 s per seed on 2 cores; after one epoch too few nodes are live to compare)

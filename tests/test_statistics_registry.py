@@ -15,8 +15,8 @@ from lightning_ssb import statistics as registry
 from lightning_ssb.callbacks import ProbeConfig, SSBMonitor
 from lightning_ssb.loggers import WandbLogger, read_wandb_run
 from lightning_ssb.report.build import build_report
+from lightning_ssb.report.compare import compare_runs, summary_rows
 from lightning_ssb.report.load import load_runs
-from lightning_ssb.report.seeds import compare_runs, summary_rows
 from lightning_ssb.statistics import Plot, Statistic, Units
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
 

@@ -1,7 +1,7 @@
-"""The monitor's figure helpers; they live in ``lightning_ssb.report.plots`` (shared with the report,
-which must load without Lightning) and are re-exported here for the monitor and custom analyses."""
+"""The monitor's figure helpers; they live in ``lightning_ssb.plots`` (the bottom layer, shared with the
+report, which must load without Lightning) and are re-exported here for custom analyses."""
 
-from lightning_ssb.report.plots import (
+from lightning_ssb.plots import (
     MAX_NAME_CHARS,
     MAX_TICK_LABELS,
     crossover,

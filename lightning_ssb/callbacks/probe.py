@@ -22,6 +22,8 @@ from typing import Literal
 
 import torch
 
+from lightning_ssb.capture import POSITION_RULES, select_positions
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -52,8 +54,8 @@ class ProbeConfig:
             raise ValueError(f"probe.batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not (self.top_k_tokens == "all" or (isinstance(self.top_k_tokens, int) and self.top_k_tokens >= 2)):
             raise ValueError(f"probe.top_k_tokens must be an integer >= 2 or 'all', got {self.top_k_tokens!r}")
-        if self.position_rule not in ("auto", "cls", "head_entity", "masked"):
-            raise ValueError("probe.position_rule must be auto, cls, head_entity or masked, "
+        if self.position_rule not in ("auto", *POSITION_RULES):
+            raise ValueError(f"probe.position_rule must be one of {['auto', *POSITION_RULES]}, "
                              f"got {self.position_rule!r}")
 
     def build(self, datamodule, task: str, state: dict | None = None) -> ProbeSet:
@@ -173,8 +175,6 @@ def _batches(datamodule, dataset, indices: list[int], batch_size: int, generator
 
 
 def _select(batch: dict, rule: str, class_of_token: torch.Tensor | None, mask_id: int | None) -> ProbeBatch:
-    from lightning_ssb.capture import select_positions
-
     rows, positions, labels = select_positions(batch, rule, class_of_token, mask_id)
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     return ProbeBatch(inputs, rows, positions, labels.long())

@@ -53,8 +53,8 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def compare_main(argv: list[str] | None = None) -> int:
+    from lightning_ssb.report.compare import format_table, summary_rows, write_comparison
     from lightning_ssb.report.load import epoch_label
-    from lightning_ssb.report.seeds import format_table, summary_rows, write_comparison
 
     args = compare_parser().parse_args(argv)
     try:

@@ -15,8 +15,8 @@ import numpy as np
 
 from lightning_ssb import statistics as registry
 from lightning_ssb.capture import has_heads, layer_of
+from lightning_ssb.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
 from lightning_ssb.report.load import RunResults, Stat, epoch_label
-from lightning_ssb.report.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
 from lightning_ssb.results import epochs as E
 
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from lightning_ssb import statistics as registry
 from lightning_ssb.capture import layer_of
 from lightning_ssb.report import figures as F
+from lightning_ssb.report.compare import across_seeds  # several runs of the same sites and labels
 from lightning_ssb.report.html import Book
 from lightning_ssb.report.load import RunResults, Stat
-from lightning_ssb.report.seeds import across_seeds  # several runs of the same sites and labels
 from lightning_ssb.results.keys import FAMILIES, HEADS_FIGURE
 
 Section = Callable[[list[RunResults], Book], tuple[str, str] | None]

@@ -285,7 +285,7 @@ def _build(result, snapshot, config, analyses, figures, table, prefix, plan, pro
     if figures:
         progress("figures")
         with timed("figures"):
-            from lightning_ssb.report.plots import draw_pngs  # matplotlib: only where figures are drawn
+            from lightning_ssb.plots import draw_pngs  # matplotlib: only where figures are drawn
 
             makers = render.site_figure_makers(snapshot, prefix, granularities)
             result.figures.update(draw_pngs(makers, plan.workers if plan is not None else 1))

@@ -175,6 +175,7 @@ def wandb_key(key: str, prefix: str = PREFIX) -> str:
         return key
     if p.kind == "custom":
         return f"{prefix}-{WANDB_CUSTOM}-{p.site}/" + "/".join(_tag(s) for s in p.statistic.split("/"))
+    assert p.site is not None  # a site key names its site
     tail = f"{p.family}/{p.granularity}/{site_tag(p.site)}"
     if p.null:
         return f"{prefix}-{null_segment(p.null)}/{p.statistic}/{tail}"

@@ -55,8 +55,8 @@ def site_figures(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> 
 
 def site_figure_makers(snap: EpochSnapshot, prefix: str, granularities: list[str]) -> dict:
     """The figures of ``site_figures`` as ``{key: zero-argument function returning the Figure}``, so that
-    ``report.plots.draw_pngs`` can draw them in worker processes (the functions hold CPU tensors only)."""
-    from lightning_ssb.report import plots as figures  # here: results/ loads without matplotlib
+    ``plots.draw_pngs`` can draw them in worker processes (the functions hold CPU tensors only)."""
+    from lightning_ssb import plots as figures  # here: results/ loads without matplotlib
 
     out = {}
     title = epochs.label(snap.epoch)
@@ -99,6 +99,6 @@ def crossover_table(snap: EpochSnapshot, families: dict | None = None) -> tuple[
 
 def to_png(figure) -> bytes:
     """The PNG bytes of a figure (rendered once, cached on the figure)."""
-    from lightning_ssb.report.plots import to_png as render
+    from lightning_ssb.plots import to_png as render
 
     return render(figure)

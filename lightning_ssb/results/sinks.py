@@ -126,7 +126,7 @@ class DiskSink(Sink):
         self._scalars.update({k: (None if v != v else float(v)) for k, v in scalars.items()})  # NaN -> null
 
     def log_figure(self, name: str, figure: Any, step: int) -> None:
-        from lightning_ssb.report.plots import to_png
+        from lightning_ssb.plots import to_png
 
         with open(os.path.join(self._dir, self._file(name) + ".png"), "wb") as f:
             f.write(to_png(figure))
@@ -203,7 +203,7 @@ class WandbSink(Sink):
         import wandb
         from PIL import Image
 
-        from lightning_ssb.report.plots import to_png
+        from lightning_ssb.plots import to_png
 
         self._pending[wandb_figure_key(name, self.prefix)] = wandb.Image(Image.open(io.BytesIO(to_png(figure))))
 

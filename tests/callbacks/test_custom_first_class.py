@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_ssb.callbacks import AnalysisOutput, NodalAnalysis, ProbeConfig, SSBMonitor
-from lightning_ssb.report.plots import new_figure
+from lightning_ssb.plots import new_figure
 from lightning_ssb.results.build import AnalysisOutput as BuildOutput
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
 

@@ -6,10 +6,10 @@ import re
 import pytest
 
 from lightning_ssb.parallel import default_workers
+from lightning_ssb.plots import new_figure
 from lightning_ssb.report.build import build_report
 from lightning_ssb.report.figures import MissingData
 from lightning_ssb.report.load import load_runs
-from lightning_ssb.report.plots import new_figure
 from lightning_ssb.report.sections import SECTIONS
 from tests.report.synthetic import write_run
 

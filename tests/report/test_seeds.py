@@ -18,7 +18,7 @@ import torch
 
 from lightning_ssb.report import SECTIONS, build_report, load_runs
 from lightning_ssb.report.cli import compare_main
-from lightning_ssb.report.seeds import IncomparableRunsError, across_seeds, compare_runs, write_comparison
+from lightning_ssb.report.compare import IncomparableRunsError, across_seeds, compare_runs, write_comparison
 from tests.report.synthetic import LABELS, write_run
 
 SITES = {"blocks.0.attn.heads": [4, 4], "blocks.1.attn.heads": [4, 4]}
@@ -158,7 +158,7 @@ def test_one_line_errors_name_the_folder(seeds, tmp_path, capsys):
 def test_an_undefined_agreement_is_no_bar_and_different_penalties_are_noted(tmp_path):
     """No unit live in either run: the agreement is undefined (NaN), drawn as no bar with "n/a", never a
     0 bar; runs analysed at different read-out penalties are said to be so."""
-    from lightning_ssb.report.seeds import agreement_figure
+    from lightning_ssb.report.compare import agreement_figure
 
     for seed in (0, 1):
         write_run(tmp_path / f"seed_{seed}", run_id=f"run{seed}", sites=SITES, seed=seed, epochs=(-1, 0))

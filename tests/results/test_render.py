@@ -49,7 +49,7 @@ def test_figure_titles_name_the_state():
 
 def test_figures_drawn_by_forked_workers_are_the_ones_drawn_here():
     """The monitor draws a state's figures in forked processes on a CPU: the same PNG bytes, same keys."""
-    from lightning_ssb.report.plots import draw_pngs, to_png
+    from lightning_ssb.plots import draw_pngs, to_png
     from lightning_ssb.results.render import site_figure_makers
 
     gen = torch.Generator().manual_seed(2)

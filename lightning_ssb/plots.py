@@ -1,7 +1,8 @@
 """Matplotlib figures of an analysis (object API on the Agg canvas: safe off the main thread).
 
 Shared by the monitor's per-epoch figures (``lightning_ssb.callbacks.figures`` re-exports these) and
-the report; it lives here so that the report command loads without Lightning.
+the report: the bottom layer (it imports nothing of the package but ``parallel``), so that ``results/``
+draws with it without loading the report, and the report command without Lightning.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def crossover(rows: list[dict], title: str) -> Figure:
     ms = np.array([r["m"] for r in rows], dtype=float)
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
-    handles = []
+    handles: list = []  # an errorbar container and lines: whatever the legend takes
     if rows and "acc_mean" in rows[0]:
         std = [r.get("acc_std", 0.0) for r in rows] if "acc_std" in rows[0] else None
         h = ax.errorbar(ms, [r["acc_mean"] for r in rows], yerr=std, fmt="o-", capsize=3,

@@ -1,7 +1,7 @@
 """Seeds as an experiment: ``python -m lightning_ssb seeds --config X.yaml --seeds 0 1 2 [fit options]``.
 
 Runs ``fit`` once per seed, one after another, into sibling run folders ``<root>/seed_<S>/`` (root:
-``--root``, default ``<the config's run folder>_seeds``), then compares them (``report/seeds.py``:
+``--root``, default ``<the config's run folder>_seeds``), then compares them (``report/compare.py``:
 ``<root>/compare/``). Each seed's config is the resolved config of the given one (``--print_config``)
 with ``seed_everything: S``, every path under the config's run folder moved to ``<root>/seed_<S>``,
 the W&B run named ``<name>-seed<S>`` (``<name>``: the logger's name, else the config file's name) and
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import sys
@@ -24,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from lightning_ssb.run_folder import rebase
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,16 +64,9 @@ def _norm(path: str) -> str:
 
 
 def move_paths(node, old: str, new: str):
-    """Every string that is ``old`` or a path under it, moved to ``new`` (other values unchanged)."""
-    if isinstance(node, dict):
-        return {k: move_paths(v, old, new) for k, v in node.items()}
-    if isinstance(node, list):
-        return [move_paths(v, old, new) for v in node]
-    if isinstance(node, str) and node:
-        p = _norm(node)
-        if p == old or p.startswith(old + os.sep):
-            return os.path.join(new, os.path.relpath(p, old)) if p != old else new
-    return node
+    """A copy of ``node`` with every string that is ``old`` or a path under it moved to ``new``
+    (``run_folder.rebase`` on a copy)."""
+    return rebase(copy.deepcopy(node), old, new)
 
 
 def seed_config(config: dict, seed: int, folder: str, config_file: str | None = None) -> dict:

@@ -23,8 +23,8 @@ import numpy as np
 
 from lightning_ssb import statistics as registry
 from lightning_ssb.capture import has_heads, layer_of
+from lightning_ssb.plots import new_figure
 from lightning_ssb.report.load import NoResultsError, RunResults, Stat, epoch_label, load_runs
-from lightning_ssb.report.plots import new_figure
 
 
 def shown() -> list[str]:
