@@ -67,9 +67,9 @@ class Book:
             stem = f"{base}_{n}"
         return stem
 
-    def add(self, name: str, fig, data: Any, title: str, caption: str = "", stem: str | None = None) -> str:
+    def add(self, name: str, fig, data: Any, title: str, caption: str = "") -> str:
         """Save ``fig`` as PNG and SVG beside the page and return its ``<figure>`` HTML (PNG embedded)."""
-        stem = stem or self._stem(name)
+        stem = self._stem(name)
         png_bytes = _save(fig, self.figures_dir, stem, self.dpi, self.svg)
         return self._added(name, stem, png_bytes, data, title, caption, fig)
 
@@ -80,20 +80,20 @@ class Book:
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         data = png.read_bytes()
         (self.figures_dir / f"{stem}.png").write_bytes(data)
-        svg, self.svg = self.svg, False  # no SVG of a PNG
-        try:
-            return self._added(name, stem, data, {"source": str(png)}, title, caption)
-        finally:
-            self.svg = svg
+        return self._added(name, stem, data, {"source": str(png)}, title, caption, svg=False)  # no SVG of a PNG
 
-    def _added(self, name: str, stem: str, png_bytes: bytes, data: Any, title: str, caption: str, fig=None) -> str:
-        png, svg = self.figures_dir / f"{stem}.png", self.figures_dir / f"{stem}.svg"
-        self.figures.append(ReportFigure(name, title, png, svg if self.svg else None, data,
+    def _added(self, name: str, stem: str, png_bytes: bytes, data: Any, title: str, caption: str, fig=None,
+               svg: bool | None = None) -> str:
+        """Record a figure whose files are written and return its HTML; ``svg``: whether an SVG was written
+        beside the PNG (default ``self.svg``)."""
+        with_svg = self.svg if svg is None else svg
+        png, svg_path = self.figures_dir / f"{stem}.png", self.figures_dir / f"{stem}.svg"
+        self.figures.append(ReportFigure(name, title, png, svg_path if with_svg else None, data,
                                          fig if self.keep_figures else None))
         rel = self.figures_dir.name
         b64 = base64.b64encode(png_bytes).decode("ascii")
         links = (f'<a href="{rel}/{png.name}">PNG</a>'
-                 + (f' \u00b7 <a href="{rel}/{svg.name}">SVG</a>' if self.svg else ""))
+                 + (f' \u00b7 <a href="{rel}/{svg_path.name}">SVG</a>' if with_svg else ""))
         text = f"{html.escape(caption)} " if caption else ""
         return (f'<figure id="{stem}"><img src="data:image/png;base64,{b64}" alt="{html.escape(title)}">'
                 f"<figcaption>{text}({links})</figcaption></figure>\n")

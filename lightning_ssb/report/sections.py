@@ -271,28 +271,29 @@ def custom_analyses(runs: list[RunResults], book: Book):
     saved, and the figures it drew at the last state that has any."""
     body = []
     for run in runs:
+        figures = [(e, _custom_figures(run, e)) for e in run.epochs]  # each state's folder read once
         names = sorted({n for e in run.epochs for n in (*e.custom, *e.custom_arrays)}
-                       | {n for e in run.epochs for n in _custom_figures(run, e)})
+                       | {n for _, found in figures for n in found})
         if not names:
             continue
         body.append(_run_heading(run, runs))
         for name in names:
             body.append(f"<h4>{html.escape(name)}</h4>\n")
-            keys = sorted({k for e in run.epochs for k in e.custom.get(name, {})})
+            values = [e.custom.get(name, {}) for e in run.epochs]
+            keys = sorted({k for v in values for k in v})
             if keys:
                 head = "<tr><th>key</th>" + "".join(f"<th>{html.escape(e.name)}</th>" for e in run.epochs) + "</tr>"
-                rows = "".join(
-                    f"<tr><td>{html.escape(k)}</td>"
-                    + "".join(f"<td>{_fmt(e.custom.get(name, {}).get(k)) if k in e.custom.get(name, {}) else '-'}</td>"
-                              for e in run.epochs) + "</tr>" for k in keys)
+                rows = "".join(f"<tr><td>{html.escape(k)}</td>"
+                               + "".join(f"<td>{_fmt(v[k]) if k in v else '-'}</td>" for v in values) + "</tr>"
+                               for k in keys)
                 body.append(f"<table>{head}{rows}</table>\n")
             arrays = {k: tuple(v.shape) for e in run.epochs for k, v in e.custom_arrays.get(name, {}).items()}
             if arrays:
                 listed = ", ".join(f"{html.escape(k)} {list(shape)}" for k, shape in sorted(arrays.items()))
                 body.append(f"<p>Arrays in each state's arrays.pt (as <code>{html.escape(name)}/&lt;key&gt;</code>): "
                             f"{listed}.</p>\n")
-            last = next((e for e in reversed(run.epochs) if _custom_figures(run, e).get(name)), None)
-            for key, png in sorted(_custom_figures(run, last).get(name, {}).items()) if last else []:
+            last, pngs = next(((e, found[name]) for e, found in reversed(figures) if found.get(name)), (None, {}))
+            for key, png in sorted(pngs.items()):
                 body.append(book.embed(f"{run.run_id}__{name}__{key}", png, title=f"{name}: {key}, {last.name}",
                                        caption=f"{name}: {key} ({last.name}), as the analysis drew it."))
     if not body:

@@ -215,17 +215,19 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
         where = f"site {names.index(name) + 1}/{len(names)} {name}"
         return f"{where}: read-outs and statistics" + (f", nulls {'+'.join(plan.nulls)}" if plan.nulls else "")
 
+    def stage(finished: int) -> str:  # what is being computed once `finished` tasks are done
+        if workers > 1:
+            return f"{finished}/{len(tasks)} parts done in {workers} processes (sites and sensitivity)"
+        return what(finished)
+
     finished = [0]
 
     def done(_):
         finished[0] += 1
-        if workers > 1 and finished[0] < len(tasks):
-            progress(f"{finished[0]}/{len(tasks)} parts done in {workers} processes (sites and sensitivity)")
-        elif finished[0] < len(tasks):
-            progress(what(finished[0]))
+        if finished[0] < len(tasks):
+            progress(stage(finished[0]))
 
-    progress(what(0) if workers <= 1 else f"0/{len(tasks)} parts done in {workers} processes (sites and "
-             "sensitivity)")
+    progress(stage(0))
     outcomes = fork_map(run, len(tasks), workers, done)
     for (kind, name), (out, seconds) in zip(tasks, outcomes, strict=True):
         add_seconds(seconds)  # from the worker processes: summed over them (they overlap in time)
