@@ -146,6 +146,14 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
         beaten = (worst > 0).any(1)
     else:
         beaten = ((np.abs(da).max(2) == 0) & (dc > 0)).any(1)
+    # What the samples and the one-label test left open, before any program: in the box, a mixture of
+    # the other labels that beats the label everywhere (a dual certificate: never strictly largest); over
+    # all x, a direction along which it beats every other label (a witness: reachable).
+    left = ~reach & ~beaten
+    if left.any() and box:
+        beaten |= _box_certificates(a_u, c_u, left)
+    elif left.any():
+        reach |= _direction_witnesses(a_u, c_u, left)
     for i in np.nonzero(~reach & ~beaten)[0]:
         rows, consts = np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0)
         reach[i] = _lp_wins(*_normalise(rows, consts, box), box)
@@ -191,6 +199,88 @@ def _witnesses(a: np.ndarray, c: np.ndarray, box: bool, todo: np.ndarray) -> np.
         u = (u + width * 0.5 ** (step // 10 + 1) * direction / norm).clamp(lo, hi)
     out = np.zeros(k, dtype=bool)
     out[labels[found.numpy()]] = True
+    return out
+
+
+_CHUNK = 1 << 22   # labels x labels x nodes entries per batch of the certificates and directions
+_CERT_STEPS = 120
+_DIRECTION_ROUNDS = 8
+
+
+def _chunks(labels: np.ndarray, k: int, m: int):
+    size = max(1, _CHUNK // max(1, k * m))
+    return [labels[s:s + size] for s in range(0, len(labels), size)]
+
+
+def _box_certificates(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndarray:
+    """Labels (of `todo`) that are never the strictly largest field in the box [0, 1]^m, each proven by
+    weak linear-programming duality: for any mixture lambda of the other labels,
+    max over the box of min_j (f_i - f_j) <= h(lambda) = lambda . (c_i - c) + sum_m max(0, lambda . (a_i - a))_m,
+    so h(lambda) <= the programs' tolerance (on the same normalised rows) means the program would answer
+    "no". lambda is searched by exponentiated subgradient steps, all labels at once; a label without a
+    certificate keeps its program (the search proves unreachability, never reachability)."""
+    k, m = a.shape
+    out = np.zeros(k, dtype=bool)
+    at, ct = torch.from_numpy(a), torch.from_numpy(c)
+    for labels in _chunks(np.nonzero(todo)[0], k, m):
+        lab = torch.from_numpy(labels)
+        rows = at[lab].unsqueeze(1) - at.unsqueeze(0)                     # [L, K, m]: a_i - a_j
+        consts = ct[lab].unsqueeze(1) - ct.unsqueeze(0)                   # [L, K]
+        scale = torch.maximum(rows.abs().flatten(1).amax(1), consts.abs().amax(1)).clamp_min(1e-300)
+        rows, consts = rows / scale.view(-1, 1, 1), consts / scale.view(-1, 1)   # as `_normalise` (box)
+        own = torch.zeros(len(labels), k, dtype=torch.bool)
+        own[torch.arange(len(labels)), lab] = True
+        lam = (~own).to(torch.float64)
+        lam /= lam.sum(1, keepdim=True)
+        best = torch.full((len(labels),), math.inf, dtype=torch.float64)
+        for step in range(_CERT_STEPS):
+            z = torch.bmm(lam.unsqueeze(1), rows).squeeze(1)              # [L, m]
+            best = torch.minimum(best, (lam * consts).sum(1) + z.clamp_min(0).sum(1))
+            if bool((best <= _LP_TOL).all()):
+                break
+            grad = consts + torch.bmm(rows, (z > 0).to(torch.float64).unsqueeze(2)).squeeze(2)
+            rate = 2.0 / (grad.abs().amax(1, keepdim=True).clamp_min(1e-300) * math.sqrt(step + 1))
+            lam = (lam * torch.exp(-rate * (grad - grad.amin(1, keepdim=True)))).masked_fill(own, 0.0)
+            lam /= lam.sum(1, keepdim=True)
+        out[labels[(best <= _LP_TOL).numpy()]] = True
+    return out
+
+
+def _direction_witnesses(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndarray:
+    """Over all x: labels (of `todo`) that win strictly far out along a direction v with
+    (a_i - a_j) . v > 0 for every other label j. v solves (a_i - a_j) . v = t_j in least squares (exact
+    when the differences are independent, as for m >= K - 1); targets of the labels it does not beat
+    are doubled for a few rounds. Only a point where the label is verified to be the strict argmax
+    counts; a label not found here keeps its program."""
+    k, m = a.shape
+    out = np.zeros(k, dtype=bool)
+    at, ct = torch.from_numpy(a), torch.from_numpy(c)
+    for labels in _chunks(np.nonzero(todo)[0], k, m):
+        lab = torch.from_numpy(labels)
+        n = len(labels)
+        rows = at[lab].unsqueeze(1) - at.unsqueeze(0)                     # [L, K, m]
+        consts = ct[lab].unsqueeze(1) - ct.unsqueeze(0)
+        own = torch.zeros(n, k, dtype=torch.bool)
+        own[torch.arange(n), lab] = True
+        target = (~own).to(torch.float64)
+        pending = torch.ones(n, dtype=torch.bool)
+        for _ in range(_DIRECTION_ROUNDS):
+            idx = pending.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            v = torch.linalg.lstsq(rows[idx], target[idx].unsqueeze(2), driver="gelsd").solution.squeeze(2)
+            rv = torch.bmm(rows[idx], v.unsqueeze(2)).squeeze(2)          # [l, K]
+            mine = own[idx]
+            ahead = ((rv > 0) | mine).all(1) & torch.isfinite(rv).all(1)
+            # far enough out that the slopes beat the constants: s (a_i - a_j) . v + (c_i - c_j) > 0
+            need = torch.where(mine, -math.inf, -consts[idx] / torch.where(mine, 1.0, rv)).amax(1)
+            u = (2 * need.clamp_min(0) + 1).unsqueeze(1) * v
+            fields = u @ at.T + ct                                        # [l, K]
+            wins = fields[mine] > fields.masked_fill(mine, -math.inf).amax(1)
+            out[labels[idx[ahead & wins].numpy()]] = True
+            pending[idx[ahead]] = False
+            behind = (rv <= 0) & ~mine
+            target[idx] = torch.where(behind, 2 * target[idx], target[idx])
     return out
 
 

@@ -138,3 +138,49 @@ def test_one_node_reachability_is_its_envelope():
     assert torch.equal(reachable_labels(w, b), node_hull_labels(r)[0])
     lo, hi = torch.tensor([-0.5]), torch.tensor([0.7])
     assert torch.equal(reachable_labels(w, b, lo, hi), node_hull_labels(r, lo, hi)[0])
+
+
+def margin_by_program(w, b, lo, hi, label):
+    """The largest margin min_j (f_label - f_j) over the box (all x when lo is None), capped at 1: one
+    linear program written here, independently of hull.py, on w, b scaled to a largest entry of 1."""
+    from scipy.optimize import linprog
+
+    k, m = w.shape
+    others = [j for j in range(k) if j != label]
+    rows, consts = (w[label] - w[others]).double(), (b[label] - b[others]).double()
+    scale = max(rows.abs().max().item(), consts.abs().max().item())
+    bounds = [(None, None)] * m if lo is None else list(zip(lo.tolist(), hi.tolist(), strict=True))
+    a_ub = torch.cat([-rows / scale, torch.ones(k - 1, 1, dtype=torch.float64)], 1).numpy()
+    res = linprog([0.0] * m + [-1.0], A_ub=a_ub, b_ub=(consts / scale).numpy(), bounds=bounds + [(None, 1.0)],
+                  method="highs")
+    return -res.fun
+
+
+def test_certificates_and_directions_agree_with_a_program_per_label(monkeypatch):
+    """Before any program, reachable_labels proves labels unreachable in a box by a mixture of the others
+    (weak duality) and reachable over all x by a direction that beats every other label. The answers
+    equal one program per label (written in this test), and the programs it still runs are few in a box,
+    and none over all x once m >= K - 1, where the differences of K generic labels are independent."""
+    import lightning_ssb.analysis.hull as hull
+
+    calls = []
+    real = hull._lp_wins
+    monkeypatch.setattr(hull, "_lp_wins", lambda *a: calls.append(a[2]) or real(*a))
+    gen = torch.Generator().manual_seed(5)
+    # (K, m, slopes' spread per node, constants' spread): in a box, many labels beaten only by a mixture of
+    # others (the sampled points and the one-label test leave them all to programs); over all x, slopes
+    # whose spread falls by 100 from the first node to the last, as in fitted read-outs (random
+    # directions miss the labels that win only along the small ones)
+    for k, m, decay, spread in [(40, 4, 0, 1.0), (40, 8, 0, 3.0), (30, 40, 2, 10.0), (40, 6, 2, 10.0)]:
+        w = torch.randn(k, m, generator=gen, dtype=torch.float64) * torch.logspace(0, -decay, m, dtype=torch.float64)
+        b = spread * torch.randn(k, generator=gen, dtype=torch.float64)
+        lo, hi = -torch.ones(m, dtype=torch.float64), torch.ones(m, dtype=torch.float64)
+        for box in (True, False):
+            calls.clear()
+            got = reachable_labels(w, b, lo, hi) if box else reachable_labels(w, b)
+            margins = torch.tensor([margin_by_program(w, b, lo if box else None, hi, i) for i in range(k)])
+            assert not ((margins > -1e-7) & (margins < 1e-7)).any()    # no label on the fence: a clear answer
+            assert torch.equal(got, margins > 0), (k, m, box)
+            assert 0 < int(got.sum()) < k or not box                  # both answers occur
+            if box or m >= k - 1:   # over all x with m < K - 1, unreachable labels still need their programs
+                assert len(calls) <= (k // 8 if box else 0), (k, m, box, len(calls))
