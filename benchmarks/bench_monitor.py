@@ -73,6 +73,8 @@ def bench(config: str, epochs: int, root: Path) -> None:
           f"ratio {wall_on / wall_off:.2f}x (+{wall_on - wall_off:.1f} s)")
     print(f"training waited for the analysis {sum(mon.wait_seconds):.1f} s in all "
           f"({', '.join(f'{s:.1f}' for s in mon.wait_seconds)} s per analysed state)")
+    print(f"the probe's capture {sum(mon.capture_seconds):.1f} s in all "
+          f"({', '.join(f'{s:.1f}' for s in mon.capture_seconds)} s per captured state)")
     parts = breakdown(mon)
     total = sum(parts.values())
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
