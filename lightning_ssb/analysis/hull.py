@@ -73,8 +73,10 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     both are None). docs/method.md 6: one linear program per label, exact for every m.
 
     Labels in `predicted` `[K]` (the data already produced them as a strict winner) need no program;
-    nor do labels that win strictly at one of a few hundred seeded random points of the box, or that
-    one other label beats everywhere in it (closed form). Two labels with the same point (w_k, b_k) tie
+    nor do labels that win strictly at one of a few hundred seeded random points of the box, at a point a
+    witness search finds or (all x) far out along a least-squares direction (`_direction_witnesses`), or
+    that one other label (closed form) or in the box a mixture of the others (`_box_certificates`) beats
+    everywhere. Two labels with the same point (w_k, b_k) tie
     everywhere, so neither is ever strictly largest. method "qhull" (all x only) uses the upper convex
     hull of the points (w_k, b_k) instead: a cross-check for small m.
     """
