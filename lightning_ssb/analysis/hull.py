@@ -76,9 +76,9 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     nor do labels that win strictly at one of a few hundred seeded random points of the box, at a point a
     witness search finds or (all x) far out along a least-squares direction (`_direction_witnesses`), or
     that one other label (closed form) or in the box a mixture of the others (`_box_certificates`) beats
-    everywhere. Two labels with the same point (w_k, b_k) tie
-    everywhere, so neither is ever strictly largest. method "qhull" (all x only) uses the upper convex
-    hull of the points (w_k, b_k) instead: a cross-check for small m.
+    everywhere. Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever strictly
+    largest. method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k) instead: a
+    cross-check for small m.
     """
     check_features("w", w, 2)
     check_features("b", b, 1)
@@ -210,6 +210,7 @@ _DIRECTION_ROUNDS = 8
 
 
 def _chunks(labels: np.ndarray, k: int, m: int):
+    """`labels` in batches whose [L, K, m] differences hold at most `_CHUNK` entries (32 MiB in float64)."""
     size = max(1, _CHUNK // max(1, k * m))
     return [labels[s:s + size] for s in range(0, len(labels), size)]
 
