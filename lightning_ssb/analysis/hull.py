@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+from scipy import sparse
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor
@@ -52,7 +53,44 @@ def _lp_wins(rows: np.ndarray, consts: np.ndarray, box: bool) -> bool:
     return res.status == 0 and -res.fun > _LP_TOL
 
 
+def _lp_wins_many(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[bool]:
+    """`_lp_wins` of several labels' programs (rows, consts each), solved together as one block-diagonal
+    program: every block keeps its own variables (u, t) and rows, and the objective, the sum of the
+    margins t, is separable, so every block sits at its own optimum. One solver call instead of one per
+    label (the call's own overhead was most of a small program's time); blocks of at most
+    `_LP_BATCH_ENTRIES` coefficients. A joint program the solver does not finish falls back to one
+    program per label."""
+    out: list[bool] = []
+    start = 0
+    while start < len(problems):
+        stop, entries = start, 0
+        while stop < len(problems) and (stop == start or entries + problems[stop][0].size <= _LP_BATCH_ENTRIES):
+            entries += problems[stop][0].size
+            stop += 1
+        out += _lp_block(problems[start:stop], box)
+        start = stop
+    return out
+
+
+def _lp_block(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[bool]:
+    if len(problems) == 1:
+        return [_lp_wins(*problems[0], box)]
+    blocks, cost, bounds = [], [], []
+    for rows, _ in problems:
+        r, m = rows.shape
+        blocks.append(sparse.hstack([sparse.csr_matrix(-rows), sparse.csr_matrix(np.ones((r, 1)))]))
+        cost += [0.0] * m + [-1.0]
+        bounds += [(0.0, 1.0) if box else (None, None)] * m + [(None, 1.0)]
+    res = linprog(np.array(cost), A_ub=sparse.block_diag(blocks, format="csr"),
+                  b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds, method="highs")
+    if res.status != 0:
+        return [_lp_wins(rows, consts, box) for rows, consts in problems]
+    ends = np.cumsum([rows.shape[1] + 1 for rows, _ in problems]) - 1  # each block's t is its last variable
+    return [bool(t > _LP_TOL) for t in res.x[ends]]
+
+
 _LP_TOL = 1e-9     # margin, relative to the largest coefficient, that counts as a strict win
+_LP_BATCH_ENTRIES = 1 << 21  # coefficients per joint program of `_lp_wins_many`
 _SAMPLES = 256     # random points per call whose argmax labels need no program
 
 
@@ -76,7 +114,8 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     nor do labels that win strictly at one of a few hundred seeded random points of the box, at a point a
     witness search finds or (all x) far out along a least-squares direction (`_direction_witnesses`), or
     that one other label (closed form) or in the box a mixture of the others (`_box_certificates`) beats
-    everywhere. Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever strictly
+    everywhere. The labels left are solved as one block-diagonal program (`_lp_wins_many`): one solver
+    call, the same answers. Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever strictly
     largest. method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k) instead: a
     cross-check for small m.
     """
@@ -156,9 +195,9 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
         beaten |= _box_certificates(a_u, c_u, left)
     elif left.any():
         reach |= _direction_witnesses(a_u, c_u, left)
-    for i in np.nonzero(~reach & ~beaten)[0]:
-        rows, consts = np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0)
-        reach[i] = _lp_wins(*_normalise(rows, consts, box), box)
+    left = np.nonzero(~reach & ~beaten)[0]
+    problems = [_normalise(np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0), box) for i in left]
+    reach[left] = _lp_wins_many(problems, box)
     reach &= single
     out[torch.as_tensor(first[reach], dtype=torch.long)] = True
     return out

@@ -1,5 +1,6 @@
 """The convex-hull bound and reachability of labels (docs/method.md 6)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,9 +164,10 @@ def test_certificates_and_directions_agree_with_a_program_per_label(monkeypatch)
     and none over all x once m >= K - 1, where the differences of K generic labels are independent."""
     import lightning_ssb.analysis.hull as hull
 
-    calls = []
-    real = hull._lp_wins
-    monkeypatch.setattr(hull, "_lp_wins", lambda *a: calls.append(a[2]) or real(*a))
+    calls = []  # the labels sent to programs
+    real = hull._lp_wins_many
+    monkeypatch.setattr(hull, "_lp_wins_many", lambda problems, box: calls.extend([box] * len(problems))
+                        or real(problems, box))
     gen = torch.Generator().manual_seed(5)
     # (K, m, slopes' spread per node, constants' spread): in a box, many labels beaten only by a mixture of
     # others (the sampled points and the one-label test leave them all to programs); over all x, slopes
@@ -184,3 +186,26 @@ def test_certificates_and_directions_agree_with_a_program_per_label(monkeypatch)
             assert 0 < int(got.sum()) < k or not box                  # both answers occur
             if box or m >= k - 1:   # over all x with m < K - 1, unreachable labels still need their programs
                 assert len(calls) <= (k // 8 if box else 0), (k, m, box, len(calls))
+
+
+def test_programs_solved_together_equal_one_program_each():
+    """The labels left to programs are solved as one block-diagonal program: the same answers as one
+    program each, also when the joint program is cut into batches."""
+    import lightning_ssb.analysis.hull as hull
+
+    gen = torch.Generator().manual_seed(9)
+    for k, m, box in [(25, 3, True), (25, 3, False), (20, 6, True), (30, 12, False)]:
+        a = torch.randn(k, m, generator=gen, dtype=torch.float64).numpy()
+        c = torch.randn(k, generator=gen, dtype=torch.float64).numpy()
+        problems = [hull._normalise(np.delete(a[i] - a, i, axis=0), np.delete(c[i] - c, i, axis=0), box)
+                    for i in range(k)]
+        alone = [hull._lp_wins(rows, consts, box) for rows, consts in problems]
+        assert 0 < sum(alone) < k or not box                     # both answers occur
+        assert hull._lp_wins_many(problems, box) == alone
+        assert hull._lp_block(problems[:1], box) == alone[:1]
+        old = hull._LP_BATCH_ENTRIES
+        try:
+            hull._LP_BATCH_ENTRIES = 3 * problems[0][0].size     # batches of three labels
+            assert hull._lp_wins_many(problems, box) == alone
+        finally:
+            hull._LP_BATCH_ENTRIES = old
