@@ -46,11 +46,21 @@ def _lp_wins(rows: np.ndarray, consts: np.ndarray, box: bool) -> bool:
 
     max t subject to -(rows @ u) + t <= consts, t <= 1: the margin by which the label beats all others.
     rows `[R, m]`, consts `[R]` are normalised by the caller, so the tolerance is scale-free."""
-    r, m = rows.shape
-    a_ub = np.hstack([-rows, np.ones((r, 1))])
-    bounds = [(0.0, 1.0) if box else (None, None)] * m + [(None, 1.0)]
-    res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=consts, bounds=bounds, method="highs")
+    res = _margin_programs([(rows, consts)], box)
     return res.status == 0 and -res.fun > _LP_TOL
+
+
+def _margin_programs(problems: list[tuple[np.ndarray, np.ndarray]], box: bool):
+    """Solve the margin programs of `_lp_wins` for `problems` (rows, consts each) as one block-diagonal
+    program: each block its own variables (u, then t) and rows, the objective minus the sum of the t."""
+    blocks, cost, bounds = [], [], []
+    for rows, _ in problems:
+        r, m = rows.shape
+        blocks.append(sparse.hstack([sparse.csr_matrix(-rows), sparse.csr_matrix(np.ones((r, 1)))]))
+        cost += [0.0] * m + [-1.0]
+        bounds += [(0.0, 1.0) if box else (None, None)] * m + [(None, 1.0)]
+    return linprog(np.array(cost), A_ub=sparse.block_diag(blocks, format="csr"),
+                   b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds, method="highs")
 
 
 def _lp_wins_many(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[bool]:
@@ -73,16 +83,10 @@ def _lp_wins_many(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> l
 
 
 def _lp_block(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[bool]:
+    """One batch of `_lp_wins_many`: one joint program, or one program per label if it does not finish."""
     if len(problems) == 1:
         return [_lp_wins(*problems[0], box)]
-    blocks, cost, bounds = [], [], []
-    for rows, _ in problems:
-        r, m = rows.shape
-        blocks.append(sparse.hstack([sparse.csr_matrix(-rows), sparse.csr_matrix(np.ones((r, 1)))]))
-        cost += [0.0] * m + [-1.0]
-        bounds += [(0.0, 1.0) if box else (None, None)] * m + [(None, 1.0)]
-    res = linprog(np.array(cost), A_ub=sparse.block_diag(blocks, format="csr"),
-                  b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds, method="highs")
+    res = _margin_programs(problems, box)
     if res.status != 0:
         return [_lp_wins(rows, consts, box) for rows, consts in problems]
     ends = np.cumsum([rows.shape[1] + 1 for rows, _ in problems]) - 1  # each block's t is its last variable
@@ -115,9 +119,9 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     witness search finds or (all x) far out along a least-squares direction (`_direction_witnesses`), or
     that one other label (closed form) or in the box a mixture of the others (`_box_certificates`) beats
     everywhere. The labels left are solved as one block-diagonal program (`_lp_wins_many`): one solver
-    call, the same answers. Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever strictly
-    largest. method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k) instead: a
-    cross-check for small m.
+    call, the same answers. Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever
+    strictly largest. method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k)
+    instead: a cross-check for small m.
     """
     check_features("w", w, 2)
     check_features("b", b, 1)
@@ -190,13 +194,13 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     # What the samples and the one-label test left open, before any program: in the box, a mixture of
     # the other labels that beats the label everywhere (a dual certificate: never strictly largest); over
     # all x, a direction along which it beats every other label (a witness: reachable).
-    left = ~reach & ~beaten
-    if left.any() and box:
-        beaten |= _box_certificates(a_u, c_u, left)
-    elif left.any():
-        reach |= _direction_witnesses(a_u, c_u, left)
-    left = np.nonzero(~reach & ~beaten)[0]
-    problems = [_normalise(np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0), box) for i in left]
+    undecided = ~reach & ~beaten
+    if undecided.any() and box:
+        beaten |= _box_certificates(da, dc, undecided)
+    elif undecided.any():
+        reach |= _direction_witnesses(a_u, c_u, da, dc, undecided)
+    left = np.nonzero(~reach & ~beaten)[0]  # a_i - a_j = -da[i, j]: each label's rows against the others
+    problems = [_normalise(np.delete(-da[i], i, axis=0), np.delete(-dc[i], i, axis=0), box) for i in left]
     reach[left] = _lp_wins_many(problems, box)
     reach &= single
     out[torch.as_tensor(first[reach], dtype=torch.long)] = True
@@ -248,30 +252,32 @@ _CERT_STEPS = 120
 _DIRECTION_ROUNDS = 8
 
 
-def _chunks(labels: np.ndarray, k: int, m: int):
-    """`labels` in batches whose [L, K, m] differences hold at most `_CHUNK` entries (32 MiB in float64)."""
+def _differences(da: np.ndarray, dc: np.ndarray, todo: np.ndarray):
+    """For batches of the labels in `todo` (each at most `_CHUNK` entries of [L, K, m], 32 MiB in float64):
+    (labels, rows a_i - a_j `[L, K, m]`, constants c_i - c_j `[L, K]`, own `[L, K]` True at j = i), from
+    reachable_labels' pairwise differences da[i, j] = a_j - a_i, dc[i, j] = c_j - c_i."""
+    k, _, m = da.shape
+    labels = np.nonzero(todo)[0]
     size = max(1, _CHUNK // max(1, k * m))
-    return [labels[s:s + size] for s in range(0, len(labels), size)]
+    for start in range(0, len(labels), size):
+        part = labels[start:start + size]
+        own = torch.zeros(len(part), k, dtype=torch.bool)
+        own[torch.arange(len(part)), torch.from_numpy(part)] = True
+        yield part, torch.from_numpy(-da[part]), torch.from_numpy(-dc[part]), own
 
 
-def _box_certificates(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndarray:
+def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.ndarray:
     """Labels (of `todo`) that are never the strictly largest field in the box [0, 1]^m, each proven by
     weak linear-programming duality: for any mixture lambda of the other labels,
     max over the box of min_j (f_i - f_j) <= h(lambda) = lambda . (c_i - c) + sum_m max(0, lambda . (a_i - a))_m,
     so h(lambda) <= the programs' tolerance (on the same normalised rows) means the program would answer
     "no". lambda is searched by exponentiated subgradient steps, all labels at once; a label without a
-    certificate keeps its program (the search proves unreachability, never reachability)."""
-    k, m = a.shape
-    out = np.zeros(k, dtype=bool)
-    at, ct = torch.from_numpy(a), torch.from_numpy(c)
-    for labels in _chunks(np.nonzero(todo)[0], k, m):
-        lab = torch.from_numpy(labels)
-        rows = at[lab].unsqueeze(1) - at.unsqueeze(0)                     # [L, K, m]: a_i - a_j
-        consts = ct[lab].unsqueeze(1) - ct.unsqueeze(0)                   # [L, K]
+    certificate keeps its program (the search proves unreachability, never reachability). `da`, `dc`:
+    reachable_labels' pairwise differences (`_differences`)."""
+    out = np.zeros(len(todo), dtype=bool)
+    for labels, rows, consts, own in _differences(da, dc, todo):
         scale = torch.maximum(rows.abs().flatten(1).amax(1), consts.abs().amax(1)).clamp_min(1e-300)
         rows, consts = rows / scale.view(-1, 1, 1), consts / scale.view(-1, 1)   # as `_normalise` (box)
-        own = torch.zeros(len(labels), k, dtype=torch.bool)
-        own[torch.arange(len(labels)), lab] = True
         lam = (~own).to(torch.float64)
         lam /= lam.sum(1, keepdim=True)
         best = torch.full((len(labels),), math.inf, dtype=torch.float64)
@@ -288,24 +294,18 @@ def _box_certificates(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndar
     return out
 
 
-def _direction_witnesses(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndarray:
+def _direction_witnesses(a: np.ndarray, c: np.ndarray, da: np.ndarray, dc: np.ndarray,
+                         todo: np.ndarray) -> np.ndarray:
     """Over all x: labels (of `todo`) that win strictly far out along a direction v with
     (a_i - a_j) . v > 0 for every other label j. v solves (a_i - a_j) . v = t_j in least squares (exact
     when the differences are independent, as for m >= K - 1); targets of the labels it does not beat
     are doubled for a few rounds. Only a point where the label is verified to be the strict argmax
-    counts; a label not found here keeps its program."""
-    k, m = a.shape
-    out = np.zeros(k, dtype=bool)
+    counts; a label not found here keeps its program. `da`, `dc`: as for `_box_certificates`."""
+    out = np.zeros(len(todo), dtype=bool)
     at, ct = torch.from_numpy(a), torch.from_numpy(c)
-    for labels in _chunks(np.nonzero(todo)[0], k, m):
-        lab = torch.from_numpy(labels)
-        n = len(labels)
-        rows = at[lab].unsqueeze(1) - at.unsqueeze(0)                     # [L, K, m]
-        consts = ct[lab].unsqueeze(1) - ct.unsqueeze(0)
-        own = torch.zeros(n, k, dtype=torch.bool)
-        own[torch.arange(n), lab] = True
+    for labels, rows, consts, own in _differences(da, dc, todo):
         target = (~own).to(torch.float64)
-        pending = torch.ones(n, dtype=torch.bool)
+        pending = torch.ones(len(labels), dtype=torch.bool)
         for _ in range(_DIRECTION_ROUNDS):
             idx = pending.nonzero().flatten()
             if idx.numel() == 0:
