@@ -28,7 +28,7 @@ How, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -89,24 +89,34 @@ def standardise(x: Tensor, centre: bool, const_tol: float, weights: Tensor | Non
     shift is the mean when `centre`, else 0; scale the std (centred) or root mean square; a node with
     std <= const_tol * rms is constant (scale 1, and the caller zeroes its column). `weights` `[..., N]`
     weighs the rows (binned statistics). Computed on x / max|x| in two passes, so neither a huge offset
-    nor a tiny or huge scale loses precision."""
-    x = x.to(DTYPE)
-    top = x.abs().amax(-2)  # [..., m]
+    nor a tiny or huge scale loses precision. At most two float64 copies of x exist at once (at the
+    FewRel scale each is 250 MB, and every fresh one is paid again in page faults)."""
+    top = torch.maximum(x.amax(-2), x.amin(-2).neg()).to(DTYPE)  # [..., m]: max |x|, exact in x's dtype
     unit = torch.where(top > 0, top, torch.ones_like(top))
-    xu = x / unit.unsqueeze(-2)
+    xu = _owned_float64(x).div_(unit.unsqueeze(-2))
     if weights is None:
-        w = torch.full(x.shape[:-1], 1.0 / x.shape[-2], dtype=DTYPE, device=x.device)
+        inv_n = 1.0 / x.shape[-2]  # every row weighs 1/N
+        work = xu * inv_n
+        mean = work.sum(-2)
+        torch.sub(xu, mean.unsqueeze(-2), out=work)
+        var = work.pow_(2).mul_(inv_n).sum(-2)
     else:
         w = weights.to(DTYPE)
-        w = w / w.sum(-1, keepdim=True)
-    mean = (w.unsqueeze(-1) * xu).sum(-2)
-    var = (w.unsqueeze(-1) * (xu - mean.unsqueeze(-2)) ** 2).sum(-2)
+        w = (w / w.sum(-1, keepdim=True)).unsqueeze(-1)
+        mean = (w * xu).sum(-2)
+        var = (w * (xu - mean.unsqueeze(-2)) ** 2).sum(-2)
+    del xu
     sq = var + mean * mean
     std, rms = var.sqrt(), sq.sqrt()
     constant = (std <= const_tol * rms) | (top == 0)
     scale = torch.where(constant, torch.ones_like(rms), (std if centre else rms) * unit)
     shift = mean * unit if centre else torch.zeros_like(mean)
     return shift, scale, constant
+
+
+def _owned_float64(x: Tensor) -> Tensor:
+    """A contiguous float64 copy of x that the caller may overwrite (x itself is never changed)."""
+    return x.to(DTYPE, memory_format=torch.contiguous_format, copy=True)
 
 
 def _check_finite(name: str, t: Tensor) -> None:
@@ -127,18 +137,21 @@ def softmax_parts(z: Tensor) -> tuple[Tensor, Tensor]:
 
 def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: float):
     """loss-and-gradient of G read-outs on standardised xs `[G, N, m]` (mean cross-entropy plus
-    l2/2 ||W||^2), theta = [W (K x m, row-major), b (K)] per read-out, in xs's dtype."""
+    l2/2 ||W||^2), theta = [W (K x m, row-major), b (K)] per read-out, in xs's dtype. The fields
+    `[G, N, K]` of every evaluation are written into one buffer: a fresh one each time was mapped and
+    page-faulted anew (a third of the penalty rule's time at the FewRel scale)."""
     g, n, m = xs.shape
     k = num_classes
     nw = k * m
     target = y.view(1, n, 1)
     minus_one = torch.full((1, n, 1), -1.0 / n, dtype=xs.dtype, device=xs.device)
+    fields = torch.empty(g, n, k, dtype=xs.dtype, device=xs.device)  # reused by every evaluation
 
     def objective(theta: Tensor, idx: Tensor):
         xg = xs if idx.numel() == g else xs[idx]
         gg = xg.shape[0]
         w = theta[:, :nw].view(gg, k, m)
-        z = torch.bmm(xg, w.transpose(1, 2))  # [g, N, K]
+        z = torch.bmm(xg, w.transpose(1, 2), out=fields[:gg])  # [g, N, K]
         if bias:
             z += theta[:, nw:].view(gg, 1, k)
         tgt = target.expand(gg, n, 1)
@@ -153,14 +166,16 @@ def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: flo
     return objective
 
 
-def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float):
+def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float, cov: Tensor | None = None):
     """An approximate inverse Hessian of `group_objective` at the start (uniform softmax): for the
-    weights of every class (C / K + l2 I)^-1 with C = xs^T xs / N the nodes' second moments, for the
-    biases K. Correlated nodes make the plain problem ill-conditioned; this is L-BFGS's initial matrix."""
+    weights of every class (C / K + l2 I)^-1 with C = xs^T xs / N the nodes' second moments (`cov`
+    when given), for the biases K. Correlated nodes make the plain problem ill-conditioned; this is
+    L-BFGS's initial matrix."""
     g, n, m = xs.shape
     k = num_classes
     nw = k * m
-    cov = torch.bmm(xs.transpose(1, 2), xs) / n
+    if cov is None:
+        cov = torch.bmm(xs.transpose(1, 2), xs) / n
     eye = torch.eye(m, dtype=xs.dtype, device=xs.device)
     a = cov / k + (l2 + 1e-8) * eye  # the small ridge keeps constant (zeroed) nodes invertible
     inv = torch.cholesky_inverse(torch.linalg.cholesky(a))
@@ -180,6 +195,52 @@ def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float):
 FLOAT32_GTOL = 1e-4
 
 
+@dataclass
+class GroupData:
+    """G groups of m nodes standardised once for any number of fits (`prepare_groups`): the penalty's
+    cross-validation and the sensitivity fit the same groups at several penalties, and standardising
+    is a large part of a fit's cost at the FewRel scale. xs `[G, N, m]` float64 (constant columns
+    zeroed), shift, scale, constant `[G, m]`; the float32 copy and the second moments of each dtype are
+    made when first needed and kept."""
+
+    xs: Tensor
+    shift: Tensor
+    scale: Tensor
+    constant: Tensor
+    bias: bool
+    what: str = "read-out"
+    _single: Tensor | None = None
+    _cov: dict = field(default_factory=dict)
+
+    def of(self, dtype: torch.dtype) -> Tensor:
+        if dtype == DTYPE:
+            return self.xs
+        if self._single is None:
+            self._single = self.xs.float()
+        return self._single
+
+    def cov(self, dtype: torch.dtype) -> Tensor:
+        if dtype not in self._cov:
+            xs = self.of(dtype)
+            self._cov[dtype] = torch.bmm(xs.transpose(1, 2), xs) / xs.shape[1]
+        return self._cov[dtype]
+
+    def drop_single(self) -> None:
+        self._single = None
+        self._cov.pop(torch.float32, None)
+
+
+def prepare_groups(x: Tensor, bias: bool, const_tol: float = DEFAULT_CONST_TOL, what: str = "read-out") -> GroupData:
+    """Standardise G groups x `[G, N, m]` (or `[N, m]`, G = 1) for `solve_groups` (see `fit_groups`)."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    x = x.detach()
+    shift, scale, constant = standardise(x, bias, const_tol)
+    xs = _owned_float64(x).sub_(shift.unsqueeze(1)).div_(scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
+    _check_finite(what, xs)
+    return GroupData(xs, shift, scale, constant, bias, what)
+
+
 def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: FitSettings | None = None,
                init: tuple[Tensor, Tensor] | None = None, what: str = "read-out", polish: bool = True) -> GroupFit:
     """Fit G independent read-outs from x `[G, N, m]` (or `[N, m]`, G = 1) to labels y `[N]`.
@@ -191,20 +252,26 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     is False). `init` (weight, bias on raw activations) starts the optimiser there instead of at zero:
     the problem is convex, so only the number of steps changes. `what` names the read-outs in errors.
     polish False stops after the float32 phase (the penalty's cross-validation, which only ranks held-out
-    losses, uses that; every read-out that makes a statistic is polished).
+    losses, uses that; every read-out that makes a statistic is polished). Fitting the same x at several
+    penalties: `prepare_groups` once, then `solve_groups` for each.
     """
     settings = FitSettings() if settings is None else settings
-    squeeze = x.dim() == 2
-    if squeeze:
-        x = x.unsqueeze(0)
-    x = x.detach()
-    dev = x.device
+    data = prepare_groups(x, bias, settings.const_tol, what)
+    fit = solve_groups(data, y, num_classes, settings, init, polish, keep_single=False)
+    if x.dim() == 2:
+        return GroupFit(fit.weight[0], fit.bias[0], fit.report)
+    return fit
+
+
+def solve_groups(data: GroupData, y: Tensor, num_classes: int, settings: FitSettings,
+                 init: tuple[Tensor, Tensor] | None = None, polish: bool = True, keep_single: bool = True) -> GroupFit:
+    """`fit_groups` on prepared groups: weight `[G, K, m]`, bias `[G, K]` on raw activations. keep_single
+    False frees the float32 copy after the first phase (a single fit); True keeps it for the next."""
+    xs, shift, scale, constant, bias = data.xs, data.shift, data.scale, data.constant, data.bias
+    dev = xs.device
     y = y.to(dev)
-    g, n, m = x.shape
+    g, n, m = xs.shape
     k = num_classes
-    shift, scale, constant = standardise(x, bias, settings.const_tol)
-    xs = ((x.to(DTYPE) - shift.unsqueeze(1)) / scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
-    _check_finite(what, xs)
     nw = k * m
     theta0 = torch.zeros(g, nw + (k if bias else 0), dtype=DTYPE, device=dev)
     if bias:
@@ -218,14 +285,17 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
         if bias:
             theta0[:, nw:] = b0 + (w0 * shift.unsqueeze(1)).sum(2)
     l2 = settings.l2
-    xs32 = xs.float()
+    xs32 = data.of(torch.float32)
     first, rep1 = lbfgs(group_objective(xs32, y, k, bias, l2), theta0.float(), settings.max_iter,
-                        max(settings.gtol, FLOAT32_GTOL), precond=group_preconditioner(xs32, k, bias, l2))
+                        max(settings.gtol, FLOAT32_GTOL),
+                        precond=group_preconditioner(xs32, k, bias, l2, data.cov(torch.float32)))
     del xs32
+    if not keep_single:
+        data.drop_single()
     if polish:
         left = settings.max_iter - rep1.iterations  # max_iter caps both phases together
         theta, rep2 = lbfgs(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
-                            precond=group_preconditioner(xs, k, bias, l2))
+                            precond=group_preconditioner(xs, k, bias, l2, data.cov(DTYPE)))
         report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations)
     else:
         theta, report = first.to(DTYPE), rep1
@@ -233,9 +303,7 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     weight = w_std / scale.unsqueeze(1)
     b = theta[:, nw:] if bias else torch.zeros(g, k, dtype=DTYPE, device=dev)
     b = b - (weight * shift.unsqueeze(1)).sum(2)
-    _check_finite(what, weight)
-    if squeeze:
-        return GroupFit(weight[0], b[0], report)
+    _check_finite(data.what, weight)
     return GroupFit(weight, b, report)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .fit import DTYPE, FitSettings, binned_nodes, fit_groups, solve_nodes
+from .fit import DTYPE, FitSettings, binned_nodes, prepare_groups, solve_groups, solve_nodes
 
 PARTS = ("shared", "node", "group")   # shared read-out; own node lines; own heads and subsets
 DEFAULT_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
@@ -77,6 +77,9 @@ def _check(grid, folds: int, y: Tensor) -> list[float]:
     return grid
 
 
+_HELDOUT_ENTRIES = 2**21  # 16 MB of float64 fields per chunk of nodes (below glibc's largest mmap threshold)
+
+
 def _heldout_ce(z: Tensor, y: Tensor) -> Tensor:
     """Mean cross-entropy `[G]` of fields z `[G, N, K]` against y `[N]`."""
     return (torch.logsumexp(z, 2) - z.gather(2, y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(2)).mean(1)
@@ -91,13 +94,16 @@ def cv_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, grid, folds: i
     total = {l2: 0.0 for l2 in grid}
     for f in range(folds):
         tr, te = fold != f, fold == f
+        data = prepare_groups(x[:, tr], bias, settings.const_tol)  # once per fold, for every penalty
+        xte, yte = x[:, te].to(DTYPE), y[te]
         init = None
         for l2 in grid:
             # ranking held-out losses needs no float64 polish: the float32 phase's optimum (gradient 1e-4)
-            fit = fit_groups(x[:, tr], y[tr], num_classes, bias, settings.with_l2(l2), init=init, polish=False)
+            fit = solve_groups(data, y[tr], num_classes, settings.with_l2(l2), init=init, polish=False)
             init = (fit.weight, fit.bias)
-            z = torch.bmm(x[:, te].to(DTYPE), fit.weight.transpose(1, 2)) + fit.bias.unsqueeze(1)
-            total[l2] += float(_heldout_ce(z, y[te]).mean()) * int(te.sum())
+            z = torch.bmm(xte, fit.weight.transpose(1, 2)) + fit.bias.unsqueeze(1)
+            total[l2] += float(_heldout_ce(z, yte).mean()) * int(te.sum())
+        del data
     n = len(y)
     return [(l2, total[l2] / n) for l2 in sorted(grid)]
 
@@ -116,14 +122,18 @@ def cv_nodes(x: Tensor, y: Tensor, num_classes: int, bins: int | None, grid, fol
         data = binned_nodes(x[tr], y[tr], k, bins, settings.const_tol)
         xt = x[te].to(DTYPE)
         yt = y[te]
+        # nodes per chunk: fields of at most _HELDOUT_ENTRIES entries, so that each temporary is reused
+        # from the heap instead of being mapped (and page-faulted) afresh
+        chunk = max(1, _HELDOUT_ENTRIES // (len(yt) * k))
         theta = None
         for l2 in grid:
             theta, _ = solve_nodes(data, k, settings.with_l2(l2), init=theta, polish=False)
             slope = theta[:, :k] / data.scale.unsqueeze(1)
             intercept = theta[:, k:] - slope * data.shift.unsqueeze(1)
             loss = 0.0
-            for s in range(0, x.shape[1], 64):  # [chunk, N_fold, K] fields at a time
-                z = xt[:, s:s + 64].T.unsqueeze(2) * slope[s:s + 64].unsqueeze(1) + intercept[s:s + 64].unsqueeze(1)
+            for s in range(0, x.shape[1], chunk):  # [chunk, N_fold, K] fields at a time
+                part = slice(s, s + chunk)
+                z = xt[:, part].T.unsqueeze(2) * slope[part].unsqueeze(1) + intercept[part].unsqueeze(1)
                 loss += float(_heldout_ce(z, yt).sum())
             total[l2] += loss / x.shape[1] * int(te.sum())
     n = len(y)

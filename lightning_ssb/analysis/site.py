@@ -35,8 +35,9 @@ from .fit import (
     DTYPE,
     FitSettings,
     binned_nodes,
-    fit_groups,
     node_lines_from,
+    prepare_groups,
+    solve_groups,
     solve_nodes,
 )
 from .hull import hull_bound
@@ -642,11 +643,17 @@ def _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, na
     rows = []
     readout = None
     data = theta = head_init = None
+    # every penalty refits the same activations: each part is standardised once (`prepare_groups`)
+    shared_data = heads_data = mean = None
     for l2 in grid:
         fams: list[FamilyFit] = []
         if "shared" in cfg.families():
-            readout = fit_readout(xtr, ytr, k, l2, cfg.max_iter, bias=cfg.shared_bias, const_tol=cfg.const_tol,
-                                  gtol=cfg.gtol, init=readout, what=f"{name}: shared read-out")
+            if shared_data is None:
+                shared_data = prepare_groups(xtr, cfg.shared_bias, cfg.const_tol, f"{name}: shared read-out")
+                mean = xtr.to(DTYPE).mean(0)
+            start = None if readout is None else (readout.weight, readout.bias)
+            fit = solve_groups(shared_data, ytr, k, cfg.settings(l2), init=start)
+            readout = Readout(fit.weight[0], fit.bias[0], mean, fit.report)
             fams.append(fit_family("shared", xtr, ytr, k, num_heads, cfg, Penalties(shared=l2), readout, want_heads,
                                    name))
         if "own" in cfg.families():
@@ -656,9 +663,10 @@ def _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, na
             slope, intercept = node_lines_from(theta, data, k)
             heads = None
             if want_heads:
-                groups = xtr.view(xtr.shape[0], num_heads, -1).transpose(0, 1).contiguous()
-                fit = fit_groups(groups, ytr, k, True, cfg.settings(l2), init=head_init,
-                                 what=f"{name}: own head read-outs")
+                if heads_data is None:
+                    groups = xtr.view(xtr.shape[0], num_heads, -1).transpose(0, 1)
+                    heads_data = prepare_groups(groups, True, cfg.const_tol, f"{name}: own head read-outs")
+                fit = solve_groups(heads_data, ytr, k, cfg.settings(l2), init=head_init)
                 head_init = (fit.weight, fit.bias)
                 heads = HeadMaps(fit.weight, fit.bias)
             fams.append(FamilyFit("own", None, NodeLines(slope.cpu(), intercept.cpu()), heads, {}, {}))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from lightning_ssb.analysis import FitSettings, fit_groups, fit_node_lines
-from lightning_ssb.analysis.fit import bin_nodes, standardise
+from lightning_ssb.analysis.fit import bin_nodes, prepare_groups, solve_groups, standardise
 
 
 def data(n=600, d=5, k=4, seed=0):
@@ -144,6 +144,47 @@ def test_standardise_keeps_a_small_spread_on_a_large_offset():
     exact = x.double().std(0, unbiased=False)
     assert not constant.any() and torch.allclose(scale, exact, rtol=1e-9)
     assert abs(scale.item() - 0.563) < 0.02
+
+
+@pytest.mark.parametrize("centre", [True, False])
+def test_standardise_against_numpy(centre):
+    """shift, scale and the constant mask of `[G, N, m]` groups against numpy's float64 mean and std
+    (or root mean square without centring), computed column by column; the input is left unchanged."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 500, 4, generator=gen) * torch.tensor([1e-3, 1.0, 50.0, 1.0]) + torch.tensor([0., 5., -7., 0.])
+    x[1, :, 3] = 2.5                                      # a constant node
+    before = x.clone()
+    shift, scale, constant = standardise(x, centre, 1e-4)
+    assert torch.equal(x, before)
+    a = x.double().numpy()
+    for g in range(3):
+        for j in range(4):
+            col = a[g, :, j]
+            want = col.std() if centre else np.sqrt((col * col).mean())
+            if g == 1 and j == 3:
+                assert constant[g, j] and scale[g, j] == 1.0
+                continue
+            assert not constant[g, j]
+            assert scale[g, j].item() == pytest.approx(want, rel=1e-12)
+            assert shift[g, j].item() == pytest.approx(col.mean() if centre else 0.0, rel=1e-12, abs=1e-15)
+
+
+def test_groups_prepared_once_fit_exactly_like_fresh_fits_at_every_penalty():
+    """`prepare_groups` + `solve_groups` at several penalties (warm-started along the path, as the
+    cross-validation and the sensitivity use them) give bit for bit what `fit_groups` gives from
+    scratch with the same start; a transposed (non-contiguous) view of the groups gives the same."""
+    x, y = data(n=500, d=6, seed=4)
+    groups = x.view(500, 2, 3).transpose(0, 1)           # [2, N, 3], not contiguous
+    prepared = prepare_groups(groups, True)
+    init = None
+    for l2 in (1.0, 1e-2, 1e-4):
+        settings = FitSettings(l2=l2)
+        shared = solve_groups(prepared, y, 4, settings, init=init)
+        fresh = fit_groups(groups.contiguous(), y, 4, True, settings, init=init)
+        assert torch.equal(shared.weight, fresh.weight) and torch.equal(shared.bias, fresh.bias)
+        assert torch.equal(shared.report.iterations, fresh.report.iterations)
+        assert shared.report.converged.all()
+        init = (shared.weight, shared.bias)
 
 
 def test_unconverged_fits_are_reported_per_unit():

@@ -202,6 +202,61 @@ def test_cross_validated_penalty_is_the_argmin_of_an_independent_cv_curve():
     assert chosen.node == grid[int(np.argmin(brute))] and chosen.source["node"] == "cv"
 
 
+def group_heldout_loss(x, y, k, l2, folds, bias):
+    """Brute force for one penalty: each read-out of x `[G, N, m]` (a head, or the site without a bias)
+    fitted on k - 1 folds by scipy's L-BFGS-B on its own standardised nodes, the held-out fold's mean
+    cross-entropy, averaged over the read-outs, pooled over folds."""
+    total = 0.0
+    for f in range(int(folds.max()) + 1):
+        tr, te = folds != f, folds == f
+        for g in range(x.shape[0]):
+            xtr = x[g][tr].numpy()
+            shift = xtr.mean(0) if bias else np.zeros(xtr.shape[1])
+            scale = xtr.std(0) if bias else np.sqrt((xtr * xtr).mean(0))
+            z_tr = (xtr - shift) / scale
+            onehot = np.eye(k)[y[tr].numpy()]
+            n, m = z_tr.shape
+
+            def obj(theta, z_tr=z_tr, onehot=onehot, n=n, m=m):
+                w = theta[:k * m].reshape(k, m)
+                z = z_tr @ w.T + (theta[k * m:] if bias else 0.0)
+                z = z - z.max(1, keepdims=True)
+                p = np.exp(z)
+                p /= p.sum(1, keepdims=True)
+                r = (p - onehot) / n
+                grad = np.concatenate([(r.T @ z_tr + l2 * w).ravel()] + ([r.sum(0)] if bias else []))
+                return -(onehot * np.log(p)).sum() / n + 0.5 * l2 * (w * w).sum(), grad
+
+            theta = minimize(obj, np.zeros(k * m + (k if bias else 0)), jac=True, method="L-BFGS-B",
+                             options={"gtol": 1e-10, "maxiter": 5000}).x
+            w = theta[:k * m].reshape(k, m)
+            z = ((x[g][te].numpy() - shift) / scale) @ w.T + (theta[k * m:] if bias else 0.0)
+            lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+            total += (lse - z[np.arange(len(z)), y[te].numpy()]).sum() / x.shape[0]
+    return total / len(y)
+
+
+def test_cross_validated_head_and_site_penalties_match_an_independent_cv_curve():
+    """The heads' and the shared read-out's curves (each fold standardised once and refitted at every
+    penalty, warm-started) against scipy fits made from scratch for every fold and penalty."""
+    gen = torch.Generator().manual_seed(4)
+    n, k = 240, 4
+    y = torch.arange(n) % k
+    x = (0.7 * torch.randn(k, 2, 3, generator=gen)[y] + torch.randn(n, 2, 3, generator=gen)).double() + 2.0
+    grid = [1e-3, 1e-1, 10.0]
+    cfg = AnalysisConfig(cv_grid=grid, cv_folds=3, crossover_sizes=[], cv_max_nodes=None)
+    chosen = choose_penalties(x, y, k, cfg)
+    folds = stratified_folds(y, 3, cfg.seed)
+    heads = x.transpose(0, 1)                       # [H, N, d]: each head with a bias
+    site = x.flatten(1).unsqueeze(0)                # [1, N, D]: the shared read-out, no bias
+    for part, groups, bias in (("group", heads, True), ("shared", site, False)):
+        brute = [group_heldout_loss(groups, y, k, l2, folds, bias) for l2 in grid]
+        curve = dict(chosen.curves[part])
+        # the cross-validation's fits stop after their float32 phase (largest gradient entry 1e-4)
+        assert np.allclose([curve[l2] for l2 in grid], brute, rtol=1e-4), part
+        assert getattr(chosen, part) == grid[int(np.argmin(brute))]
+
+
 def test_cross_validation_finds_the_known_answers():
     """Pure noise: no read-out beats the prior, so the strongest penalty of the grid wins. Labels that
     the nodes separate perfectly: the weakest penalty wins (every penalty only costs held-out fit)."""
