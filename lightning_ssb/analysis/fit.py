@@ -312,24 +312,24 @@ def bin_nodes(x: Tensor, y: Tensor, num_classes: int, bins: int | None):
     quantiles into `bins` groups of nearly equal count; returns bin centres `[D, B]` (the mean
     activation of the bin) and label counts `[D, B, K]`. bins None (or >= N) keeps every example as
     its own bin."""
-    x = x.to(DTYPE)
     n, d = x.shape
     k = num_classes
     y = y.to(x.device)
+    xt = x.T.to(DTYPE, memory_format=torch.contiguous_format, copy=True)  # [D, N], ours to overwrite
     if bins is None or bins >= n:
         counts = torch.nn.functional.one_hot(y, k).to(DTYPE)  # [N, K]
-        return x.T.contiguous(), counts.unsqueeze(0).expand(d, n, k)
+        return xt, counts.unsqueeze(0).expand(d, n, k)
     # Quantile edges from at most 16 examples per bin (a strided subsample keeps it deterministic), then
     # every example is placed by binary search: O(N D log B) instead of sorting all N per node.
-    xt = x.T.contiguous()  # [D, N]
     step = max(1, n // (16 * bins))
     sample = torch.sort(xt[:, ::step], dim=1).values
     cut = (torch.arange(1, bins, device=x.device) * sample.shape[1]) // bins
     edges = sample[:, cut].contiguous()  # [D, B-1]
     which = torch.searchsorted(edges, xt, right=True)  # [D, N] bin of each example
-    counts = torch.zeros(d, bins * k, dtype=DTYPE, device=x.device)
-    counts.scatter_add_(1, which * k + y.unsqueeze(0), torch.ones_like(xt))
     sums = torch.zeros(d, bins, dtype=DTYPE, device=x.device).scatter_add_(1, which, xt)
+    counts = torch.zeros(d, bins * k, dtype=DTYPE, device=x.device)
+    counts.scatter_add_(1, which.mul_(k).add_(y.unsqueeze(0)), xt.fill_(1.0))  # which and xt reused in place
+    del which, xt
     size = counts.view(d, bins, k).sum(2)
     centres = torch.where(size > 0, sums / size.clamp_min(1), torch.zeros_like(sums))
     return centres, counts.view(d, bins, k)
@@ -361,21 +361,35 @@ def binned_nodes(x: Tensor, y: Tensor, num_classes: int, bins: int | None, const
 
 def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
     """(loss-and-gradient, loss-gradient-Hessian) of the D single-node problems, parameters
-    theta = [a (K slopes), c (K intercepts)] per node on standardised activations."""
+    theta = [a (K slopes), c (K intercepts)] per node on standardised activations. The `[D, B, K]`
+    intermediates of every evaluation live in two buffers made once (fresh ones each time were mapped
+    and page-faulted anew: at the FewRel scale most of a node fit's time), and the statistics of the
+    nodes still being fitted are gathered once per change of that set, not at every evaluation."""
     k, n = num_classes, data.n
     xb_all, wt_all, cnt_all = data.xb, data.weights, data.counts
+    d_all = xb_all.shape[0]
+    fields = torch.empty_like(cnt_all)
+    work = torch.empty_like(cnt_all)
+    subset: list = [None, None]  # (index, (xb, wt, cnt)) of the last subset of nodes evaluated
+
+    def rows(idx: Tensor):
+        if idx.numel() == d_all:
+            return xb_all, wt_all, cnt_all
+        if subset[0] is None or not torch.equal(subset[0], idx):
+            subset[1] = None
+            subset[0], subset[1] = idx.clone(), (xb_all[idx], wt_all[idx], cnt_all[idx])
+        return subset[1]
 
     def parts(theta: Tensor, idx: Tensor):
-        full = idx.numel() == xb_all.shape[0]
-        xb = (xb_all if full else xb_all[idx]).unsqueeze(2)  # [g, B, 1]
-        wt = wt_all if full else wt_all[idx]
-        cnt = cnt_all if full else cnt_all[idx]
+        xb, wt, cnt = rows(idx)
+        g = xb.shape[0]
+        xb = xb.unsqueeze(2)  # [g, B, 1]
         a, c = theta[:, :k].unsqueeze(1), theta[:, k:].unsqueeze(1)  # [g, 1, K]
-        z = xb * a + c  # [g, B, K]
-        zc = (cnt * z).sum((1, 2))
+        z = torch.mul(xb, a, out=fields[:g]).add_(c)  # [g, B, K]
+        zc = torch.mul(cnt, z, out=work[:g]).sum((1, 2))
         lse, p = softmax_parts(z)  # p overwrites z: [g, B, K]
         loss = ((wt * lse.squeeze(2)).sum(1) - zc) / n + 0.5 * l2 * (a * a).sum((1, 2))
-        r = (p * wt.unsqueeze(2) - cnt) / n
+        r = torch.mul(p, wt.unsqueeze(2), out=work[:g]).sub_(cnt).div_(n)
         ga = (r * xb).sum(1) + l2 * a[:, 0]
         grad = torch.cat([ga, r.sum(1)], 1)
         return loss, grad, p, xb, wt

@@ -187,6 +187,19 @@ def test_groups_prepared_once_fit_exactly_like_fresh_fits_at_every_penalty():
         init = (shared.weight, shared.bias)
 
 
+def test_fits_leave_their_inputs_unchanged():
+    """The fits overwrite their own float64 copies in place; a float64 input (one node, whose transpose is
+    already contiguous, or groups) must come back untouched."""
+    x, y = data(n=300, d=4, seed=6)
+    one = x[:, :1].contiguous()
+    cases = [(one, lambda t: fit_node_lines(t, y, 4, bins=16)), (x, lambda t: fit_node_lines(t, y, 4)),
+             (x, lambda t: fit_groups(t, y, 4, True)), (x.T.unsqueeze(2), lambda t: fit_groups(t, y, 4, False))]
+    for inp, fit in cases:
+        before = inp.clone()
+        fit(inp)
+        assert torch.equal(inp, before)
+
+
 def test_unconverged_fits_are_reported_per_unit():
     x, y = data(seed=7)
     fit = fit_groups(torch.stack([x[:, :2], x[:, 2:4]]), y, 4, True, FitSettings(l2=1e-4, max_iter=3))
