@@ -52,15 +52,26 @@ def _lp_wins(rows: np.ndarray, consts: np.ndarray, box: bool) -> bool:
 
 def _margin_programs(problems: list[tuple[np.ndarray, np.ndarray]], box: bool):
     """Solve the margin programs of `_lp_wins` for `problems` (rows, consts each) as one block-diagonal
-    program: each block its own variables (u, then t) and rows, the objective minus the sum of the t."""
-    blocks, cost, bounds = [], [], []
-    for rows, _ in problems:
-        r, m = rows.shape
-        blocks.append(sparse.hstack([sparse.csr_matrix(-rows), sparse.csr_matrix(np.ones((r, 1)))]))
-        cost += [0.0] * m + [-1.0]
-        bounds += [(0.0, 1.0) if box else (None, None)] * m + [(None, 1.0)]
-    return linprog(np.array(cost), A_ub=sparse.block_diag(blocks, format="csr"),
-                   b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds, method="highs")
+    program: each block its own variables (u, then t) and rows, the objective minus the sum of the t.
+    The constraint matrix is written straight into CSR arrays (building it block by block through
+    scipy.sparse cost more than solving a small program)."""
+    heights = np.array([rows.shape[0] for rows, _ in problems])
+    widths = np.array([rows.shape[1] + 1 for rows, _ in problems])  # u, then t
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    data = np.concatenate([np.hstack([-rows, np.ones((rows.shape[0], 1))]).ravel() for rows, _ in problems])
+    indices = np.concatenate([np.tile(np.arange(c, c + wd), h)
+                              for c, wd, h in zip(starts, widths, heights, strict=True)])
+    indptr = np.concatenate([[0], np.cumsum(np.repeat(widths, heights))])
+    a_ub = sparse.csr_matrix((data, indices, indptr), shape=(int(heights.sum()), int(widths.sum())))
+    a_ub.eliminate_zeros()
+    ends = starts + widths - 1
+    cost = np.zeros(a_ub.shape[1])
+    cost[ends] = -1.0
+    bounds = np.empty((a_ub.shape[1], 2))
+    bounds[:] = (0.0, 1.0) if box else (-np.inf, np.inf)
+    bounds[ends] = (-np.inf, 1.0)
+    return linprog(cost, A_ub=a_ub, b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds,
+                   method="highs")
 
 
 def _lp_wins_many(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[bool]:
