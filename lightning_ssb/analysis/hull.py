@@ -234,27 +234,26 @@ def _witnesses(a: np.ndarray, c: np.ndarray, box: bool, todo: np.ndarray) -> np.
     else:
         span = np.abs(c).max(initial=0.0) / max(np.abs(a).max(initial=0.0), 1e-300) or 1.0
         lo, hi = -100.0 * span, 100.0 * span
-    at = torch.from_numpy(a)
-    ct = torch.from_numpy(c)
-    ai = at[labels]                                                      # [L, m]
-    mean = at.mean(0)
-    u = torch.where(ai > mean, hi, lo).to(torch.float64)                 # start at the corner that favours i
+    ai = a[labels]                                                       # [L, m]
+    u = np.where(ai > a.mean(0), hi, lo).astype(np.float64)              # start at the corner that favours i
     width = hi - lo
-    found = torch.zeros(len(labels), dtype=torch.bool)
+    found = np.zeros(len(labels), dtype=bool)
+    rows = np.arange(len(labels))
+    # numpy, not torch: the arrays are tiny and the search is many small steps, where each torch call's
+    # own overhead cost several times more than its arithmetic
     for step in range(_WITNESS_STEPS):
-        fields = u @ at.T + ct                                            # [L, K]
-        own = fields.gather(1, torch.from_numpy(labels).view(-1, 1))
-        others = fields.clone()
-        others[torch.arange(len(labels)), torch.from_numpy(labels)] = -torch.inf
-        rival = others.argmax(1)
-        found |= own.squeeze(1) > others.max(1).values
+        fields = u @ a.T + c                                              # [L, K]
+        own = fields[rows, labels]
+        fields[rows, labels] = -np.inf
+        rival = fields.argmax(1)
+        found |= own > fields[rows, rival]
         if found.all():
             break
-        direction = ai - at[rival]                                        # ascent direction of the margin
-        norm = direction.abs().amax(1, keepdim=True).clamp_min(1e-300)
-        u = (u + width * 0.5 ** (step // 10 + 1) * direction / norm).clamp(lo, hi)
+        direction = ai - a[rival]                                         # ascent direction of the margin
+        norm = np.maximum(np.abs(direction).max(1, keepdims=True), 1e-300)
+        u = np.clip(u + width * 0.5 ** (step // 10 + 1) * direction / norm, lo, hi)
     out = np.zeros(k, dtype=bool)
-    out[labels[found.numpy()]] = True
+    out[labels[found]] = True
     return out
 
 
@@ -291,17 +290,24 @@ def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.nd
         rows, consts = rows / scale.view(-1, 1, 1), consts / scale.view(-1, 1)   # as `_normalise` (box)
         lam = (~own).to(torch.float64)
         lam /= lam.sum(1, keepdim=True)
-        best = torch.full((len(labels),), math.inf, dtype=torch.float64)
+        proven = torch.zeros(len(labels), dtype=torch.bool)
+        live = torch.arange(len(labels))  # labels still without a certificate; each searches on its own,
+        best = torch.full((len(labels),), math.inf, dtype=torch.float64)  # so dropping the others changes nothing
         for step in range(_CERT_STEPS):
-            z = torch.bmm(lam.unsqueeze(1), rows).squeeze(1)              # [L, m]
+            z = torch.bmm(lam.unsqueeze(1), rows).squeeze(1)              # [l, m]
             best = torch.minimum(best, (lam * consts).sum(1) + z.clamp_min(0).sum(1))
-            if bool((best <= _LP_TOL).all()):
-                break
+            done = best <= _LP_TOL
+            if bool(done.any()):
+                proven[live[done]] = True
+                keep = ~done
+                live, rows, consts, own, lam, best, z = (t[keep] for t in (live, rows, consts, own, lam, best, z))
+                if live.numel() == 0:
+                    break
             grad = consts + torch.bmm(rows, (z > 0).to(torch.float64).unsqueeze(2)).squeeze(2)
             rate = 2.0 / (grad.abs().amax(1, keepdim=True).clamp_min(1e-300) * math.sqrt(step + 1))
             lam = (lam * torch.exp(-rate * (grad - grad.amin(1, keepdim=True)))).masked_fill(own, 0.0)
             lam /= lam.sum(1, keepdim=True)
-        out[labels[(best <= _LP_TOL).numpy()]] = True
+        out[labels[proven.numpy()]] = True
     return out
 
 
