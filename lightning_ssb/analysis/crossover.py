@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .families import NodeLines
 from .fit import DTYPE, FitSettings, fit_groups
-from .hull import reachable_labels
+from .hull import reachable_labels_many
 from .optim import FitReport
 from .readout import Readout
 from .sampling import seeded_rows
@@ -140,14 +140,15 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
         # the nodes of every draw, tested as one family of (draw, node, label) triples
         members = torch.cat(subsets)
         node_learned = learned_labels(label_stats(node_pred[members], y, k), theta, q).sum()
-        reach, reach_all, distinct = [], [], []
         with timed("crossover: reachability (linear programs)"):
-            for i, s in enumerate(subsets):
-                wins, n_distinct = seen[i]
-                r = reachable_labels(w[i], b[i], lo_all[s], hi_all[s], predicted=wins)
-                reach.append(int(r.sum()))
-                reach_all.append(int(reachable_labels(w[i], b[i], predicted=r).sum()))
-                distinct.append(n_distinct)
+            # every draw's programs in one call (box, then all x: a label reachable in the box is
+            # reachable over all x, so the box's answers spare the second search those labels)
+            in_box = reachable_labels_many([(w[i], b[i], lo_all[s], hi_all[s], seen[i][0])
+                                            for i, s in enumerate(subsets)])
+            anywhere = reachable_labels_many([(w[i], b[i], None, None, r) for i, r in enumerate(in_box)])
+            reach = [int(r.sum()) for r in in_box]
+            reach_all = [int(r.sum()) for r in anywhere]
+            distinct = [n_distinct for _, n_distinct in seen]
         denom = float(node_learned)
         acc = stats.accuracy
         rows.append({

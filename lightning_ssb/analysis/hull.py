@@ -130,10 +130,49 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     witness search finds or (all x) far out along a least-squares direction (`_direction_witnesses`), or
     that one other label (closed form) or in the box a mixture of the others (`_box_certificates`) beats
     everywhere. The labels left are solved as one block-diagonal program (`_lp_wins_many`): one solver
-    call, the same answers. Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever
+    call, the same answers (`reachable_labels_many`: one call for the labels left by several node sets).
+    Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever
     strictly largest. method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k)
     instead: a cross-check for small m.
     """
+    return _solve_together([_reachable(w, b, lo, hi, predicted, method)])[0]
+
+
+def reachable_labels_many(calls: list[tuple]) -> list[Tensor]:
+    """`reachable_labels` of several node sets, ``calls`` a list of ``(w, b, lo, hi, predicted)``: every
+    label left to a program, across all the calls, is solved in one block-diagonal program per domain
+    kind (box, all x), instead of one per call. The same answers as one call each."""
+    return _solve_together([_reachable(*call) for call in calls])
+
+
+def _solve_together(searches: list) -> list[Tensor]:
+    """Run `_reachable` searches: each yields (problems, box) once, receives its programs' answers and
+    returns its labels; the programs of all searches of one domain kind are solved in one call."""
+    results: list = [None] * len(searches)
+    waiting = []
+    for i, search in enumerate(searches):
+        try:
+            problems, box = next(search)
+            waiting.append((i, search, problems, box))
+        except StopIteration as stop:
+            results[i] = stop.value
+    for box in (True, False):
+        group = [item for item in waiting if item[3] == box]
+        answers = _lp_wins_many([p for item in group for p in item[2]], box)
+        at = 0
+        for i, search, problems, _ in group:
+            try:
+                search.send(answers[at:at + len(problems)])
+            except StopIteration as stop:
+                results[i] = stop.value
+            at += len(problems)
+    return results
+
+
+def _reachable(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor | None = None,
+               predicted: Tensor | None = None, method: str = "lp"):
+    """The search of `reachable_labels`, as a generator: it yields the programs it needs once (a list of
+    (rows, consts) and whether they are in a box), receives their answers and returns the labels."""
     check_features("w", w, 2)
     check_features("b", b, 1)
     if w.shape[0] != b.shape[0]:
@@ -212,7 +251,9 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
         reach |= _direction_witnesses(a_u, c_u, da, dc, undecided)
     left = np.nonzero(~reach & ~beaten)[0]  # a_i - a_j = -da[i, j]: each label's rows against the others
     problems = [_normalise(np.delete(-da[i], i, axis=0), np.delete(-dc[i], i, axis=0), box) for i in left]
-    reach[left] = _lp_wins_many(problems, box)
+    del da, dc, fields, pts  # the search waits here for its programs, perhaps beside many others
+    if problems:
+        reach[left] = yield problems, box
     reach &= single
     out[torch.as_tensor(first[reach], dtype=torch.long)] = True
     return out

@@ -209,3 +209,27 @@ def test_programs_solved_together_equal_one_program_each():
             assert hull._lp_wins_many(problems, box) == alone
         finally:
             hull._LP_BATCH_ENTRIES = old
+
+
+def test_node_sets_searched_together_give_each_sets_own_answer(monkeypatch):
+    """`reachable_labels_many` (the crossover's draws in one call) answers every node set exactly as a
+    call of its own, with one program call per domain kind for all the sets' remaining labels; sets
+    that need no program (one node, one distinct point, everything predicted) are answered too."""
+    import lightning_ssb.analysis.hull as hull
+
+    gen = torch.Generator().manual_seed(12)
+    calls = []
+    for k, m in [(30, 2), (30, 4), (20, 8), (12, 1), (25, 3)]:
+        w, b = torch.randn(k, m, generator=gen), torch.randn(k, generator=gen)
+        lo, hi = -torch.rand(m, generator=gen), torch.rand(m, generator=gen)
+        calls += [(w, b, lo, hi, None), (w, b, None, None, None), (w, b, lo, hi, torch.rand(k, generator=gen) < 0.3)]
+    calls.append((torch.ones(5, 2), torch.zeros(5), None, None, None))                    # all tie: none
+    calls.append((torch.randn(4, 3, generator=gen), torch.randn(4, generator=gen), None, None, torch.ones(4) > 0))
+    alone = [reachable_labels(*call) for call in calls]
+    solved = []
+    real = hull._lp_wins_many
+    monkeypatch.setattr(hull, "_lp_wins_many", lambda problems, box: solved.append(box) or real(problems, box))
+    together = hull.reachable_labels_many(calls)
+    assert all(torch.equal(t, a) for t, a in zip(together, alone, strict=True))
+    assert sorted(solved) == [False, True]                     # one call per domain kind, not one per set
+    assert not alone[-2].any() and alone[-1].all()
