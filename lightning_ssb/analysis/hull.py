@@ -46,15 +46,16 @@ def _lp_wins(rows: np.ndarray, consts: np.ndarray, box: bool) -> bool:
 
     max t subject to -(rows @ u) + t <= consts, t <= 1: the margin by which the label beats all others.
     rows `[R, m]`, consts `[R]` are normalised by the caller, so the tolerance is scale-free."""
-    res = _margin_programs([(rows, consts)], box)
+    res, _ = _margin_programs([(rows, consts)], box)
     return res.status == 0 and -res.fun > _LP_TOL
 
 
 def _margin_programs(problems: list[tuple[np.ndarray, np.ndarray]], box: bool):
     """Solve the margin programs of `_lp_wins` for `problems` (rows, consts each) as one block-diagonal
     program: each block its own variables (u, then t) and rows, the objective minus the sum of the t.
-    The constraint matrix is written straight into CSR arrays (building it block by block through
-    scipy.sparse cost more than solving a small program)."""
+    Returns the solver's result and the index of each block's t. The constraint matrix is written
+    straight into CSR arrays (building it block by block through scipy.sparse cost more than solving a
+    small program)."""
     heights = np.array([rows.shape[0] for rows, _ in problems])
     widths = np.array([rows.shape[1] + 1 for rows, _ in problems])  # u, then t
     starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
@@ -70,8 +71,9 @@ def _margin_programs(problems: list[tuple[np.ndarray, np.ndarray]], box: bool):
     bounds = np.empty((a_ub.shape[1], 2))
     bounds[:] = (0.0, 1.0) if box else (-np.inf, np.inf)
     bounds[ends] = (-np.inf, 1.0)
-    return linprog(cost, A_ub=a_ub, b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds,
-                   method="highs")
+    res = linprog(cost, A_ub=a_ub, b_ub=np.concatenate([consts for _, consts in problems]), bounds=bounds,
+                  method="highs")
+    return res, ends
 
 
 def _lp_wins_many(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[bool]:
@@ -97,10 +99,9 @@ def _lp_block(problems: list[tuple[np.ndarray, np.ndarray]], box: bool) -> list[
     """One batch of `_lp_wins_many`: one joint program, or one program per label if it does not finish."""
     if len(problems) == 1:
         return [_lp_wins(*problems[0], box)]
-    res = _margin_programs(problems, box)
+    res, ends = _margin_programs(problems, box)
     if res.status != 0:
         return [_lp_wins(rows, consts, box) for rows, consts in problems]
-    ends = np.cumsum([rows.shape[1] + 1 for rows, _ in problems]) - 1  # each block's t is its last variable
     return [bool(t > _LP_TOL) for t in res.x[ends]]
 
 
@@ -131,9 +132,9 @@ def reachable_labels(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor 
     that one other label (closed form) or in the box a mixture of the others (`_box_certificates`) beats
     everywhere. The labels left are solved as one block-diagonal program (`_lp_wins_many`): one solver
     call, the same answers (`reachable_labels_many`: one call for the labels left by several node sets).
-    Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever
-    strictly largest. method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k)
-    instead: a cross-check for small m.
+    Two labels with the same point (w_k, b_k) tie everywhere, so neither is ever strictly largest.
+    method "qhull" (all x only) uses the upper convex hull of the points (w_k, b_k) instead: a
+    cross-check for small m.
     """
     return _solve_together([_reachable(w, b, lo, hi, predicted, method)])[0]
 
