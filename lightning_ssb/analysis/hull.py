@@ -4,7 +4,9 @@ A label k can be the argmax of the fields of a node set S only if the point (W[k
 vertex of the upper convex hull of the K points in R^{m+1}: one exposed by a direction (x, 1).
 For one node this is the upper envelope of its K lines (`envelope.py`), exact with ties. For m nodes,
 `reachable_labels` solves one linear program per label (exact for every m, over the probe box of S
-or over all x); Qhull (`scipy.spatial.ConvexHull`) stays as a cross-check for small m. For m >= 2
+or over all x); most labels are decided before any program by witnesses and certificates that are
+checked on their own (over all x with at most 4 nodes, proposed by Qhull's upper hull), and
+method "qhull" stays as a cross-check for small m. For m >= 2
 "reachable" means being the strictly largest field somewhere: a label that only ties is not counted.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from scipy import sparse
 from scipy.optimize import linprog
-from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial import ConvexHull, Delaunay, QhullError
 from torch import Tensor
 
 from ._checks import check_ablation, check_features
@@ -249,7 +251,13 @@ def _reachable(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor | None
     if undecided.any() and box:
         beaten |= _box_certificates(da, dc, undecided)
     elif undecided.any():
-        reach |= _direction_witnesses(a_u, c_u, da, dc, undecided)
+        if m <= _HULL_MAX_NODES:  # in a few dimensions the upper hull decides nearly every label, verified
+            found, below = _hull_decisions(a_u, c_u, undecided)
+            reach |= found
+            beaten |= below
+            undecided &= ~found & ~below
+        if undecided.any():
+            reach |= _direction_witnesses(a_u, c_u, da, dc, undecided)
     left = np.nonzero(~reach & ~beaten)[0]  # a_i - a_j = -da[i, j]: each label's rows against the others
     problems = [_normalise(np.delete(-da[i], i, axis=0), np.delete(-dc[i], i, axis=0), box) for i in left]
     del da, dc, fields, pts  # the search waits here for its programs, perhaps beside many others
@@ -326,30 +334,40 @@ def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.nd
     "no". lambda is searched by exponentiated subgradient steps, all labels at once; a label without a
     certificate keeps its program (the search proves unreachability, never reachability). `da`, `dc`:
     reachable_labels' pairwise differences (`_differences`)."""
+    # numpy, not torch, as in `_witnesses`: up to 120 steps of a dozen small operations each, where torch's
+    # per-call overhead cost three times the arithmetic (the same operations in float64, the same answers)
     out = np.zeros(len(todo), dtype=bool)
-    for labels, rows, consts, own in _differences(da, dc, todo):
-        scale = torch.maximum(rows.abs().flatten(1).amax(1), consts.abs().amax(1)).clamp_min(1e-300)
-        rows, consts = rows / scale.view(-1, 1, 1), consts / scale.view(-1, 1)   # as `_normalise` (box)
-        lam = (~own).to(torch.float64)
-        lam /= lam.sum(1, keepdim=True)
-        proven = torch.zeros(len(labels), dtype=torch.bool)
-        live = torch.arange(len(labels))  # labels still without a certificate; each searches on its own,
-        best = torch.full((len(labels),), math.inf, dtype=torch.float64)  # so dropping the others changes nothing
+    k, _, m = da.shape
+    pending = np.nonzero(todo)[0]
+    size = max(1, _CHUNK // max(1, k * m))
+    for start in range(0, len(pending), size):
+        labels = pending[start:start + size]
+        rows, consts = -da[labels], -dc[labels]                   # [l, K, m] a_i - a_j, [l, K] c_i - c_j
+        own = np.zeros((len(labels), k), dtype=bool)
+        own[np.arange(len(labels)), labels] = True
+        scale = np.maximum(np.maximum(np.abs(rows).reshape(len(labels), -1).max(1), np.abs(consts).max(1)), 1e-300)
+        rows, consts = rows / scale[:, None, None], consts / scale[:, None]   # as `_normalise` (box)
+        lam = (~own).astype(np.float64)
+        lam /= lam.sum(1, keepdims=True)
+        proven = np.zeros(len(labels), dtype=bool)
+        live = np.arange(len(labels))  # labels still without a certificate; each searches on its own,
+        best = np.full(len(labels), math.inf)  # so dropping the others changes nothing
         for step in range(_CERT_STEPS):
-            z = torch.bmm(lam.unsqueeze(1), rows).squeeze(1)              # [l, m]
-            best = torch.minimum(best, (lam * consts).sum(1) + z.clamp_min(0).sum(1))
+            z = np.matmul(lam[:, None, :], rows)[:, 0, :]                # [l, m]
+            best = np.minimum(best, (lam * consts).sum(1) + np.maximum(z, 0.0).sum(1))
             done = best <= _LP_TOL
-            if bool(done.any()):
+            if done.any():
                 proven[live[done]] = True
                 keep = ~done
                 live, rows, consts, own, lam, best, z = (t[keep] for t in (live, rows, consts, own, lam, best, z))
-                if live.numel() == 0:
+                if live.size == 0:
                     break
-            grad = consts + torch.bmm(rows, (z > 0).to(torch.float64).unsqueeze(2)).squeeze(2)
-            rate = 2.0 / (grad.abs().amax(1, keepdim=True).clamp_min(1e-300) * math.sqrt(step + 1))
-            lam = (lam * torch.exp(-rate * (grad - grad.amin(1, keepdim=True)))).masked_fill(own, 0.0)
-            lam /= lam.sum(1, keepdim=True)
-        out[labels[proven.numpy()]] = True
+            grad = consts + np.matmul(rows, (z > 0).astype(np.float64)[:, :, None])[:, :, 0]
+            rate = 2.0 / (np.maximum(np.abs(grad).max(1, keepdims=True), 1e-300) * math.sqrt(step + 1))
+            lam = lam * np.exp(-rate * (grad - grad.min(1, keepdims=True)))
+            lam[own] = 0.0
+            lam /= lam.sum(1, keepdims=True)
+        out[labels[proven]] = True
     return out
 
 
@@ -383,6 +401,81 @@ def _direction_witnesses(a: np.ndarray, c: np.ndarray, da: np.ndarray, dc: np.nd
             behind = (rv <= 0) & ~mine
             target[idx] = torch.where(behind, 2 * target[idx], target[idx])
     return out
+
+
+_HULL_MAX_NODES = 4  # Qhull's upper hull of K ~ 50 points: under a millisecond up to R^5, 15 ms in R^7, 0.3 s in R^9
+
+
+def _hull_decisions(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over all x, for few nodes (m <= `_HULL_MAX_NODES`): labels of `todo` decided by the upper convex
+    hull of the points (a_k, c_k) (Qhull), each decision verified on its own so that Qhull's tolerances
+    decide nothing. (reachable, unreachable) `[K]` bool each; a label in neither keeps its program.
+
+    - A vertex of the upper hull: x from the mean normal of its upper facets, checked to make the label
+      the strict argmax of the fields (a witness, as in `_witnesses`).
+    - Any other label: the upper facet over a_k gives a mixture lambda of that facet's labels with
+      sum lambda_j a_j = a_k, so f_k = sum lambda_j f_j - gap everywhere with gap = sum lambda_j c_j - c_k:
+      if -gap is at most the programs' tolerance (on the programs' own scaling, `_normalise`) and the
+      slopes' residual is at rounding level, label k never wins by more than the tolerance (weak
+      duality, as `_box_certificates`).
+    Equal constants (a bias-free read-out: the points are flat) use the hull of the slopes alone: its
+    vertices win far out, and a label inside it is a mixture of a Delaunay simplex of those vertices
+    around it. Other
+    degenerate sets (flat slopes) are left to the programs."""
+    k, m = a.shape
+    reach, below = np.zeros(k, dtype=bool), np.zeros(k, dtype=bool)
+    sa, sc = np.abs(a).max(initial=0.0), np.abs(c).max(initial=0.0)
+    flat = np.ptp(c) == 0
+    pts = a / sa if flat else np.hstack([a / sa, (c / sc)[:, None]])  # scaling slopes and constants apart
+    dim = pts.shape[1]                                                # keeps the upper hull
+    if sa == 0 or len(pts) < dim + 1:
+        return reach, below
+    try:
+        hull = ConvexHull(pts)
+        corners_of = hull.vertices  # the hull's vertices: every other point lies in a simplex of them
+        triangles = Delaunay(pts[corners_of]) if flat else None
+    except QhullError:  # a flat point set
+        return reach, below
+    upper = np.ones(len(hull.equations), dtype=bool) if flat else hull.equations[:, m] > 1e-12  # normal up in c
+    normals, offsets, simplices = hull.equations[upper, :dim], hull.equations[upper, dim], hull.simplices[upper]
+    if not upper.any():
+        return reach, below
+    labels = np.nonzero(todo)[0]
+    incident = (simplices[None, :, :] == labels[:, None, None]).any(2)          # [L, F]
+    vertex = incident.any(1)
+    if vertex.any():  # witnesses: x such that (x, 1) is the mean upper normal, in the original scaling
+        mean = incident[vertex].astype(np.float64) @ normals
+        x = mean / sa if flat else mean[:, :m] / mean[:, m:] * (sc / sa)
+        fields = x @ a.T + c                                                    # [V, K]
+        rows = np.arange(len(x))
+        own = fields[rows, labels[vertex]]
+        fields[rows, labels[vertex]] = -np.inf
+        reach[labels[vertex][own > fields.max(1)]] = True
+    inner = labels[~vertex]
+    if len(inner):
+        if flat:  # the Delaunay simplex that holds a_k
+            where = triangles.find_simplex(pts[inner])
+            inner, over = inner[where >= 0], corners_of[triangles.simplices[where[where >= 0]]]
+        else:  # the upper facet over a_k: its plane is the lowest there (the upper hull is concave)
+            heights = -(pts[inner, :m] @ normals[:, :m].T + offsets) / normals[:, m]  # [I, F]
+            over = simplices[heights.argmin(1)]                                      # [I, m + 1]
+        corners = np.concatenate([pts[over][:, :, :m], np.ones((len(inner), m + 1, 1))], 2)  # [I, m+1, m+1]
+        target = np.concatenate([pts[inner, :m], np.ones((len(inner), 1))], 1)
+        with np.errstate(all="ignore"):
+            try:
+                lam = np.linalg.solve(np.transpose(corners, (0, 2, 1)), target[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:  # a singular simplex: left to the programs
+                return reach, below
+        for i, label in enumerate(inner):
+            if not (np.isfinite(lam[i]).all() and lam[i].min() >= -1e-12) or (over[i] == label).any():
+                continue
+            mix = np.clip(lam[i], 0.0, None)
+            mix /= mix.sum()
+            rows_i, consts_i = _normalise(np.delete(a[label] - a, label, 0), np.delete(c[label] - c, label, 0), False)
+            pos = over[i] - (over[i] > label)  # the mixture's labels as rows of label's program
+            if np.abs(mix @ rows_i[pos]).max() <= 1e-12 and mix @ consts_i[pos] <= _LP_TOL:
+                below[label] = True
+    return reach, below
 
 
 def _reachable_qhull(points: np.ndarray) -> np.ndarray:

@@ -233,3 +233,37 @@ def test_node_sets_searched_together_give_each_sets_own_answer(monkeypatch):
     assert all(torch.equal(t, a) for t, a in zip(together, alone, strict=True))
     assert sorted(solved) == [False, True]                     # one call per domain kind, not one per set
     assert not alone[-2].any() and alone[-1].all()
+
+
+def test_hull_decides_few_nodes_over_all_x_as_a_program_per_label(monkeypatch):
+    """Over all x with m <= 4 nodes, the upper convex hull of the points (w_k, b_k) decides the labels
+    before any program: a vertex by a point where it is verified to win, any other label by a mixture of
+    the facet over it (weak duality). The answers equal one program per label (written in this test), with
+    no program left for points in general position; equal constants (a bias-free read-out, whose points
+    are flat) use the hull of the slopes; labels placed on a facet or an edge tie at best: unreachable."""
+    import lightning_ssb.analysis.hull as hull
+
+    calls = []
+    real = hull._lp_wins_many
+    monkeypatch.setattr(hull, "_lp_wins_many", lambda problems, box: calls.extend([box] * len(problems))
+                        or real(problems, box))
+    gen = torch.Generator().manual_seed(21)
+    for k, m, flat in [(40, 2, False), (50, 3, False), (50, 4, False), (50, 2, True), (40, 4, True)]:
+        w = torch.randn(k, m, generator=gen, dtype=torch.float64)
+        b = torch.zeros(k, dtype=torch.float64) if flat else 2 * torch.randn(k, generator=gen, dtype=torch.float64)
+        calls.clear()
+        got = reachable_labels(w, b)
+        margins = torch.tensor([margin_by_program(w, b, None, None, i) for i in range(k)])
+        assert not ((margins > -1e-7) & (margins < 1e-7)).any() or flat   # flat: the inner labels tie at 0
+        assert torch.equal(got, margins > 1e-9), (k, m, flat)
+        assert 0 < int(got.sum()) < k
+        assert calls == [], (k, m, flat, len(calls))
+    # on a facet: label 3 is the mean of labels 0, 1, 2 (slopes and constants), so it only ever ties
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [0.2, 0.1]], dtype=torch.float64)
+    b = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0], dtype=torch.float64)
+    assert reachable_labels(w, b).tolist() == [True, True, True, False, False]
+    b[3] = 1e-6   # lifted just above the facet: now it wins near x = 0
+    assert reachable_labels(w, b).tolist() == [True, True, True, True, False]
+    # equal constants, a label at the midpoint of an edge of the slopes' hull: it only ties
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0], [0.5, 0.5], [0.1, 0.0]], dtype=torch.float64)
+    assert reachable_labels(w, torch.zeros(5, dtype=torch.float64)).tolist() == [True, True, True, False, False]
