@@ -168,12 +168,18 @@ class _Job:
 
 def _save(fig, folder: Path, stem: str, dpi: int, svg: bool) -> bytes:
     """Write ``fig`` as ``<stem>.png`` (and ``.svg``) into ``folder``; returns the PNG bytes."""
+    import matplotlib
+
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     (folder / f"{stem}.png").write_bytes(buf.getvalue())
     if svg:
-        fig.set_layout_engine("none")  # the PNG's draw placed everything; the SVG reuses that layout (2x faster)
+        # the PNG's draw placed everything: the SVG keeps that layout. No layout engine at all (not the
+        # placeholder "none"), or savefig draws the whole figure once more before the SVG's own draw to
+        # lay it out again (the same SVG, up to its random element ids, in about 55% of the time)
+        with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
         fig.savefig(folder / f"{stem}.svg", format="svg")
     return buf.getvalue()
 

@@ -174,3 +174,38 @@ def test_the_end_of_fit_report_writes_png_only(tmp_path):
     assert ".png\">PNG</a>" in page and "SVG</a>" not in page
     write_report([folder], tmp_path / "r.html")  # the command adds them
     assert sorted(p.stem for p in figures.glob("*.svg")) == [p.stem for p in pngs]
+
+
+def test_svg_keeps_the_png_layout(tmp_path):
+    """The report's SVG keeps the layout of the PNG's draw and is drawn once: element for element the same
+    SVG, apart from its random ids, as one saved with matplotlib's placeholder layout engine ("none"),
+    which keeps the layout too but draws the whole figure once more before saving."""
+    import re
+
+    import numpy as np
+
+    from lightning_ssb.plots import new_figure
+    from lightning_ssb.report.html import _save
+
+    def figure():
+        fig = new_figure(7, 5)
+        ax = fig.add_subplot(1, 2, 1)
+        image = ax.imshow(np.arange(400.0).reshape(20, 20))
+        ax.set_yticks(range(20), [f"a long relation name {i}" for i in range(20)], fontsize=6)
+        fig.colorbar(image, ax=ax, label="recall")
+        fig.add_subplot(1, 2, 2).plot([0, 1, 2], [2, 0, 1])
+        return fig
+
+    _save(figure(), tmp_path, "fast", 100, svg=True)
+    slow = figure()
+    slow.savefig(tmp_path / "slow.png", dpi=100)
+    slow.set_layout_engine("none")
+    slow.savefig(tmp_path / "slow.svg", format="svg")
+
+    def body(path):
+        text = (tmp_path / path).read_text()
+        text = re.sub(r"<dc:date>.*?</dc:date>", "", text, flags=re.S)
+        return re.sub(r'(id="|url\(#|href="#)[^")]*', r"\1", text)
+
+    assert body("fast.svg") == body("slow.svg")
+    assert "<image" in body("fast.svg") and body("fast.svg").count("<path") > 20
