@@ -314,16 +314,16 @@ _DIRECTION_ROUNDS = 8
 
 def _differences(da: np.ndarray, dc: np.ndarray, todo: np.ndarray):
     """For batches of the labels in `todo` (each at most `_CHUNK` entries of [L, K, m], 32 MiB in float64):
-    (labels, rows a_i - a_j `[L, K, m]`, constants c_i - c_j `[L, K]`, own `[L, K]` True at j = i), from
-    reachable_labels' pairwise differences da[i, j] = a_j - a_i, dc[i, j] = c_j - c_i."""
+    (labels, rows a_i - a_j `[L, K, m]`, constants c_i - c_j `[L, K]`, own `[L, K]` True at j = i), numpy
+    arrays, from reachable_labels' pairwise differences da[i, j] = a_j - a_i, dc[i, j] = c_j - c_i."""
     k, _, m = da.shape
     labels = np.nonzero(todo)[0]
     size = max(1, _CHUNK // max(1, k * m))
     for start in range(0, len(labels), size):
         part = labels[start:start + size]
-        own = torch.zeros(len(part), k, dtype=torch.bool)
-        own[torch.arange(len(part)), torch.from_numpy(part)] = True
-        yield part, torch.from_numpy(-da[part]), torch.from_numpy(-dc[part]), own
+        own = np.zeros((len(part), k), dtype=bool)
+        own[np.arange(len(part)), part] = True
+        yield part, -da[part], -dc[part], own
 
 
 def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.ndarray:
@@ -337,14 +337,7 @@ def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.nd
     # numpy, not torch, as in `_witnesses`: up to 120 steps of a dozen small operations each, where torch's
     # per-call overhead cost three times the arithmetic (the same operations in float64, the same answers)
     out = np.zeros(len(todo), dtype=bool)
-    k, _, m = da.shape
-    pending = np.nonzero(todo)[0]
-    size = max(1, _CHUNK // max(1, k * m))
-    for start in range(0, len(pending), size):
-        labels = pending[start:start + size]
-        rows, consts = -da[labels], -dc[labels]                   # [l, K, m] a_i - a_j, [l, K] c_i - c_j
-        own = np.zeros((len(labels), k), dtype=bool)
-        own[np.arange(len(labels)), labels] = True
+    for labels, rows, consts, own in _differences(da, dc, todo):
         scale = np.maximum(np.maximum(np.abs(rows).reshape(len(labels), -1).max(1), np.abs(consts).max(1)), 1e-300)
         rows, consts = rows / scale[:, None, None], consts / scale[:, None]   # as `_normalise` (box)
         lam = (~own).astype(np.float64)
@@ -380,7 +373,8 @@ def _direction_witnesses(a: np.ndarray, c: np.ndarray, da: np.ndarray, dc: np.nd
     counts; a label not found here keeps its program. `da`, `dc`: as for `_box_certificates`."""
     out = np.zeros(len(todo), dtype=bool)
     at, ct = torch.from_numpy(a), torch.from_numpy(c)
-    for labels, rows, consts, own in _differences(da, dc, todo):
+    for labels, rows_np, consts_np, own_np in _differences(da, dc, todo):
+        rows, consts, own = torch.from_numpy(rows_np), torch.from_numpy(consts_np), torch.from_numpy(own_np)
         target = (~own).to(torch.float64)
         pending = torch.ones(len(labels), dtype=torch.bool)
         for _ in range(_DIRECTION_ROUNDS):
@@ -420,8 +414,7 @@ def _hull_decisions(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> tuple[np.
       duality, as `_box_certificates`).
     Equal constants (a bias-free read-out: the points are flat) use the hull of the slopes alone: its
     vertices win far out, and a label inside it is a mixture of a Delaunay simplex of those vertices
-    around it. Other
-    degenerate sets (flat slopes) are left to the programs."""
+    around it. Other degenerate sets (flat slopes) are left to the programs."""
     k, m = a.shape
     reach, below = np.zeros(k, dtype=bool), np.zeros(k, dtype=bool)
     sa, sc = np.abs(a).max(initial=0.0), np.abs(c).max(initial=0.0)

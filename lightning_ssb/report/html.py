@@ -175,9 +175,10 @@ def _save(fig, folder: Path, stem: str, dpi: int, svg: bool) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi)
     (folder / f"{stem}.png").write_bytes(buf.getvalue())
     if svg:
-        # the PNG's draw placed everything: the SVG keeps that layout. No layout engine at all (not the
-        # placeholder "none"), or savefig draws the whole figure once more before the SVG's own draw to
-        # lay it out again (the same SVG, up to its random element ids, in about 55% of the time)
+        # the PNG's draw placed everything: the SVG keeps that layout. No layout engine at all, not the
+        # placeholder "none": with any engine set, savefig first draws the whole figure once more for a
+        # layout that has nothing left to do (the same SVG, up to its random element ids, in about 55% of
+        # the time)
         with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
             fig.set_layout_engine(None)
         fig.savefig(folder / f"{stem}.svg", format="svg")
