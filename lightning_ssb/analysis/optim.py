@@ -23,6 +23,8 @@ Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 40
+_FLOOR_ULPS = 4.0  # approximate Wolfe: the loss may rise by this many rounding units
+_DELTA, _SIGMA = 0.1, 0.9  # approximate Wolfe's constants (Hager and Zhang's defaults)
 
 
 @dataclass
@@ -47,11 +49,12 @@ class FitReport:
 
 def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, history: int = 10,
           precond: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, FitReport]:
-    """Minimise G smooth convex problems from theta0 `[G, P]` by L-BFGS with Armijo backtracking.
+    """Minimise G smooth convex problems from theta0 `[G, P]` by L-BFGS with backtracking (`_backtrack`).
 
     Each problem has its own curvature pairs (a pair with s.y <= 0 is skipped, keeping the
     approximation positive definite), its own step length and its own stop: the largest entry of its
-    gradient <= gtol (converged), ``max_iter`` steps, or no step that lowers its loss (stalled).
+    gradient <= gtol (converged), ``max_iter`` steps, or no step the line search accepts (stalled; see
+    `_backtrack`).
     ``precond(q, index)`` applies a fixed positive definite approximation of the inverse Hessian to
     q `[g, P]` (the L-BFGS initial matrix, scaled by s.y / y.My); without it the initial matrix is
     the usual scaled identity. ``max_iter`` may be a `[G]` tensor: a cap per problem."""
@@ -119,17 +122,31 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, h
 
 
 def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tensor, idx: Tensor):
-    """Per-problem Armijo backtracking from step 1: (theta, loss, grad, accepted `[g]` bool)."""
+    """Per-problem backtracking from step 1: (theta, loss, grad, accepted `[g]` bool).
+
+    A step is taken when it lowers the loss by Armijo's rule, or, where the loss no longer falls
+    visibly in this dtype, when it meets the approximate Wolfe conditions (Hager and Zhang, 2005): the
+    loss at most `_FLOOR_ULPS` rounding units above, and the slope along the direction at the step
+    within [sigma, 2 delta - 1] times the slope at 0. Near the optimum the Armijo bound rounds to the loss
+    itself, so Armijo alone takes a step that leaves the loss unchanged however short it is: a problem
+    then crept on by steps of 2^-30 for hundreds of iterations. The slope test takes the step that the
+    curvature model predicts (the gradient is computed more precisely than the loss) and refuses one
+    that does nothing."""
     g = theta.shape[0]
     step = torch.ones(g, device=theta.device, dtype=theta.dtype)
     out_theta, out_f = theta.clone(), f.clone()
     out_g = torch.zeros_like(theta)
     ok = torch.zeros(g, dtype=torch.bool, device=theta.device)
     todo = torch.arange(g, device=theta.device)
+    rounding = _FLOOR_ULPS * torch.finfo(theta.dtype).eps * f.abs()
     for _ in range(_MAX_HALVINGS):
         trial = theta[todo] + step[todo].unsqueeze(1) * d[todo]
         tf, tg = fun(trial, idx[todo])
-        good = torch.isfinite(tf) & (tf <= f[todo] + _ARMIJO * step[todo] * slope[todo])
+        f0, s0 = f[todo], slope[todo]
+        armijo = (tf <= f0 + _ARMIJO * step[todo] * s0) & (tf < f0)
+        along = (tg * d[todo]).sum(1)  # the slope at the step
+        wolfe = (tf <= f0 + rounding[todo]) & (along >= _SIGMA * s0) & (along <= (2 * _DELTA - 1) * s0)
+        good = torch.isfinite(tf) & (armijo | wolfe)
         done = todo[good]
         out_theta[done], out_f[done], out_g[done] = trial[good], tf[good], tg[good]
         ok[done] = True
@@ -146,8 +163,8 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
 
     ``fun_hess(theta, index)`` returns (loss [g], grad [g, P], hessian [g, P, P]); ``fun`` is the
     cheaper loss-and-gradient used by the line search. Each problem stops on its own: largest
-    gradient entry <= gtol, ``max_iter`` steps (a `[G]` tensor: a cap per problem), or no step that
-    lowers its loss."""
+    gradient entry <= gtol, ``max_iter`` steps (a `[G]` tensor: a cap per problem), or no step the line
+    search accepts (`_backtrack`)."""
     theta = theta0.clone()
     g_all, p = theta.shape
     dev, dt = theta.device, theta.dtype
