@@ -195,12 +195,11 @@ def _reachable(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor | None
         out[env.strict_labels] = True
         return out
     points = torch.cat([w, b.unsqueeze(1)], 1).double().cpu().numpy()
-    uniq, first = np.unique(points, axis=0, return_index=True)
+    uniq, first, counts = np.unique(points, axis=0, return_index=True, return_counts=True)
     if len(uniq) == 1:  # one label wins alone; several with the same field everywhere: none strictly
         out[0] = k == 1
         return out
     # a label whose point another label duplicates ties with it everywhere: never strictly largest
-    _, counts = np.unique(points, axis=0, return_counts=True)
     single = counts == 1
     if method == "qhull":
         reach = _reachable_qhull(uniq) & single
