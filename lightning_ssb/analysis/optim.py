@@ -171,21 +171,21 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
     caps = torch.as_tensor(max_iter, device=dev).expand(g_all)
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
     active = torch.ones(g_all, dtype=torch.bool, device=dev)
-    grad = torch.zeros_like(theta)
+    if g_all == 0:
+        return theta, FitReport(active, torch.zeros(0, device=dev, dtype=dt), iters)
+    # the loss and gradient at each problem's point: from the start, then from the line search's accepted
+    # step, so that a Hessian (the dear part: [g, P, P]) is built only for a problem that takes a step
+    f, grad = fun(theta, torch.arange(g_all, device=dev))
     eye = torch.eye(p, device=dev, dtype=dt)
-    for _ in range(int(caps.max()) + 1 if g_all else 0):
+    while True:
         idx = active.nonzero().flatten()
-        if idx.numel() == 0:
-            break
-        f, g, h = fun_hess(theta[idx], idx)
-        grad[idx] = g
-        conv = g.abs().amax(1) <= gtol
-        active[idx[conv]] = False
-        run = ~conv & (iters[idx] < caps[idx])
-        active[idx[~run & ~conv]] = False
+        g = grad[idx]
+        run = (g.abs().amax(1) > gtol) & (iters[idx] < caps[idx])
+        active[idx[~run]] = False  # converged, or at its cap
         if not run.any():
             break
-        idx, f, g, h = idx[run], f[run], g[run], h[run]
+        idx, g = idx[run], g[run]
+        h = fun_hess(theta[idx], idx)[2]
         # a tiny ridge, relative to the Hessian's scale, keeps the factorisation defined
         ridge = 1e-12 * h.diagonal(dim1=1, dim2=2).abs().amax(1).clamp_min(1e-300)
         chol, info = torch.linalg.cholesky_ex(h + ridge.view(-1, 1, 1) * eye)
@@ -195,10 +195,9 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
             d[failed] = -g[failed] / g[failed].abs().amax(1, keepdim=True).clamp_min(1.0)
         d = torch.where(torch.isfinite(d), d, -g)
         slope = (g * d).sum(1)
-        new_theta, _, new_g, ok = _backtrack(fun, theta[idx], f, slope, d, idx)
-        theta[idx[ok]] = new_theta[ok]
-        grad[idx[ok]] = new_g[ok]
+        new_theta, new_f, new_g, ok = _backtrack(fun, theta[idx], f[idx], slope, d, idx)
+        theta[idx[ok]], f[idx[ok]], grad[idx[ok]] = new_theta[ok], new_f[ok], new_g[ok]
         iters[idx] += 1
-        active[idx[~ok]] = False  # no step lowers the loss: stalled
+        active[idx[~ok]] = False  # no step the line search accepts: stalled
     gmax = grad.abs().amax(1)
     return theta, FitReport(gmax <= gtol, gmax, iters)

@@ -268,3 +268,28 @@ def test_node_fits_at_float32s_rounding_floor_converge_in_a_few_steps():
         loss = (size * torch.logsumexp(z, 1) - (cnt * z).sum(1)).sum() / n + 0.5 * l2 * (a * a).sum()
         ga, gb = torch.autograd.grad(loss, [a, b])
         assert max(ga.abs().max(), gb.abs().max()) <= 1e-6 * 1.01
+
+
+def test_newton_builds_hessians_only_for_problems_that_take_a_step():
+    """Quadratics 0.5 (t - t*)' A (t - t*): one starts at its optimum, one beside it. Newton solves the
+    second in one step (its optimum by hand), and the first, converged from the start, never has its
+    Hessian built (the dear part of a node fit, [g, 2K, 2K])."""
+    from lightning_ssb.analysis.optim import newton
+
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    target = torch.tensor([[1.0, -2.0], [3.0, 4.0]], dtype=torch.float64)
+    built = []
+
+    def fun(theta, idx):
+        r = theta - target[idx]
+        return 0.5 * ((r @ a) * r).sum(1), r @ a
+
+    def fun_hess(theta, idx):
+        built.extend(idx.tolist())
+        loss, grad = fun(theta, idx)
+        return loss, grad, a.expand(len(idx), 2, 2)
+
+    start = torch.stack([target[0], target[1] + torch.tensor([0.5, -1.0], dtype=torch.float64)])
+    theta, rep = newton(fun_hess, fun, start, 10, 1e-10)
+    assert rep.converged.all() and rep.iterations.tolist() == [0, 1]
+    assert torch.allclose(theta, target, atol=1e-12) and built == [1]
