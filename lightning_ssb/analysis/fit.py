@@ -404,16 +404,17 @@ def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
         # the Hessian only steers the steps (the gradient decides convergence): float32 is enough
         p32, xb32 = p.float(), xb.float()
         wp = p32 * (wt.unsqueeze(2).float() / n)  # [g, B, K]
-        blocks = []
-        for power in (2, 1, 0):
+        # the blocks [[aa, ac], [ca, cc]] written straight into one [g, 2K, 2K] tensor
+        hess = torch.empty(g, 2 * k, 2 * k, dtype=theta.dtype, device=theta.device)
+        h_aa, h_ac, h_ca, h_cc = hess[:, :k, :k], hess[:, :k, k:], hess[:, k:, :k], hess[:, k:, k:]
+        for power, block in ((2, h_aa), (1, h_ac), (0, h_cc)):
             wpx = wp * xb32 ** power if power else wp
-            blocks.append((torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p32)).to(theta.dtype))
-        h_aa, h_ac, h_cc = blocks
-        h_aa = h_aa + l2 * torch.eye(k, dtype=theta.dtype, device=theta.device)
+            block.copy_(torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p32))
+        h_ca.copy_(h_ac.transpose(1, 2))
+        h_aa.diagonal(dim1=1, dim2=2).add_(l2)
         # softmax is unchanged when every intercept moves by the same amount: fix that flat direction
         flat = h_cc.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300) / k
-        h_cc = h_cc + flat.view(g, 1, 1) / k
-        hess = torch.cat([torch.cat([h_aa, h_ac], 2), torch.cat([h_ac.transpose(1, 2), h_cc], 2)], 1)
+        h_cc.add_(flat.view(g, 1, 1) / k)
         return loss, grad, hess
 
     return fun, fun_hess
