@@ -129,7 +129,8 @@ def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tenso
     loss at most `_FLOOR_ULPS` rounding units above, and the slope along the direction at the step
     within [sigma, 2 delta - 1] times the slope at 0. Near the optimum the Armijo bound rounds to the loss
     itself, so Armijo alone takes a step that leaves the loss unchanged however short it is: a problem
-    then crept on by steps of 2^-30 for hundreds of iterations. The slope test takes the step that the
+    then crept on by ever shorter steps, each after dozens of halvings, up to its iteration cap (test_fit
+    has three such nodes). The slope test takes the step that the
     curvature model predicts (the gradient is computed more precisely than the loss) and refuses one
     that does nothing."""
     g = theta.shape[0]
