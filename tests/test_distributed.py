@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,17 +10,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_ssb.loggers import read_wandb_run
+from tests.launch import free_port, run_tree
 from tests.test_end_to_end import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -32,7 +24,7 @@ def test_torchrun_two_gloo_processes_on_the_quickstart_config(tmp_path):
            "-m", "lightning_ssb", "fit", "--config", "quickstart_mlm.yaml", *SMALL,
            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
            "--trainer.log_every_n_steps", "1", "--data.init_args.num_articles", "256"]
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    res = run_tree(cmd, tmp_path, env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     save = tmp_path / "runs/quickstart/mlm"
     runs = list((save / "wandb").glob("offline-run-*"))
@@ -89,8 +81,7 @@ def test_ddp_resume_restores_every_ranks_random_state(tmp_path):
         record.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "lightning_ssb", *fit, *extra]
-        res = subprocess.run(cmd, cwd=tmp_path / folder.split("_")[0], env={**env, "SSB_RECORD": str(record)},
-                             capture_output=True, text=True, timeout=600)
+        res = run_tree(cmd, tmp_path / folder.split("_")[0], {**env, "SSB_RECORD": str(record)}, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         return record
 

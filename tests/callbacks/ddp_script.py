@@ -7,11 +7,13 @@ differs. The probe-train set has 3 batches, so the two ranks' shares are uneven 
 
 import os
 import sys
+from datetime import timedelta
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
@@ -27,7 +29,9 @@ def main(out_dir: str) -> None:
     monitor = SSBMonitor(probe=ProbeConfig(train_size=40, test_size=None, batch_size=16),
                          analysis=fast_analysis(crossover_draws=2, crossover_sizes=[1, 4, 32]), figures=False,
                          background=True, sinks=["disk"], dirpath=out_dir, report=False)
-    trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", max_epochs=2,
+    # a collective that waits two minutes is an error here (the default is 30 minutes of silence)
+    strategy = DDPStrategy(timeout=timedelta(seconds=120)) if world > 1 else "auto"
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_epochs=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                         callbacks=[monitor])

@@ -2,49 +2,32 @@
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 
 import pytest
 import torch
+
+from tests import launch
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_script.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOT_COMPARED = {"step", "ssb/analysis_seconds"}  # DDP takes half the steps per rank; timings differ
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd, tmp):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    # a new session, so that a hang is killed with every worker torchrun started
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail("a rank hung:\n" + err[-3000:])
-    assert proc.returncode == 0, err[-3000:]
-    assert "SSB_DONE [-1, 0, 1]" in out, out[-2000:] + err[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "GLOO_SOCKET_IFNAME": "lo"}
+    # a hang fails the test with every rank's stacks (tests/launch.py) instead of stalling the suite
+    res = launch.run_tree(cmd, tmp, env, timeout=180, tries=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "SSB_DONE [-1, 0, 1]" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
 def test_torchrun_two_ranks_equals_single_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")  # installed with torch
     _run([sys.executable, SCRIPT, str(single)], tmp_path)
-    _run([torchrun, "--nproc_per_node=2", f"--master_port={_free_port()}", SCRIPT, str(ddp)], tmp_path)
+    _run(lambda: [torchrun, "--nproc_per_node=2", f"--master_port={launch.free_port()}", SCRIPT, str(ddp)], tmp_path)
     for epoch in ("reference", "epoch_000", "epoch_001"):
         a = json.loads((single / epoch / "scalars.json").read_text())
         b = json.loads((ddp / epoch / "scalars.json").read_text())
