@@ -296,7 +296,7 @@ def solve_groups(data: GroupData, y: Tensor, num_classes: int, settings: FitSett
         left = settings.max_iter - rep1.iterations  # max_iter caps both phases together
         theta, rep2 = lbfgs(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
                             precond=group_preconditioner(xs, k, bias, l2, data.cov(DTYPE)))
-        report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations)
+        report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations, rep2.stalled)
     else:
         theta, report = first.to(DTYPE), rep1
     w_std = theta[:, :nw].view(g, k, m)
@@ -443,7 +443,7 @@ def solve_nodes(data: BinnedNodes, num_classes: int, settings: FitSettings,
         else:
             theta, report = lbfgs(fun, start, left, gtol)
         iters = report.iterations if iters is None else iters + report.iterations
-    return theta.to(DTYPE), FitReport(report.converged, report.grad_max, iters)
+    return theta.to(DTYPE), FitReport(report.converged, report.grad_max, iters, report.stalled)
 
 
 def node_lines_from(theta: Tensor, data: BinnedNodes, num_classes: int) -> tuple[Tensor, Tensor]:

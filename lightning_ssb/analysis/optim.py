@@ -30,21 +30,49 @@ _DELTA, _SIGMA = 0.1, 0.9  # approximate Wolfe's constants (Hager and Zhang's de
 @dataclass
 class FitReport:
     """How each of G problems ended: converged `[G]` bool (largest gradient entry <= gtol),
-    grad_max `[G]` (largest gradient entry at the returned point), iterations `[G]`."""
+    grad_max `[G]` (largest gradient entry at the returned point), iterations `[G]`, and stalled `[G]`
+    bool: stopped above gtol because the line search accepted no step (`_backtrack`), not at the
+    iteration cap (None: not recorded, read as all False). An unconverged problem that did not stall
+    ran out of iterations: raising ``max_iter`` helps it; a stalled one no longer moves at this
+    precision, and more iterations would not."""
 
     converged: Tensor
     grad_max: Tensor
     iterations: Tensor
+    stalled: Tensor | None = None
+
+    def stalled_mask(self) -> Tensor:
+        return self.stalled if self.stalled is not None else torch.zeros_like(self.converged)
+
+    def cpu(self) -> FitReport:
+        return FitReport(self.converged.cpu(), self.grad_max.cpu(), self.iterations.cpu(), self.stalled_mask().cpu())
 
     @staticmethod
     def cat(reports: list[FitReport]) -> FitReport:
         return FitReport(torch.cat([r.converged for r in reports]), torch.cat([r.grad_max for r in reports]),
-                         torch.cat([r.iterations for r in reports]))
+                         torch.cat([r.iterations for r in reports]), torch.cat([r.stalled_mask() for r in reports]))
 
     def summary(self) -> dict[str, float]:
-        """``unconverged`` (count) and ``grad_max`` (the largest over the problems)."""
+        """``unconverged`` (count), ``stalled`` (of those, the ones the line search stopped; the others ran
+        out of iterations) and ``grad_max`` (the largest over the problems)."""
         return {"unconverged": float((~self.converged).sum()),
+                "stalled": float((~self.converged & self.stalled_mask()).sum()),
                 "grad_max": float(self.grad_max.max()) if self.grad_max.numel() else 0.0}
+
+
+def unconverged_why(summaries, max_iter: int | None = None) -> str:
+    """What to do about unconverged fits, from `FitReport.summary` dicts (a missing ``stalled`` counts as 0):
+    those that ran out of iterations want a larger ``analysis.max_iter``; those whose line search stalled
+    no longer move at this precision, so more iterations would not help them."""
+    summaries = list(summaries)
+    stalled = int(sum(c.get("stalled", 0) for c in summaries))
+    capped = int(sum(c.get("unconverged", 0) for c in summaries)) - stalled
+    cap = "analysis.max_iter" + (f" ({max_iter})" if max_iter is not None else "")
+    parts = [f"{capped} at {cap}: raise it"] if capped else []
+    if stalled:
+        parts.append(f"{stalled} stalled (no step lowered the loss in float64: an ill-conditioned read-out, which "
+                     "more iterations would not help; a larger penalty or fewer, better-separated labels would)")
+    return "; ".join(parts)
 
 
 def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, history: int = 10,
@@ -69,6 +97,7 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, h
     gamma = torch.zeros(g_all, device=dev, dtype=dt)  # 0: no curvature pair yet
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
     active = (grad.abs().amax(1) > gtol) & (caps > 0)
+    stalled = torch.zeros(g_all, dtype=torch.bool, device=dev)
     apply = precond if precond is not None else (lambda q, idx: q)
     for it in range(int(caps.max()) if g_all else 0):
         idx = active.nonzero().flatten()
@@ -117,8 +146,9 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, h
         iters[idx] += 1
         done = (grad[idx].abs().amax(1) <= gtol) | ~ok | (iters[idx] >= caps[idx])
         active[idx[done]] = False
+        stalled[idx[~ok]] = True
     gmax = grad.abs().amax(1)
-    return theta, FitReport(gmax <= gtol, gmax, iters)
+    return theta, FitReport(gmax <= gtol, gmax, iters, stalled & (gmax > gtol))
 
 
 def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tensor, idx: Tensor):
@@ -172,8 +202,9 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
     caps = torch.as_tensor(max_iter, device=dev).expand(g_all)
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
     active = torch.ones(g_all, dtype=torch.bool, device=dev)
+    stalled = torch.zeros(g_all, dtype=torch.bool, device=dev)
     if g_all == 0:
-        return theta, FitReport(active, torch.zeros(0, device=dev, dtype=dt), iters)
+        return theta, FitReport(active, torch.zeros(0, device=dev, dtype=dt), iters, stalled)
     # the loss and gradient at each problem's point: from the start, then from the line search's accepted
     # step, so that a Hessian (the dear part: [g, P, P]) is built only for a problem that takes a step
     f, grad = fun(theta, torch.arange(g_all, device=dev))
@@ -200,5 +231,6 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
         theta[idx[ok]], f[idx[ok]], grad[idx[ok]] = new_theta[ok], new_f[ok], new_g[ok]
         iters[idx] += 1
         active[idx[~ok]] = False  # no step the line search accepts: stalled
+        stalled[idx[~ok]] = True
     gmax = grad.abs().amax(1)
-    return theta, FitReport(gmax <= gtol, gmax, iters)
+    return theta, FitReport(gmax <= gtol, gmax, iters, stalled & (gmax > gtol))

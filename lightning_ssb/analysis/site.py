@@ -353,9 +353,8 @@ class SiteAnalysis:
         reports = [r for r in self.fits.values() if r is not None]
         if not reports:
             return {}
-        summary = FitReport.cat([FitReport(r.converged.cpu(), r.grad_max.cpu(), r.iterations.cpu())
-                                 for r in reports]).summary()
-        return {f"fit_{k}": v for k, v in summary.items()}
+        summary = FitReport.cat([r.cpu() for r in reports]).summary()
+        return {f"fit_{k}": summary[k] for k in ("unconverged", "grad_max")}
 
     def statistics(self) -> dict[str, dict[str, float]]:
         """{granularity: {statistic: value}} as docs/RESULTS.md names them ("site": site-level values)."""
@@ -537,13 +536,13 @@ class SiteResults:
         return out
 
     def convergence(self) -> dict[str, float]:
-        """Unconverged read-outs and the largest final gradient over every fit here, nulls included."""
+        """Unconverged read-outs (of them, those whose line search stalled), and the largest final gradient
+        over every fit here, nulls included (`FitReport.summary`)."""
         reports = [r for fams in [self.real, *self.null.values()] for a in fams.values()
                    for r in a.fits.values() if r is not None]
         if not reports:
-            return {"unconverged": 0.0, "grad_max": 0.0}
-        return FitReport.cat([FitReport(r.converged.cpu(), r.grad_max.cpu(), r.iterations.cpu())
-                              for r in reports]).summary()
+            return {"unconverged": 0.0, "stalled": 0.0, "grad_max": 0.0}
+        return FitReport.cat([r.cpu() for r in reports]).summary()
 
     def arrays(self) -> dict[str, Tensor]:
         """Per-unit tensors under ``<family>[/null_<kind>]/...`` names (docs/RESULTS.md, without the site)."""

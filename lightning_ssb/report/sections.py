@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 from lightning_ssb import statistics as registry
+from lightning_ssb.analysis.optim import unconverged_why
 from lightning_ssb.capture import layer_of
 from lightning_ssb.report import figures as F
 from lightning_ssb.report.compare import across_seeds  # several runs of the same sites and labels
@@ -69,7 +70,7 @@ def overview(runs: list[RunResults], book: Book):
             for site, c in (e.meta.get("convergence") or {}).items():
                 if c.get("unconverged"):
                     book.note(f"{run.run_id}, {e.name}, {site}: {int(c['unconverged'])} read-out fits stopped before "
-                              f"converging (largest final gradient {c['grad_max']:.2g}).")
+                              f"converging (largest final gradient {c['grad_max']:.2g}): {unconverged_why([c])}.")
     notes = "".join(book.note(f"{run.run_id}: the {family} read-out is not in the results; its figures are "
                               f"left out.") for run in runs for family in FAMILIES if family not in run.families)
     notes += "".join(book.note(f"{run.run_id}: no null (permuted probe labels) in the results: the statistics are "

@@ -20,6 +20,7 @@ import os
 import time
 import warnings
 
+from lightning_ssb.analysis.optim import unconverged_why
 from lightning_ssb.capture import capture_probe
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
@@ -127,9 +128,10 @@ class AnalysisEngine:
         if unconverged:
             worst = max(c["grad_max"] for c in unconverged.values())
             count = int(sum(c["unconverged"] for c in unconverged.values()))
-            warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {count} "
-                          f"read-out fits stopped before converging in {sorted(unconverged)} (largest final gradient "
-                          f"{worst:.2g} > analysis.gtol {self.analysis.gtol:g}); raise analysis.max_iter", stacklevel=2)
+            warnings.warn(f"SSBMonitor: {epochs.label(result.epoch)}: {count} read-out fits stopped before converging "
+                          f"in {sorted(unconverged)} (largest final gradient {worst:.2g} > analysis.gtol "
+                          f"{self.analysis.gtol:g}): {unconverged_why(unconverged.values(), self.analysis.max_iter)}",
+                          stacklevel=2)
         for sink, message in write_all(self.live_sinks, result):
             self.failed[sink] = message
             warnings.warn(f"SSBMonitor: {message}; it is left out from now on, training and the other sinks go on",

@@ -9,6 +9,7 @@ from scipy.optimize import minimize
 
 from lightning_ssb.analysis import FitSettings, fit_groups, fit_node_lines
 from lightning_ssb.analysis.fit import bin_nodes, prepare_groups, solve_groups, standardise
+from lightning_ssb.analysis.optim import lbfgs, newton, unconverged_why
 
 
 def data(n=600, d=5, k=4, seed=0):
@@ -205,7 +206,9 @@ def test_unconverged_fits_are_reported_per_unit():
     fit = fit_groups(torch.stack([x[:, :2], x[:, 2:4]]), y, 4, True, FitSettings(l2=1e-4, max_iter=3))
     assert not fit.report.converged.any() and (fit.report.iterations == 3).all()
     assert (fit.report.grad_max > 1e-6).all()
-    assert fit.report.summary() == {"unconverged": 2.0, "grad_max": float(fit.report.grad_max.max())}
+    # both ran out of iterations (3 steps), none stalled: raising max_iter is what helps them
+    assert fit.report.summary() == {"unconverged": 2.0, "stalled": 0.0, "grad_max": float(fit.report.grad_max.max())}
+    assert unconverged_why([fit.report.summary()], 3) == "2 at analysis.max_iter (3): raise it"
     done = fit_groups(x[:, :2], y, 4, True, FitSettings(l2=1e-4))
     assert done.report.converged.all() and done.report.grad_max.item() <= 1e-6
 
@@ -293,3 +296,26 @@ def test_newton_builds_hessians_only_for_problems_that_take_a_step():
     theta, rep = newton(fun_hess, fun, start, 10, 1e-10)
     assert rep.converged.all() and rep.iterations.tolist() == [0, 1]
     assert torch.allclose(theta, target, atol=1e-12) and built == [1]
+
+
+def _uphill(theta, idx):
+    """f = |theta|^2 with the gradient's sign flipped: every search direction climbs, so no step is ever
+    accepted (a stand-in for a fit that can no longer lower its loss at its precision)."""
+    return (theta ** 2).sum(1), -2 * theta
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "newton"])
+def test_a_fit_whose_line_search_accepts_nothing_is_reported_stalled_not_at_its_cap(solver):
+    theta0 = torch.tensor([[1.0, -2.0], [0.0, 0.0], [3.0, 0.5]], dtype=torch.float64)  # the middle one: converged
+    if solver == "lbfgs":
+        _, report = lbfgs(_uphill, theta0, max_iter=50, gtol=1e-6)
+    else:
+        hess = torch.eye(2, dtype=torch.float64).expand(3, 2, 2) * 2
+        _, report = newton(lambda t, i: (*_uphill(t, i), hess[: t.shape[0]]), _uphill, theta0, max_iter=50, gtol=1e-6)
+    assert report.converged.tolist() == [False, True, False]
+    assert report.stalled.tolist() == [True, False, True]
+    assert report.iterations.tolist()[0] == 1 and report.iterations.tolist()[2] == 1  # far from the cap of 50
+    summary = report.summary()
+    assert summary == {"unconverged": 2.0, "stalled": 2.0, "grad_max": 2 * 3.0}
+    why = unconverged_why([summary, {"unconverged": 3.0, "grad_max": 1e-3}], 50)  # an old record: no "stalled"
+    assert why.startswith("3 at analysis.max_iter (50): raise it; 2 stalled (")

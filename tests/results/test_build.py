@@ -60,7 +60,7 @@ def test_the_full_key_list_of_a_tiny_run_is_pinned():
     assert plan.book.penalties.node == chosen["node"]
     assert result.scalars[f"ssb/{SITE}/own/node/l2"] == chosen["node"]
     convergence = result.meta["convergence"][SITE]
-    assert convergence == {"unconverged": 0.0, "grad_max": convergence["grad_max"]}
+    assert convergence == {"unconverged": 0.0, "stalled": 0.0, "grad_max": convergence["grad_max"]}
 
 
 def test_values_are_the_analysis_values_at_the_plans_penalties():

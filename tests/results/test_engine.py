@@ -15,7 +15,7 @@ import torch
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
 from lightning_ssb.capture import capture_batches
-from lightning_ssb.results.build import AnalysisPlan, PenaltyBook
+from lightning_ssb.results.build import AnalysisPlan, EpochResult, PenaltyBook
 from lightning_ssb.results.engine import AnalysisEngine
 from lightning_ssb.results.sinks import Sink
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
@@ -108,3 +108,16 @@ def test_a_checkpoint_does_not_wait_on_an_analysis_that_failed_before_choosing()
 
     monitor = _monitor_with(analysis)
     assert monitor.state_dict()["penalties"] is None and monitor._pending[0].done()
+
+
+def test_the_unconverged_fits_warning_says_which_ran_out_of_iterations_and_which_stalled(tmp_path):
+    engine = AnalysisEngine([0, 1], ["attn.heads"], fast_analysis(), table=False, sinks=["disk"])
+    engine.open_sinks(str(tmp_path / "ssb"))
+    sites = {"blocks.0.attn.heads": {"unconverged": 0.0, "stalled": 0.0, "grad_max": 1e-7},
+             "blocks.1.attn.heads": {"unconverged": 3.0, "stalled": 1.0, "grad_max": 2e-4}}
+    cap = engine.analysis.max_iter
+    with pytest.warns(UserWarning, match=rf"epoch 0: 3 read-out fits stopped before converging in "
+                                         rf"\['blocks.1.attn.heads'\] \(largest final gradient 0.0002 > analysis.gtol "
+                                         rf"1e-06\): 2 at analysis.max_iter \({cap}\): raise it; 1 stalled \(no step"):
+        engine.log(EpochResult(0, 5, meta={"convergence": sites}))
+    engine.close()
