@@ -75,6 +75,14 @@ def unconverged_why(summaries, max_iter: int | None = None) -> str:
     return "; ".join(parts)
 
 
+def _report(grad: Tensor, iters: Tensor, caps: Tensor, gtol: float) -> FitReport:
+    """The solvers' report. A problem stops at gtol, at its cap, or when the line search accepts no step:
+    one above gtol and below its cap stalled."""
+    gmax = grad.abs().amax(1)
+    above = gmax > gtol
+    return FitReport(~above, gmax, iters, above & (iters < caps))
+
+
 def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, history: int = 10,
           precond: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, FitReport]:
     """Minimise G smooth convex problems from theta0 `[G, P]` by L-BFGS with backtracking (`_backtrack`).
@@ -97,7 +105,6 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, h
     gamma = torch.zeros(g_all, device=dev, dtype=dt)  # 0: no curvature pair yet
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
     active = (grad.abs().amax(1) > gtol) & (caps > 0)
-    stalled = torch.zeros(g_all, dtype=torch.bool, device=dev)
     apply = precond if precond is not None else (lambda q, idx: q)
     for it in range(int(caps.max()) if g_all else 0):
         idx = active.nonzero().flatten()
@@ -146,9 +153,7 @@ def lbfgs(fun: Objective, theta0: Tensor, max_iter: int | Tensor, gtol: float, h
         iters[idx] += 1
         done = (grad[idx].abs().amax(1) <= gtol) | ~ok | (iters[idx] >= caps[idx])
         active[idx[done]] = False
-        stalled[idx[~ok]] = True
-    gmax = grad.abs().amax(1)
-    return theta, FitReport(gmax <= gtol, gmax, iters, stalled & (gmax > gtol))
+    return theta, _report(grad, iters, caps, gtol)
 
 
 def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tensor, idx: Tensor):
@@ -202,9 +207,8 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
     caps = torch.as_tensor(max_iter, device=dev).expand(g_all)
     iters = torch.zeros(g_all, dtype=torch.long, device=dev)
     active = torch.ones(g_all, dtype=torch.bool, device=dev)
-    stalled = torch.zeros(g_all, dtype=torch.bool, device=dev)
     if g_all == 0:
-        return theta, FitReport(active, torch.zeros(0, device=dev, dtype=dt), iters, stalled)
+        return theta, FitReport(active, torch.zeros(0, device=dev, dtype=dt), iters, ~active)
     # the loss and gradient at each problem's point: from the start, then from the line search's accepted
     # step, so that a Hessian (the dear part: [g, P, P]) is built only for a problem that takes a step
     f, grad = fun(theta, torch.arange(g_all, device=dev))
@@ -231,6 +235,4 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
         theta[idx[ok]], f[idx[ok]], grad[idx[ok]] = new_theta[ok], new_f[ok], new_g[ok]
         iters[idx] += 1
         active[idx[~ok]] = False  # no step the line search accepts: stalled
-        stalled[idx[~ok]] = True
-    gmax = grad.abs().amax(1)
-    return theta, FitReport(gmax <= gtol, gmax, iters, stalled & (gmax > gtol))
+    return theta, _report(grad, iters, caps, gtol)
