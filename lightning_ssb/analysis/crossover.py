@@ -103,26 +103,25 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
     rows, reports = [], []
     for m in _check_sizes(sizes, num_nodes):
         subsets = [torch.sort(draw_subset(m, num_nodes, num_heads, gen)).values for _ in range(draws)]
+        # equal subsets (every draw when m = D; two draws of one whole head when m = d) have the same
+        # read-out, so one fit and one set of reachability programs serves them all
+        keys = [tuple(s.tolist()) for s in subsets]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        uniq = sorted(set(first.values()))
+        where = [uniq.index(first[key]) for key in keys]
         if family == "own" and m == 1:
             w = torch.stack([nodes.slope[s].T for s in subsets])       # [r, K, 1]: the node's own lines
             b = torch.stack([nodes.intercept[s[0]] for s in subsets])
         elif family == "own":
             init = None
             if readout is not None:  # start from S's part of the shared read-out: the same optimum, sooner
-                init = (torch.stack([readout.weight[:, s] for s in subsets]),
-                        torch.stack([readout.subset_bias(s, ablation) for s in subsets]))
-            # equal subsets (every draw, when m = D) are fitted once
-            keys = [tuple(s.tolist()) for s in subsets]
-            first = {key: i for i, key in reversed(list(enumerate(keys)))}
-            uniq = sorted(set(first.values()))
-            if init is not None:
-                init = (init[0][uniq], init[1][uniq])
+                init = (torch.stack([readout.weight[:, subsets[i]] for i in uniq]),
+                        torch.stack([readout.subset_bias(subsets[i], ablation) for i in uniq]))
             idx = [subsets[i].to(x_train.device) for i in uniq]
             with timed("crossover: own subset fits"):
                 fit = fit_groups(torch.stack([x_train[:, s] for s in idx]), y_train, k, True, settings, init,
                                  what=f"own read-outs of {m}-node subsets")
             reports.append(fit.report)
-            where = [uniq.index(first[key]) for key in keys]
             w, b = fit.weight.cpu()[where], fit.bias.cpu()[where]
         else:
             w = torch.stack([readout.weight[:, s] for s in subsets]).cpu().to(DTYPE)
@@ -141,13 +140,13 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
         members = torch.cat(subsets)
         node_learned = learned_labels(label_stats(node_pred[members], y, k), theta, q).sum()
         with timed("crossover: reachability (linear programs)"):
-            # every draw's programs in one call (box, then all x: a label reachable in the box is
-            # reachable over all x, so the box's answers spare the second search those labels)
-            in_box = reachable_labels_many([(w[i], b[i], lo_all[s], hi_all[s], seen[i][0])
-                                            for i, s in enumerate(subsets)])
-            anywhere = reachable_labels_many([(w[i], b[i], None, None, r) for i, r in enumerate(in_box)])
-            reach = [int(r.sum()) for r in in_box]
-            reach_all = [int(r.sum()) for r in anywhere]
+            # the distinct subsets' programs in one call (box, then all x: a label reachable in the box
+            # is reachable over all x, so the box's answers spare the second search those labels)
+            in_box = reachable_labels_many([(w[i], b[i], lo_all[subsets[i]], hi_all[subsets[i]], seen[i][0])
+                                            for i in uniq])
+            anywhere = reachable_labels_many([(w[i], b[i], None, None, r) for i, r in zip(uniq, in_box)])
+            reach = [int(in_box[j].sum()) for j in where]
+            reach_all = [int(anywhere[j].sum()) for j in where]
             distinct = [n_distinct for _, n_distinct in seen]
         denom = float(node_learned)
         acc = stats.accuracy

@@ -140,3 +140,28 @@ def test_own_rows_fit_a_readout_on_each_subset():
     assert all(o["acc_mean"] > s["acc_mean"] for o, s in zip(res.rows[1:], shared, strict=True))
     with pytest.raises(ValueError, match="needs x_train and y_train"):
         crossover(x, y, r, nodes, family="own")
+
+
+def test_equal_subsets_share_their_reachability_programs(monkeypatch):
+    """Draws of the same subset (every draw at m = D, whole heads drawn twice at m = d) have the same
+    read-out: their programs are solved once and the answer counts for each draw."""
+    import importlib
+
+    module = importlib.import_module("lightning_ssb.analysis.crossover")
+    x, y, r = problem()
+    d, k = x.shape[1], 5
+    nodes, _ = shared_units(r, 2, "zero")
+    sets = []
+    real = module.reachable_labels_many
+    monkeypatch.setattr(module, "reachable_labels_many", lambda calls: sets.append(len(calls)) or real(calls))
+    rows = crossover(x, y, r, nodes, num_heads=2, sizes=[4, 8], draws=5, seed=5).rows
+    gen = torch.Generator().manual_seed(5)
+    distinct, direct = [], []
+    for m in (4, 8):
+        subsets = [torch.sort(draw_subset(m, d, 2, gen)).values for _ in range(5)]
+        distinct.append(len({tuple(s.tolist()) for s in subsets}))
+        direct.append(sum(int(reachable_labels(r.weight[:, s], r.bias, x[:, s].min(0).values,
+                                               x[:, s].max(0).values).sum()) for s in subsets) / 5)
+    assert distinct[0] <= 2 and distinct[1] == 1  # two heads of 4 nodes; one site of 8
+    assert sets == [distinct[0], distinct[0], 1, 1]  # box, then all x, for each size
+    assert [row["reachable_mean"] for row in rows] == direct
