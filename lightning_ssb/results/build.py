@@ -217,7 +217,8 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
 
     def stage(finished: int) -> str:  # what is being computed once `finished` tasks are done
         if workers > 1:
-            return f"{finished}/{len(tasks)} parts done in {workers} processes (sites and sensitivity)"
+            parts = "sites and sensitivity" if len(tasks) > len(names) else "sites"
+            return f"{finished}/{len(tasks)} parts done in {workers} processes ({parts})"
         return what(finished)
 
     finished = [0]

@@ -53,6 +53,11 @@ def test_one_state_through_the_engine(tmp_path):
     result = engine.analyse(snap, AnalysisPlan(book=engine.book, crossover=False), figures=False,
                             progress=stages.append)
     assert stages and engine.book.penalties is not None and engine.book.chosen.done()  # the first state chose them
+    for sensitivity, parts in (([], "sites"), (["blocks.1.attn.heads"], "sites and sensitivity")):
+        said = []  # in forked processes, the wait line names what the parts are
+        engine.analyse(snap, AnalysisPlan(book=engine.book, crossover=False, sensitivity=sensitivity, workers=2),
+                       figures=False, progress=said.append)
+        assert said[0] == f"0/{1 + len(sensitivity)} parts done in 2 processes ({parts})"
     broken = Broken()
     engine.sinks.append(broken)
     with pytest.warns(UserWarning, match="the broken sink could not write .*disk full; it is left out from now on"):
