@@ -8,7 +8,10 @@ other, with the same seed, each in a fresh working directory, W&B offline: first
 the monitor, then as shipped. It prints the end-to-end ratio of the two wall times, the time the
 monitor spent in each part (capture of the probe, the analysis by stage: penalty rule, each read-out
 family, nulls, crossover and its linear programs, sensitivity, figures; logging; the report) and how
-long training waited for the analysis. On a CPU the monitor analyses in the foreground (training
+long training waited for the analysis. It also times training's own work (its batches and validation
+passes) in both fits: the monitor adds nothing to it, so a difference there is the machine's speed
+moving between the two fits (on a shared machine, 10% and more), and the ratio is printed again with
+the first fit's training time in both. On a CPU the monitor analyses in the foreground (training
 waits: see SSBMonitor's ``background``), so the waits are the analysis.
 """
 
@@ -24,6 +27,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from lightning.pytorch import Callback
+
 
 @contextlib.contextmanager
 def workdir(path: Path):
@@ -35,11 +40,38 @@ def workdir(path: Path):
         os.chdir(old)
 
 
+class TrainingClock(Callback):
+    """Seconds of training's own work in a fit: its training batches (forward, backward, optimiser step)
+    and its validation passes. The monitor adds nothing to either, so where the two fits differ here,
+    the machine's speed moved between them."""
+
+    def __init__(self) -> None:
+        self.train = self.validation = 0.0
+        self._batch = self._val = 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        self._batch = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.train += time.perf_counter() - self._batch
+
+    def on_validation_start(self, *args) -> None:
+        self._val = time.perf_counter()
+
+    def on_validation_end(self, *args) -> None:
+        self.validation += time.perf_counter() - self._val
+
+    @property
+    def seconds(self) -> float:
+        return self.train + self.validation
+
+
 def fit(config: str, epochs: int, folder: Path, monitor: bool):
     from lightning_ssb.cli import main
 
     folder.mkdir(parents=True, exist_ok=True)
-    args = ["fit", "--config", config, "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false"]
+    args = ["fit", "--config", config, "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+            f"--trainer.callbacks+={TrainingClock.__module__}.TrainingClock"]
     if not monitor:
         args += ["--ssb", "null"]  # the monitor's config group off: the same fit without it
     with workdir(folder):
@@ -47,7 +79,8 @@ def fit(config: str, epochs: int, folder: Path, monitor: bool):
         cli = main(args)
         wall = time.perf_counter() - start
     found = [c for c in cli.trainer.callbacks if type(c).__name__ == "SSBMonitor"]
-    return wall, (found[0] if found else None), cli
+    clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
+    return wall, (found[0] if found else None), clock
 
 
 def breakdown(mon) -> dict[str, float]:
@@ -67,10 +100,15 @@ def bench(config: str, epochs: int, root: Path) -> None:
 
     print(f"\n== {config}, {epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     fit(config, 0, root / "warm-up", monitor=False)  # tokenise into the cache: neither timed fit pays for it
-    wall_off, _, _ = fit(config, epochs, root / "off", monitor=False)
-    wall_on, mon, _ = fit(config, epochs, root / "on", monitor=True)
+    wall_off, _, clock_off = fit(config, epochs, root / "off", monitor=False)
+    wall_on, mon, clock_on = fit(config, epochs, root / "on", monitor=True)
     print(f"end to end: without the monitor {wall_off:.1f} s, with it {wall_on:.1f} s: "
           f"ratio {wall_on / wall_off:.2f}x (+{wall_on - wall_off:.1f} s)")
+    a, b = clock_off.seconds, clock_on.seconds
+    steady = wall_on - b + a
+    print(f"training's own work (its batches and validation passes, to which the monitor adds nothing): "
+          f"{a:.1f} s without the monitor, {b:.1f} s with it ({b / a:.2f}x: the machine's speed moved); with the "
+          f"first fit's training time in both, the ratio is {steady / wall_off:.2f}x (+{steady - wall_off:.1f} s)")
     print(f"training waited for the analysis {sum(mon.wait_seconds):.1f} s in all "
           f"({', '.join(f'{s:.1f}' for s in mon.wait_seconds)} s per analysed state)")
     capture = sum(mon.capture_seconds)
