@@ -144,7 +144,7 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
             # is reachable over all x, so the box's answers spare the second search those labels)
             in_box = reachable_labels_many([(w[i], b[i], lo_all[subsets[i]], hi_all[subsets[i]], seen[i][0])
                                             for i in uniq])
-            anywhere = reachable_labels_many([(w[i], b[i], None, None, r) for i, r in zip(uniq, in_box)])
+            anywhere = reachable_labels_many([(w[i], b[i], None, None, r) for i, r in zip(uniq, in_box, strict=True)])
             reach = [int(in_box[j].sum()) for j in where]
             reach_all = [int(anywhere[j].sum()) for j in where]
             distinct = [n_distinct for _, n_distinct in seen]

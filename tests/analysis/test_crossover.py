@@ -149,7 +149,7 @@ def test_equal_subsets_share_their_reachability_programs(monkeypatch):
 
     module = importlib.import_module("lightning_ssb.analysis.crossover")
     x, y, r = problem()
-    d, k = x.shape[1], 5
+    d = x.shape[1]
     nodes, _ = shared_units(r, 2, "zero")
     sets = []
     real = module.reachable_labels_many
