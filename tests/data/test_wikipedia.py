@@ -139,6 +139,21 @@ def test_long_characters_per_token_still_exact(tmp_path):
     assert got[1][:3] == [101, 100, 1996] and len(got[1]) == 16
 
 
+@pytest.fixture
+def no_shutdown_sleep(monkeypatch):
+    """``datasets`` (5.x) sleeps 5 s each time a parquet stream is closed before its end, so that
+    PyArrow's reader threads stop before garbage collection (apache/arrow#45214): 8 shards drawn with
+    ``take`` slept 40 s of a 40.5 s call. The draw itself is what these tests check, so the pause is 0
+    here, and the closed streams are collected before the test ends, while Arrow is alive."""
+    import gc
+
+    from datasets import config
+
+    monkeypatch.setattr(config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    yield
+    gc.collect()
+
+
 def hub_layout(root, shards: int = 8, per_shard: int = 60):
     """A folder laid out as ``wikimedia/wikipedia`` is on the hub (a README whose metadata names the config
     ``20231101.en`` and its parquet shards), that ``datasets`` streams like the hub corpus. Every
@@ -158,7 +173,7 @@ def hub_layout(root, shards: int = 8, per_shard: int = 60):
     return root
 
 
-def test_hub_sample_is_drawn_across_every_shard(tmp_path, capsys):
+def test_hub_sample_is_drawn_across_every_shard(tmp_path, capsys, no_shutdown_sleep):
     """40 articles of an 8-shard corpus: 5 from each shard (one shuffle buffer over the stream took them
     all from the first shard it read); another seed draws other articles; progress is shown."""
     import collections
@@ -176,7 +191,7 @@ def test_hub_sample_is_drawn_across_every_shard(tmp_path, capsys):
     assert sum(shard_quotas(43, 8, 0)) == 43 and sorted(set(shard_quotas(43, 8, 0))) == [5, 6]
 
 
-def test_hub_module_tokenises_the_drawn_articles_with_progress(tmp_path, capsys):
+def test_hub_module_tokenises_the_drawn_articles_with_progress(tmp_path, capsys, no_shutdown_sleep):
     root = hub_layout(tmp_path / "wiki")
     dm = WikipediaDataModule(source="hub", hub_dataset=str(root), num_articles=40, val_fraction=0.1,
                              cache_dir=str(tmp_path / "cache"))
