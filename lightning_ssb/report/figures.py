@@ -15,7 +15,7 @@ import numpy as np
 
 from lightning_ssb import statistics as registry
 from lightning_ssb.capture import has_heads, layer_of
-from lightning_ssb.plots import MAX_TICK_LABELS, crossover, matrices, new_figure, short_name, tick_fontsize
+from lightning_ssb.plots import MAX_TICK_LABELS, TITLE_Y, crossover, matrices, new_figure, short_name, tick_fontsize
 from lightning_ssb.report.load import RunResults, Stat, epoch_label
 from lightning_ssb.results import epochs as E
 
@@ -244,7 +244,7 @@ def head_accuracy_grid(run: RunResults, family: str, most_epochs: int = 6):
                 if not np.isnan(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if v < 0.6 * vmax else "black")
-        ax.set_title(epoch_label(epoch), fontsize=9)
+        ax.set_title(epoch_label(epoch), fontsize=9, y=TITLE_Y)
         ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
         ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
         ax.set_xlabel("head", fontsize=8)
@@ -325,7 +325,7 @@ def learned_label_matrix(run: RunResults, site: str, family: str, granularity: s
     ax.set_title(f"{site}, {family} read-out, {e.name}\nlearned label sets L_u (black = learned): "
                  f"{len(units)} of {total} {GRAN_NAMES[granularity]} live"
                  + (f"; {k - learned_cols} labels (right of the red line) learned by none" if learned_cols < k else ""),
-                 fontsize=9)
+                 fontsize=9, y=TITLE_Y)
     return fig, {"site": site, "family": family, "granularity": granularity, "epoch": e.epoch, "units": units,
                  "labels": cols, "matrix": mat}
 

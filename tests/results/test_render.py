@@ -64,3 +64,50 @@ def test_figures_drawn_by_forked_workers_are_the_ones_drawn_here():
     assert len(makers) == 5  # heads heatmap, node accuracy, best node, envelope, crossover
     here = {key: to_png(fig) for key, fig in site_figures(snap, "ssb", ["node", "head"]).items()}
     assert draw_pngs(makers, workers=2) == here
+
+
+def _matrix_figures(names):
+    from lightning_ssb import plots
+
+    gen = torch.Generator().manual_seed(2)
+    k = len(names)
+    field, confusion = torch.randn(k, k, generator=gen), torch.randint(0, 30, (k, k), generator=gen)
+    return [plots.matrices(field, confusion, "blocks.5.attn.heads: best node 7 (head 0, node 7), epoch 1",
+                           "field matrix F[i, k]", "confusion matrix C[i, j]", names),
+            plots.heatmap(torch.rand(6, 12, generator=gen), "single-head accuracy, epoch 1", "head", "layer",
+                          ynames=[str(i) for i in range(6)], vmin=0.0)]
+
+
+def test_matrix_titles_placed_by_hand_draw_what_matplotlibs_placement_draws(monkeypatch):
+    """The heatmaps' titles are given their height (plots.TITLE_Y), which spares matplotlib's placement
+    its measuring of every tick label at each draw: with tick labels at the bottom only, the pixels must
+    be those of the automatic placement (TITLE_Y None), title and all."""
+    from lightning_ssb import plots
+
+    names = [f"relation name {i} of the label set" for i in range(64)]  # FewRel-long names, cut to 26
+    fixed = [plots.to_png(fig) for fig in _matrix_figures(names)]
+    monkeypatch.setattr(plots, "TITLE_Y", None)
+    automatic = _matrix_figures(names)
+    assert all(ax._autotitlepos for fig in automatic for ax in fig.axes if ax.get_title())  # really automatic
+    assert [plots.to_png(fig) for fig in automatic] == fixed
+
+
+def test_a_figure_saved_without_a_tight_box_keeps_everything_inside_its_canvas():
+    """``to_png`` saves the canvas as constrained layout laid it out (no second draw to crop it): every
+    title, tick label and colour bar, 64 rotated label names included, must lie inside the PNG."""
+    import io
+
+    from matplotlib.image import imread
+
+    from lightning_ssb import plots
+
+    names = [f"relation name {i} of the label set" for i in range(64)]
+    for fig in _matrix_figures(names):
+        png = plots.to_png(fig)
+        renderer = fig.canvas.get_renderer()
+        box, canvas = fig.get_tightbbox(renderer), fig.bbox_inches
+        assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1
+        pixels = imread(io.BytesIO(png))
+        assert pixels.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
+        edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])[:, :3]
+        assert (edge == 1.0).all()  # a white margin all round: nothing runs off the canvas
