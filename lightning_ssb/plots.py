@@ -40,17 +40,43 @@ def tick_fontsize(n: int) -> float:
     return 8.0 if n <= 16 else 7.0 if n <= 32 else 5.0
 
 
+def save_png(figure, dpi: float | None = None) -> bytes:
+    """PNG bytes of ``figure`` at ``dpi`` (default: the figure's), drawn once.
+
+    With a layout engine, ``savefig`` draws the whole figure twice: once, not rendered, for the layout,
+    then for the pixels. Here the engine lays the figure out without a draw, and the one draw renders
+    it: the same bytes (tested), without the first pass over every tick label. The engine and the dpi
+    are the figure's again afterwards.
+    """
+    import matplotlib
+
+    engine, figure_dpi = figure.get_layout_engine(), figure.dpi
+    dpi = figure_dpi if dpi is None else dpi
+    buf = io.BytesIO()
+    try:
+        if engine is not None:
+            figure.set_dpi(dpi)  # lay out at the dpi it is drawn at, as savefig does
+            engine.execute(figure)
+            # no engine at all (not the placeholder "none", which savefig would still lay out for)
+            with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+                figure.set_layout_engine(None)
+        figure.savefig(buf, format="png", dpi=dpi)
+    finally:
+        if engine is not None:
+            figure.set_layout_engine(engine)
+            figure.set_dpi(figure_dpi)
+    return buf.getvalue()
+
+
 def to_png(figure) -> bytes:
     """PNG bytes of a Figure, rendered once and cached on it (the worker renders, sinks reuse)."""
     if isinstance(figure, (bytes, bytearray)):
         return bytes(figure)
     cached = getattr(figure, "_ssb_png", None)
     if cached is None:
-        buf = io.BytesIO()
         # no bbox_inches="tight": constrained layout already keeps everything inside the canvas, and
         # "tight" draws the whole figure once more to measure it (as the report's figures, plain savefig)
-        figure.savefig(buf, format="png")
-        cached = buf.getvalue()
+        cached = save_png(figure)
         figure._ssb_png = cached
     return cached
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,10 +169,11 @@ def _save(fig, folder: Path, stem: str, dpi: int, svg: bool) -> bytes:
     """Write ``fig`` as ``<stem>.png`` (and ``.svg``) into ``folder``; returns the PNG bytes."""
     import matplotlib
 
+    from lightning_ssb.plots import save_png
+
     folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    (folder / f"{stem}.png").write_bytes(buf.getvalue())
+    png = save_png(fig, dpi)
+    (folder / f"{stem}.png").write_bytes(png)
     if svg:
         # the PNG's draw placed everything: the SVG keeps that layout. No layout engine at all, not the
         # placeholder "none": with any engine set, savefig first draws the whole figure once more for a
@@ -182,7 +182,7 @@ def _save(fig, folder: Path, stem: str, dpi: int, svg: bool) -> bytes:
         with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
             fig.set_layout_engine(None)
         fig.savefig(folder / f"{stem}.svg", format="svg")
-    return buf.getvalue()
+    return png
 
 
 class _DrawError(Exception):

@@ -111,3 +111,26 @@ def test_a_figure_saved_without_a_tight_box_keeps_everything_inside_its_canvas()
         assert pixels.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
         edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])[:, :3]
         assert (edge == 1.0).all()  # a white margin all round: nothing runs off the canvas
+
+
+def test_a_figure_laid_out_once_saves_the_bytes_savefig_saves():
+    """``save_png`` lays a figure out without the draw savefig spends on it: the same PNG bytes as
+    ``savefig`` at the figure's dpi and at the report's, for colour bars, rotated names and a legend
+    outside the axes; the figure keeps its layout engine and dpi."""
+    import io
+
+    from lightning_ssb import plots
+
+    rows = [{"m": m, "acc_mean": 0.1 * i, "acc_std": 0.01, "guess_level": 1 / (i + 1), "cooperation_mean": 1.0 + i}
+            for i, m in enumerate((1, 2, 4, 8))]
+    names = [f"label {i}" for i in range(50)]
+    makers = [lambda: _matrix_figures(names)[0], lambda: _matrix_figures(names)[1],
+              lambda: plots.crossover(rows, "blocks.0.attn.heads: crossover")]
+    for dpi in (None, 110):
+        for make in makers:
+            buf = io.BytesIO()  # two fresh figures: a second save of one figure differs in matplotlib too
+            make().savefig(buf, format="png", dpi=dpi if dpi is not None else "figure")
+            fig = make()
+            engine, figure_dpi = fig.get_layout_engine(), fig.dpi
+            assert plots.save_png(fig, dpi) == buf.getvalue()
+            assert fig.get_layout_engine() is engine and fig.dpi == figure_dpi
