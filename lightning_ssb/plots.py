@@ -74,9 +74,16 @@ def to_png(figure) -> bytes:
         return bytes(figure)
     cached = getattr(figure, "_ssb_png", None)
     if cached is None:
-        # no bbox_inches="tight": constrained layout already keeps everything inside the canvas, and
-        # "tight" draws the whole figure once more to measure it (as the report's figures, plain savefig)
-        cached = save_png(figure)
+        from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+        if isinstance(figure.get_layout_engine(), ConstrainedLayoutEngine):
+            # no bbox_inches="tight": constrained layout (every figure of plots.new_figure) already keeps
+            # everything inside the canvas, and "tight" drew the whole figure once more to crop it
+            cached = save_png(figure)
+        else:  # a figure of a custom analysis, laid out some other way or not at all: cropped, as before
+            buf = io.BytesIO()
+            figure.savefig(buf, format="png", bbox_inches="tight")
+            cached = buf.getvalue()
         figure._ssb_png = cached
     return cached
 

@@ -134,3 +134,21 @@ def test_a_figure_laid_out_once_saves_the_bytes_savefig_saves():
             engine, figure_dpi = fig.get_layout_engine(), fig.dpi
             assert plots.save_png(fig, dpi) == buf.getvalue()
             assert fig.get_layout_engine() is engine and fig.dpi == figure_dpi
+
+
+def test_a_custom_figure_without_constrained_layout_is_still_cropped_to_its_content():
+    """A custom analysis' figure may put a label outside its canvas (no layout engine): ``to_png`` keeps
+    cropping such figures to their content, so the label is in the PNG."""
+    import io
+
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    from lightning_ssb import plots
+
+    fig = Figure(figsize=(3, 2), dpi=100)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.text(1.3, 0.5, "a note right of the canvas", transform=ax.transAxes)  # ends beyond x = 3 in
+    pixels = imread(io.BytesIO(plots.to_png(fig)))
+    assert pixels.shape[1] > 300  # wider than the 300-pixel canvas: the crop reached out to the note
