@@ -40,6 +40,16 @@ def tick_fontsize(n: int) -> float:
     return 8.0 if n <= 16 else 7.0 if n <= 32 else 5.0
 
 
+def remove_layout_engine(figure) -> None:
+    """No layout engine at all on ``figure``, not the placeholder "none": with any engine set, savefig
+    first draws the whole figure once more for a layout that has nothing left to do. (The rc context
+    keeps matplotlib from putting the rc default engine back.)"""
+    import matplotlib
+
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        figure.set_layout_engine(None)
+
+
 def save_png(figure, dpi: float | None = None) -> bytes:
     """PNG bytes of ``figure`` at ``dpi`` (default: the figure's), drawn once.
 
@@ -48,8 +58,6 @@ def save_png(figure, dpi: float | None = None) -> bytes:
     it: the same bytes (tested), without the first pass over every tick label. The engine and the dpi
     are the figure's again afterwards.
     """
-    import matplotlib
-
     engine, figure_dpi = figure.get_layout_engine(), figure.dpi
     dpi = figure_dpi if dpi is None else dpi
     buf = io.BytesIO()
@@ -57,9 +65,7 @@ def save_png(figure, dpi: float | None = None) -> bytes:
         if engine is not None:
             figure.set_dpi(dpi)  # lay out at the dpi it is drawn at, as savefig does
             engine.execute(figure)
-            # no engine at all (not the placeholder "none", which savefig would still lay out for)
-            with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
-                figure.set_layout_engine(None)
+            remove_layout_engine(figure)
         figure.savefig(buf, format="png", dpi=dpi)
     finally:
         if engine is not None:
