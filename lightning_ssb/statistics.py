@@ -65,11 +65,12 @@ class Units:
 
 @dataclass(frozen=True)
 class Plot:
-    """A panel of the report's figure of the statistics by epoch: its title, y label and y range."""
+    """A panel of the report's figure of the statistics by epoch: its title, y label and y range (None: automatic;
+    an end given as None stays automatic, so ``(0.0, None)`` keeps a count's axis at 0 and fits its top)."""
 
     title: str
     ylabel: str
-    ylim: tuple[float, float] | None = None
+    ylim: tuple[float | None, float | None] | None = None
     chance: bool = False  # draw the chance level 1/K (accuracies)
 
 
@@ -242,8 +243,8 @@ for _s in (
               table=True, compare=True, sensitivity=True, sensitivity_plot=True, undefined=_UNDEFINED_PHI),
     Statistic("mean_labels", "mean size of the learned sets L_u over all units (labels per unit)",
               compute=lambda u: u.sizes.double().mean().item() if len(u.labels) else math.nan,
-              plot=Plot("labels per unit", "mean |L_u| (labels)"), table=True, compare=True, sensitivity=True,
-              sensitivity_plot=True),
+              plot=Plot("labels per unit", "mean |L_u| (labels)", (0.0, None)), table=True, compare=True,
+              sensitivity=True, sensitivity_plot=True),
     Statistic("coverage", "labels learned by some unit over all K labels",
               compute=lambda u: u.labels.any(0).double().mean().item(),
               plot=Plot("coverage", "|\u222a L_u| / K (fraction of labels)", _PROBABILITY), table=True, compare=True,

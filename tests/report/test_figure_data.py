@@ -69,6 +69,21 @@ def test_statistics_lines_are_the_logged_scalars(synthetic_report):
     assert [t.get_text() for t in phi.get_xticklabels()] == ["init", "start", "0", "1", "2"]
 
 
+def test_labels_per_unit_axes_start_at_zero(synthetic_report):
+    """A count of labels is never negative: its panels (by epoch and against the penalty) start at 0, and
+    their automatic top still shows every plotted value (an all-zero line was centred on a -0.05 to
+    0.05 axis)."""
+    _, book = synthetic_report
+    panels = [ax for fig in _figures(book, "__statistics") + _figures(book, "__sensitivity")
+              for ax in fig.figure.axes if (ax.get_gid() or "").split("/")[-1] == "mean_labels"]
+    assert len(panels) == 4 + 2  # 4 figures by epoch, and one panel per family against the penalty
+    for ax in panels:
+        values = np.concatenate([np.asarray(ln.get_ydata(), dtype=float) for ln in ax.get_lines() if ln.get_gid()])
+        bottom, top = ax.get_ylim()
+        assert bottom == 0.0, (ax.get_gid(), bottom)
+        assert top >= np.nanmax(values) and np.nanmin(values) >= 0.0, (ax.get_gid(), top, values)
+
+
 def test_sensitivity_curves_are_the_csv_rows_with_the_chosen_penalty_marked(synthetic_report):
     run, book = synthetic_report
     figs = _figures(book, "__sensitivity")
