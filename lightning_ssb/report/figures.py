@@ -168,6 +168,10 @@ def sensitivity_curves(run: RunResults, site: str):
     styles = ["o-", "s--", "^:", "d-."]
     data_rows, chosen, handles = {}, {}, {}
     penalties = run.penalties
+    # one x range for every panel, the whole grid: a panel whose values are all undefined (Phi with no
+    # two live units) has no line to set it, and matplotlib fitted its axis to the penalty band alone
+    grid = [r["l2"] for e in states for r in e.sensitivity if r.get("site") == site and r.get("l2", 0) > 0]
+    x_range = (min(grid) / 1.6, max(grid) * 1.6) if grid else None
     for row_axes, family in zip(axes, families, strict=True):
         for ax, (stat, title) in zip(row_axes, panels, strict=True):
             ax.set_gid(f"{family}/{stat}")
@@ -191,6 +195,12 @@ def sensitivity_curves(run: RunResults, site: str):
                         ax.axvline(value, color=GRAN_COLOURS[gran], alpha=0.22, linewidth=7,
                                    gid=f"chosen/{gran}")
             ax.set_xscale("log")
+            if x_range:
+                ax.set_xlim(*x_range)
+            undefined = registry.get(stat).undefined
+            if undefined and any(math.isnan(v) for line in ax.get_lines() for v in line.get_ydata()):
+                ax.text(0.02, 0.03, f"missing points: undefined ({undefined})", transform=ax.transAxes, fontsize=7,
+                        color="0.35", gid="undefined")
             ax.set_xlabel("L2 penalty (standardised nodes)", fontsize=8)
             ax.set_title(f"{family}: {title}", fontsize=9)
             ylim = registry.get(stat).plot.ylim

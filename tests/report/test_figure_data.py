@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -113,6 +114,36 @@ def test_sensitivity_curves_are_the_csv_rows_with_the_chosen_penalty_marked(synt
             assert _same(line.get_ydata(), [float(r[stat]) for r in expected])
             checked += 1
     assert checked == 2 * 3 * 2 * 2  # families x statistics x granularities x states
+
+
+def test_sensitivity_panels_span_the_grid_when_a_statistic_is_undefined(synthetic_report, tmp_path):
+    """With Phi undefined at every penalty (no two live units, as in a run whose nodes learn nothing), its
+    panels still span the penalty grid of sensitivity.csv, like the others, and say why they are empty;
+    matplotlib alone fitted such an axis to the run's penalty band."""
+    from lightning_ssb.report import load_runs
+    from lightning_ssb.report.figures import sensitivity_curves
+
+    run, _ = synthetic_report
+    copy = shutil.copytree(run, tmp_path / run.name)
+    grid = set()
+    for csv_path in copy.rglob("sensitivity.csv"):
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        grid |= {float(r["l2"]) for r in rows}
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({**r, "phi": "nan"} for r in rows)
+    assert len(grid) >= 3
+    fig, _ = sensitivity_curves(load_runs([copy])[0], "blocks.1.attn.heads")
+    panels = {ax.get_gid(): ax for ax in fig.axes if ax.get_gid()}
+    for gid, ax in panels.items():
+        lo, hi = ax.get_xlim()
+        assert lo < min(grid) and hi > max(grid), (gid, ax.get_xlim(), sorted(grid))
+        notes = [t.get_text() for t in ax.texts if t.get_gid() == "undefined"]
+        assert notes == (["missing points: undefined (fewer than two live units)"] if gid.endswith("/phi") else []), \
+            (gid, notes)
+    assert sum(gid.endswith("/phi") for gid in panels) == 2  # one per read-out family
 
 
 def test_learned_label_matrix_is_the_last_epochs_label_sets_in_block_order(synthetic_report):
