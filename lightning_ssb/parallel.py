@@ -8,6 +8,10 @@ an accelerator. Torch runs with one thread in each child, which also keeps the c
 parent's OpenMP pool. Children ignore SIGINT: a Ctrl-C reaches the parent alone, which stops taking
 results and leaves the children to finish the task in hand.
 
+``children_niced(n)``: within the block, the children of every ``fork_map`` this thread starts lower
+their CPU priority by ``n`` (Unix ``nice``), so that work running beside them at normal priority (a
+CPU training loop) keeps the cores it uses and the children take only the time it leaves.
+
 This module imports nothing of the package (layer 0).
 """
 
@@ -17,12 +21,15 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 _TASK: Callable[[int], Any] | None = None  # the task of the running `fork_map`, inherited by its children
+_LOCAL = threading.local()  # `children_niced`: the nice increment of this thread's fork_map children
 
 
 def default_workers() -> int:
@@ -40,9 +47,31 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _child_init() -> None:
+@contextmanager
+def children_niced(increment: int) -> Iterator[None]:
+    """Within the block, the children of the ``fork_map`` calls of this thread (only this one) start with
+    their nice value raised by ``increment`` (0: unchanged; at most 19). The calling thread keeps its own
+    priority. Unix only: elsewhere ``fork_map`` does not fork, and this changes nothing."""
+    if not 0 <= int(increment) <= 19:
+        raise ValueError(f"a nice increment is between 0 and 19, got {increment!r}")
+    previous = getattr(_LOCAL, "nice", 0)
+    _LOCAL.nice = int(increment)
+    try:
+        yield
+    finally:
+        _LOCAL.nice = previous
+
+
+def child_nice() -> int:
+    """The nice increment the children of a ``fork_map`` started now in this thread get (``children_niced``)."""
+    return getattr(_LOCAL, "nice", 0)
+
+
+def _child_init(nice: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
 
 
 def _run(i: int) -> bytes:
@@ -67,7 +96,7 @@ def fork_map(task: Callable[[int], Any], n: int, workers: int, done: Callable[[i
 
     _TASK = task
     pool = ProcessPoolExecutor(min(workers, n), mp_context=multiprocessing.get_context("fork"),
-                               initializer=_child_init)
+                               initializer=_child_init, initargs=(child_nice(),))
     finished = False
     try:
         futures = [pool.submit(_run, i) for i in range(n)]

@@ -143,6 +143,8 @@ class AnalysisPlan:
         device: where the read-outs are fitted (the training device; the snapshot itself stays on the CPU).
         workers: processes that analyse the sites and draw the figures (``parallel.fork_map``, one torch
             thread each; 1: all in this thread). Only for a CPU device.
+        timed_before: seconds by stage of this state's work done before its analysis (the run's penalties
+            chosen ahead, ``AnalysisEngine.choose_penalties``), added to the result's ``meta["seconds"]``.
     """
 
     book: PenaltyBook = field(default_factory=PenaltyBook)
@@ -151,10 +153,28 @@ class AnalysisPlan:
     crossover: bool = True
     device: Any = "cpu"
     workers: int = 1
+    timed_before: dict[str, float] = field(default_factory=dict)
 
 
 def _quiet(stage: str) -> None:
     pass
+
+
+def ensure_penalties(snapshot: EpochSnapshot, config, plan: AnalysisPlan, progress=_quiet, train=None, y_train=None):
+    """The run's read-out penalties: the plan's book's, or, while it is empty, chosen on this snapshot by the
+    config's rule (docs/method.md 3) and written into the book for every later state. ``train``, ``y_train``:
+    the snapshot's probe-train already on the plan's device (moved here when not given)."""
+    if plan.book.penalties is None:
+        from lightning_ssb import analysis  # imported here: results/ loads without the analysis' scipy
+
+        device = torch.device(plan.device)
+        if train is None or y_train is None:
+            train = {name: x.to(device) for name, x in snapshot.train.items()}
+            y_train = snapshot.y_train.to(device)
+        progress(f"read-out penalties by cross-validation on probe-train, {len(train)} sites pooled (once per run)")
+        plan.book.penalties = analysis.choose_penalties(train, y_train, snapshot.num_classes, config,
+                                                        workers=plan.workers if device.type == "cpu" else 1)
+    return plan.book.penalties
 
 
 def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: AnalysisPlan | None = None,
@@ -186,11 +206,7 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     device = torch.device(plan.device)
     train = {name: x.to(device) for name, x in snapshot.train.items()}  # the fits run where training runs
     y_train = snapshot.y_train.to(device)
-    if plan.book.penalties is None:
-        progress(f"read-out penalties by cross-validation on probe-train, {len(train)} sites pooled (once per run)")
-        plan.book.penalties = analysis.choose_penalties(train, y_train, snapshot.num_classes, config,
-                                                        workers=plan.workers if device.type == "cpu" else 1)
-    penalties = plan.book.penalties
+    penalties = ensure_penalties(snapshot, config, plan, progress, train, y_train)
     names = list(snapshot.train)
     # one task per site, and one per sensitivity site (the longest: first, so two workers share the load)
     tasks = [("sensitivity", name) for name in names if name in plan.sensitivity] + [("site", n) for n in names]
@@ -266,11 +282,13 @@ def build_result(snapshot: EpochSnapshot, config, analyses: list = (), figures: 
             penalties chosen on this snapshot and every null of the config).
         progress: called with a line saying what is being computed.
     """
-    from lightning_ssb.analysis.timing import collect, timed
+    from lightning_ssb.analysis.timing import add_seconds, collect, timed
 
     start = time.perf_counter()
     result = EpochResult(epoch=snapshot.epoch, step=snapshot.step)
     with collect() as seconds:
+        if plan is not None:
+            add_seconds(plan.timed_before)
         _build(result, snapshot, config, analyses, figures, table, prefix, plan, progress, timed)
     result.meta["seconds"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
     result.seconds = time.perf_counter() - start

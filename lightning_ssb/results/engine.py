@@ -23,7 +23,14 @@ import warnings
 from lightning_ssb.analysis.optim import unconverged_why
 from lightning_ssb.capture import capture_probe
 from lightning_ssb.results import epochs
-from lightning_ssb.results.build import AnalysisPlan, EpochResult, EpochSnapshot, PenaltyBook, build_result
+from lightning_ssb.results.build import (
+    AnalysisPlan,
+    EpochResult,
+    EpochSnapshot,
+    PenaltyBook,
+    build_result,
+    ensure_penalties,
+)
 from lightning_ssb.results.keys import PREFIX
 from lightning_ssb.results.sinks import Sink, close_all, log_results_all, make_sinks, write_all
 
@@ -112,6 +119,16 @@ class AnalysisEngine:
             return None
         return EpochSnapshot(epoch, step, captured.x_train, captured.x_test, captured.y_train, captured.y_test,
                              self.probe.num_classes, list(self.probe.label_names))
+
+    def choose_penalties(self, snapshot: EpochSnapshot, plan: AnalysisPlan, progress=None):
+        """The run's penalties into ``plan.book`` (chosen on ``snapshot`` by the config's rule while the book is
+        empty; ``results.build.ensure_penalties``), before and apart from the rest of the state's analysis."""
+        from lightning_ssb.analysis.timing import collect
+
+        with collect() as seconds:
+            penalties = ensure_penalties(snapshot, self.analysis, plan, progress or (lambda stage: None))
+        plan.timed_before.update(seconds)
+        return penalties
 
     def analyse(self, snapshot: EpochSnapshot, plan: AnalysisPlan, figures: bool = True,
                 progress=None) -> EpochResult:

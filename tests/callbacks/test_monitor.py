@@ -353,3 +353,34 @@ def test_two_monitors_in_one_trainer_keep_their_own_results_and_state(tmp_path):
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     assert {heads.state_key, outputs.state_key} <= saved.keys()
     assert saved[heads.state_key]["probe"] == heads.state_dict()["probe"]
+
+
+def test_beside_cpu_training_the_penalties_come_first_and_the_analysis_runs_nicer_until_training_ends(tmp_path):
+    """background=True on a CPU: the run's penalties are chosen before training goes on (so the first state's
+    analysis finds them), every state's forked processes run ``background_nice`` nicer while training runs
+    and at full priority once it is over, and the results are those of a fit that waits for each state."""
+    from lightning_ssb.parallel import child_nice
+
+    runs = {}
+    for background in (False, True):
+        L.seed_everything(0)
+        monitor = SSBMonitor(layers=[0, 1], background=background, figures=False,
+                             dirpath=str(tmp_path / str(background)), **FAST)
+        seen = []
+
+        def analyse(snapshot, plan, *args, _original=monitor.engine.analyse, _seen=seen, **kwargs):
+            _seen.append((snapshot.epoch, child_nice(), plan.book.penalties is not None))
+            return _original(snapshot, plan, *args, **kwargs)
+
+        monitor.engine.analyse = analyse
+        _trainer(tmp_path, monitor, max_epochs=3).fit(ToyTask("classification"), ToyClassificationData())
+        runs[background] = (seen, tmp_path / str(background))
+    assert runs[False][0] == [(-1, 0, False), (0, 0, True), (1, 0, True), (2, 0, True)]
+    assert runs[True][0] == [(-1, 19, True), (0, 19, True), (1, 19, True), (2, 0, True)]
+    for folder in ("reference", "epoch_000", "epoch_002"):
+        waited, beside = (_scalars(runs[b][1] / folder) for b in (False, True))
+        waited.pop("ssb/analysis_seconds")
+        beside.pop("ssb/analysis_seconds")
+        assert beside == waited, folder
+    meta = json.loads((runs[True][1] / "reference" / "meta.json").read_text())
+    assert "penalties (cross-validation)" in meta["seconds"]  # chosen ahead, still timed as the first state's
