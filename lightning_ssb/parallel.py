@@ -3,10 +3,11 @@
 
 ``fork_map(task, n, workers)`` runs ``task(0..n-1)`` in ``workers`` forked children that inherit
 ``task`` (a closure over tensors is fine: nothing is pickled on the way in) and return their results
-pickled. It is used only where the parent waits for the work on a CPU; a forked child never touches
-an accelerator. Torch runs with one thread in each child, which also keeps the children out of the
-parent's OpenMP pool. Children ignore SIGINT: a Ctrl-C reaches the parent alone, which stops taking
-results and leaves the children to finish the task in hand.
+pickled. It is used where the parent waits for the work on a CPU, and beside CPU training with the
+children at a lower priority (``children_niced``); a forked child never touches an accelerator. Torch
+runs with one thread in each child, which also keeps the children out of the parent's OpenMP pool.
+Children ignore SIGINT: a Ctrl-C reaches the parent alone, which stops taking results and leaves the
+children to finish the task in hand.
 
 ``children_niced(n)``: within the block, the children of every ``fork_map`` this thread starts lower
 their CPU priority by ``n`` (Unix ``nice``), so that work running beside them at normal priority (a
