@@ -3,6 +3,7 @@
     python benchmarks/bench_monitor.py                         # quickstart.yaml, then quickstart_mlm.yaml
     python benchmarks/bench_monitor.py --config quickstart.yaml --epochs 2
     python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --beside   # and beside training
+    python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --baseline-again  # drift bracketed
 
 Both fits run in this process through the real CLI (``python -m lightning_ssb fit``), one after the
 other, with the same seed, each in a fresh working directory, W&B offline: first the config without
@@ -16,7 +17,8 @@ the first fit's training time in both. On a CPU the monitor analyses in the fore
 waits: see SSBMonitor's ``background``), so the waits are the analysis. ``--beside`` fits a third time
 with ``background: true``: on a CPU the analysis then runs beside training at a lower priority and shares
 its cores, so training's own time there is not the machine's drift alone and only the plain ratio is
-printed for it.
+printed for it. ``--baseline-again`` fits without the monitor once more at the end: the ratios against
+the mean of the two fits without it cancel a drift that is linear in time.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def breakdown(mon) -> dict[str, float]:
     return dict(parts)
 
 
-def bench(config: str, epochs: int, root: Path, beside: bool = False) -> None:
+def bench(config: str, epochs: int, root: Path, beside: bool = False, again: bool = False) -> None:
     import torch
 
     print(f"\n== {config}, {epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
@@ -109,8 +111,19 @@ def bench(config: str, epochs: int, root: Path, beside: bool = False) -> None:
     report(wall_off, clock_off, wall_on, mon, clock_on)
     if beside:
         print("-- again with the analysis beside training (--ssb.init_args.background true)", flush=True)
-        report(wall_off, clock_off, *fit(config, epochs, root / "beside", monitor=True,
-                                         extra=("--ssb.init_args.background", "true")), beside=True)
+        wall_beside, *rest = fit(config, epochs, root / "beside", monitor=True,
+                                 extra=("--ssb.init_args.background", "true"))
+        report(wall_off, clock_off, wall_beside, *rest, beside=True)
+    if again:
+        # the machine's speed drifts over minutes: a second fit without the monitor, after those with it, brackets
+        # them, and their mean is the baseline of the drift-free ratio (the drift is taken as linear in time)
+        wall_again, _, clock_again = fit(config, epochs, root / "off-again", monitor=False)
+        base = (wall_off + wall_again) / 2
+        print(f"-- without the monitor again, last: {wall_again:.1f} s (training's own work "
+              f"{clock_again.seconds:.1f} s, against {clock_off.seconds:.1f} s in the first fit without it); "
+              f"against the mean of the two fits without it, {base:.1f} s: as shipped {wall_on / base:.2f}x "
+              f"(+{wall_on - base:.1f} s)"
+              + (f", beside training {wall_beside / base:.2f}x (+{wall_beside - base:.1f} s)" if beside else ""))
 
 
 def report(wall_off: float, clock_off, wall_on: float, mon, clock_on, beside: bool = False) -> None:
@@ -156,13 +169,16 @@ def main() -> None:
     parser.add_argument("--beside", action="store_true",
                         help="also fit with the analysis beside training (background: true; on a CPU its processes "
                              "run at a lower priority) and compare it with the same fit without the monitor")
+    parser.add_argument("--baseline-again", action="store_true",
+                        help="fit without the monitor once more after the fits with it, and print the ratios against "
+                             "the mean of the two fits without it (the machine's drift, taken as linear, cancels)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     with tempfile.TemporaryDirectory() as root:
         os.environ.setdefault("LIGHTNING_SSB_CACHE", os.path.join(root, "cache"))
         for i, config in enumerate(args.config):
-            bench(config, args.epochs, Path(root) / str(i), args.beside)
+            bench(config, args.epochs, Path(root) / str(i), args.beside, args.baseline_again)
     sys.stdout.flush()
 
 
