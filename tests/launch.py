@@ -11,6 +11,7 @@ failure says where each rank stood.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -60,6 +61,17 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait()
+
+
+def failure_text(stderr: str, tail: int = 3000) -> str:
+    """What a failed launch's message shows: a C++ ``terminate`` line and every Python stack a crash
+    dumped (the ``Fatal Python error`` sections faulthandler writes, up to their list of extension modules,
+    which says nothing), then the end of the output. The end alone loses the stacks of a rank that
+    aborted before the others."""
+    stacks = [line for line in stderr.splitlines() if "terminate called" in line or "what():" in line]  # C++
+    for block in re.findall(r"Fatal Python error.*?(?=\nExtension modules|\Z)", stderr, flags=re.S):
+        stacks.append(block[:4000])
+    return "\n".join([*stacks, "... the end of the output:", stderr[-tail:]]) if stacks else stderr[-tail:]
 
 
 def run_tree(cmd: list[str], cwd, env: dict, timeout: float, tries: int = 1) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_ssb.loggers import read_wandb_run
-from tests.launch import free_port, run_tree
+from tests.launch import failure_text, free_port, run_tree
 from tests.test_end_to_end import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def test_torchrun_two_gloo_processes_on_the_quickstart_config(tmp_path):
            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
            "--trainer.log_every_n_steps", "1", "--data.init_args.num_articles", "256"]
     res = run_tree(cmd, tmp_path, env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, failure_text(res.stderr)
     save = tmp_path / "runs/quickstart/mlm"
     runs = list((save / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # one W&B run, written by rank 0, never one per rank
@@ -82,7 +82,7 @@ def test_ddp_resume_restores_every_ranks_random_state(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "lightning_ssb", *fit, *extra]
         res = run_tree(cmd, tmp_path / folder.split("_")[0], {**env, "SSB_RECORD": str(record)}, timeout=600)
-        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.returncode == 0, failure_text(res.stderr)
         return record
 
     for name in ("straight", "stopped"):

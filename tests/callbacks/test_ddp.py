@@ -18,7 +18,7 @@ def _run(cmd, tmp):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "GLOO_SOCKET_IFNAME": "lo"}
     # a hang fails the test with every rank's stacks (tests/launch.py) instead of stalling the suite
     res = launch.run_tree(cmd, tmp, env, timeout=180, tries=2)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, launch.failure_text(res.stderr)
     assert "SSB_DONE [-1, 0, 1]" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
 
 
