@@ -2,7 +2,7 @@
 
     python benchmarks/bench_monitor.py                         # quickstart.yaml, then quickstart_mlm.yaml
     python benchmarks/bench_monitor.py --config quickstart.yaml --epochs 2
-    python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --beside   # and beside training
+    python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --waiting  # and with training waiting
     python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --baseline-again  # drift bracketed
 
 Both fits run in this process through the real CLI (``python -m lightning_ssb fit``), one after the
@@ -13,12 +13,13 @@ family, nulls, crossover and its linear programs, sensitivity, figures; logging;
 long training waited for the analysis. It also times training's own work (its batches and validation
 passes) in both fits: the monitor adds nothing to it, so a difference there is the machine's speed
 moving between the two fits (on a shared machine, 10% and more), and the ratio is printed again with
-the first fit's training time in both. On a CPU the monitor analyses in the foreground (training
-waits: see SSBMonitor's ``background``), so the waits are the analysis. ``--beside`` fits a third time
-with ``background: true``: on a CPU the analysis then runs beside training at a lower priority and shares
-its cores, so training's own time there is not the machine's drift alone and only the plain ratio is
-printed for it. ``--baseline-again`` fits without the monitor once more at the end: the ratios against
-the mean of the two fits without it cancel a drift that is linear in time.
+the first fit's training time in both, where training waits for the analysis. As shipped the analysis
+runs beside training (SSBMonitor's ``background: auto``; on a CPU its forked processes run at a lower
+priority and take the time training leaves idle): then the two share the cores, training's own time is
+not the machine's drift alone, and only the plain ratio is printed. ``--waiting`` fits a third time with
+``background: false`` (training waits for each state, the default before 2026-12-04), ``--beside`` with
+``background: true``. ``--baseline-again`` fits without the monitor once more at the end: the ratios
+against the mean of the two fits without it cancel a drift that is linear in time.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def fit(config: str, epochs: int, folder: Path, monitor: bool, extra: tuple[str,
         wall = time.perf_counter() - start
     found = [c for c in cli.trainer.callbacks if type(c).__name__ == "SSBMonitor"]
     clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
-    return wall, (found[0] if found else None), clock
+    mon = found[0] if found else None
+    return wall, mon, clock, mon is not None and mon.runs_in_background(cli.model)
 
 
 def breakdown(mon) -> dict[str, float]:
@@ -101,29 +103,32 @@ def breakdown(mon) -> dict[str, float]:
     return dict(parts)
 
 
-def bench(config: str, epochs: int, root: Path, beside: bool = False, again: bool = False) -> None:
+def bench(config: str, epochs: int, root: Path, schedules: tuple[str, ...] = (), again: bool = False) -> None:
     import torch
 
     print(f"\n== {config}, {epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     fit(config, 0, root / "warm-up", monitor=False)  # tokenise into the cache: neither timed fit pays for it
-    wall_off, _, clock_off = fit(config, epochs, root / "off", monitor=False)
-    wall_on, mon, clock_on = fit(config, epochs, root / "on", monitor=True)
-    report(wall_off, clock_off, wall_on, mon, clock_on)
-    if beside:
-        print("-- again with the analysis beside training (--ssb.init_args.background true)", flush=True)
-        wall_beside, *rest = fit(config, epochs, root / "beside", monitor=True,
-                                 extra=("--ssb.init_args.background", "true"))
-        report(wall_off, clock_off, wall_beside, *rest, beside=True)
+    wall_off, _, clock_off, _ = fit(config, epochs, root / "off", monitor=False)
+    wall_on, mon, clock_on, beside = fit(config, epochs, root / "on", monitor=True)
+    print(f"-- as shipped (background: {mon.background}: {'beside training' if beside else 'training waits'})")
+    report(wall_off, clock_off, wall_on, mon, clock_on, beside=beside)
+    others = {}
+    for schedule in schedules:  # "true" (beside training) or "false" (training waits)
+        print(f"-- again with --ssb.init_args.background {schedule}", flush=True)
+        wall, *rest, beside = fit(config, epochs, root / f"background-{schedule}", monitor=True,
+                                  extra=("--ssb.init_args.background", schedule))
+        report(wall_off, clock_off, wall, *rest, beside=beside)
+        others[f"background {schedule}"] = wall
     if again:
         # the machine's speed drifts over minutes: a second fit without the monitor, after those with it, brackets
         # them, and their mean is the baseline of the drift-free ratio (the drift is taken as linear in time)
-        wall_again, _, clock_again = fit(config, epochs, root / "off-again", monitor=False)
+        wall_again, _, clock_again, _ = fit(config, epochs, root / "off-again", monitor=False)
         base = (wall_off + wall_again) / 2
         print(f"-- without the monitor again, last: {wall_again:.1f} s (training's own work "
               f"{clock_again.seconds:.1f} s, against {clock_off.seconds:.1f} s in the first fit without it); "
               f"against the mean of the two fits without it, {base:.1f} s: as shipped {wall_on / base:.2f}x "
               f"(+{wall_on - base:.1f} s)"
-              + (f", beside training {wall_beside / base:.2f}x (+{wall_beside - base:.1f} s)" if beside else ""))
+              + "".join(f", {name} {wall / base:.2f}x (+{wall - base:.1f} s)" for name, wall in others.items()))
 
 
 def report(wall_off: float, clock_off, wall_on: float, mon, clock_on, beside: bool = False) -> None:
@@ -166,9 +171,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="*", default=["quickstart.yaml", "quickstart_mlm.yaml"])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--waiting", action="store_true",
+                        help="also fit with training waiting for each analysed state (background: false) and compare "
+                             "it with the same fit without the monitor")
     parser.add_argument("--beside", action="store_true",
                         help="also fit with the analysis beside training (background: true; on a CPU its processes "
-                             "run at a lower priority) and compare it with the same fit without the monitor")
+                             "run at a lower priority)")
     parser.add_argument("--baseline-again", action="store_true",
                         help="fit without the monitor once more after the fits with it, and print the ratios against "
                              "the mean of the two fits without it (the machine's drift, taken as linear, cancels)")
@@ -178,7 +186,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         os.environ.setdefault("LIGHTNING_SSB_CACHE", os.path.join(root, "cache"))
         for i, config in enumerate(args.config):
-            bench(config, args.epochs, Path(root) / str(i), args.beside, args.baseline_again)
+            schedules = (("false",) if args.waiting else ()) + (("true",) if args.beside else ())
+            bench(config, args.epochs, Path(root) / str(i), schedules, args.baseline_again)
     sys.stdout.flush()
 
 

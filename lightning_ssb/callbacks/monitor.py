@@ -33,6 +33,7 @@ from lightning_ssb.analysis import AnalysisConfig, Penalties
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.capture import SITES, encoder_layers
+from lightning_ssb.parallel import default_workers
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook
 from lightning_ssb.results.engine import AnalysisEngine
@@ -78,11 +79,12 @@ class SSBMonitor(Callback):
         table: Log the per-node and crossover tables.
         background: Run the analysis beside training (True), or let training wait for it (False). Beside
             training it runs on a worker thread; at the end of each epoch training first waits for what is
-            still pending, so that a checkpoint has at most its own epoch left to analyse. ``auto``: beside
-            training on an accelerator (the CPU cores are free then), training waits on a CPU. True on a CPU:
-            the run's penalties are chosen before training goes on, and the analysis' forked processes run at
-            a lower priority (``background_nice``); measured on 2 cores, in four runs of both quick starts
-            it ended 1.6 s later to 28 s sooner than the same fit with training waiting (README, Speed).
+            still pending, so that a checkpoint has at most its own epoch left to analyse. On a CPU the
+            run's penalties are chosen first, with training waiting, and then the analysis' forked processes
+            run at a lower priority (``background_nice``), taking the time training leaves idle; measured on
+            2 cores, in four runs of both quick starts this ended 1.6 s later to 28 s sooner than the same
+            fit with training waiting (README, Speed). ``auto``: beside training, except on a CPU where the
+            analysis cannot fork (``parallel.default_workers()`` is 1): there training waits for it.
         background_nice: On a CPU, beside training, the analysis' forked processes run this much nicer
             (Unix nice, 0 to 19): training keeps the cores it uses and the analysis takes the time training
             leaves idle (data loading, the optimiser's single-threaded parts, logging) instead of slowing
@@ -309,9 +311,12 @@ class SSBMonitor(Callback):
         self.probe = None  # rebuilt from the saved indices and seed at on_train_start
 
     def runs_in_background(self, pl_module: pl.LightningModule) -> bool:
-        """Whether the analysis runs beside training (``background``; ``auto``: when training is not on a CPU)."""
+        """Whether the analysis runs beside training (``background``). ``auto``: yes, except on a CPU where
+        the analysis cannot run in forked processes at a lower priority (``parallel.default_workers()`` is
+        1: one usable core, ``LIGHTNING_SSB_WORKERS=1``, or not Linux); there a thread beside training would
+        take its cores at the same priority, so training waits instead."""
         if self.background == "auto":
-            return pl_module.device.type != "cpu"
+            return pl_module.device.type != "cpu" or default_workers() > 1
         return bool(self.background)
 
     def _beside_cpu_training(self, pl_module: pl.LightningModule) -> bool:
@@ -338,10 +343,9 @@ class SSBMonitor(Callback):
 
     @staticmethod
     def _workers(device) -> int:
-        """On a CPU, where training waits for the analysis, a state's sites are analysed and its figures
-        drawn by forked processes, one thread each, on every core (``parallel.default_workers``); beside
-        training on an accelerator, in the analysis thread (a forked child cannot touch the accelerator,
-        and training does not wait there)."""
+        """On a CPU a state's sites are analysed and its figures drawn by forked processes, one thread each,
+        on every core (``parallel.default_workers``; beside training at a lower priority); on an
+        accelerator, in the analysis thread (a forked child cannot touch the accelerator)."""
         if torch.device(device).type != "cpu":
             return 1
         from lightning_ssb.parallel import default_workers
