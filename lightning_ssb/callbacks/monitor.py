@@ -82,7 +82,7 @@ class SSBMonitor(Callback):
             still pending, so that a checkpoint has at most its own epoch left to analyse. On a CPU the
             run's penalties are chosen first, with training waiting, and then the analysis' forked processes
             run at a lower priority (``background_nice``), taking the time training leaves idle; measured on
-            2 cores, in four runs of both quick starts this ended 1.6 s later to 28 s sooner than the same
+            2 cores, in six runs of both quick starts this ended 1.6 s later to 51 s sooner than the same
             fit with training waiting (README, Speed). ``auto``: beside training, except on a CPU where the
             analysis cannot fork (``parallel.default_workers()`` is 1): there training waits for it.
         background_nice: On a CPU, beside training, the analysis' forked processes run this much nicer
