@@ -17,7 +17,7 @@ the first fit's training time in both, where training waits for the analysis. As
 runs beside training (SSBMonitor's ``background: auto``; on a CPU its forked processes run at a lower
 priority and take the time training leaves idle): then the two share the cores, training's own time is
 not the machine's drift alone, and only the plain ratio is printed. ``--waiting`` fits a third time with
-``background: false`` (training waits for each state, the default before 2026-12-04), ``--beside`` with
+``background: false`` (training waits for each state, the default before 2026-12-03), ``--beside`` with
 ``background: true``. ``--baseline-again`` fits without the monitor once more at the end: the ratios
 against the mean of the two fits without it cancel a drift that is linear in time.
 """

@@ -33,7 +33,7 @@ from lightning_ssb.analysis import AnalysisConfig, Penalties
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.callbacks.probe import ProbeConfig, ProbeSet
 from lightning_ssb.capture import SITES, encoder_layers
-from lightning_ssb.parallel import default_workers
+from lightning_ssb.parallel import children_niced, default_workers
 from lightning_ssb.results import epochs
 from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook
 from lightning_ssb.results.engine import AnalysisEngine
@@ -348,8 +348,6 @@ class SSBMonitor(Callback):
         accelerator, in the analysis thread (a forked child cannot touch the accelerator)."""
         if torch.device(device).type != "cpu":
             return 1
-        from lightning_ssb.parallel import default_workers
-
         return default_workers()
 
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
@@ -385,8 +383,6 @@ class SSBMonitor(Callback):
         return self._executor
 
     def _analyse(self, snap: EpochSnapshot, plan: AnalysisPlan, figures: bool, progress, nice: int):
-        from lightning_ssb.parallel import children_niced
-
         with children_niced(nice):
             return self.engine.analyse(snap, plan, figures, progress)
 
