@@ -135,32 +135,67 @@ def softmax_parts(z: Tensor) -> tuple[Tensor, Tensor]:
     return top.add_(total.log_()), z
 
 
-def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: float):
+# Rows of the fields that `group_objective` computes at once, in float64 on a CPU: a block `[G, 512, K]`
+# stays in cache between the matrix product that writes it, the softmax and the product that reads it back.
+# Over all N rows at once each of those passes went to memory, and a float64 evaluation took 1.15 to 1.35
+# times as long on one thread (the forked processes of the analysis), at the quick starts' scale as at the
+# FewRel scale. The same number for every fit, whatever the thread count, so that a read-out's sums, and so
+# its result, do not depend on how many others are fitted beside it or on the threads. Not in float32 (the
+# first phase of a fit: on two threads its blocks were slower than one pass) nor on an accelerator.
+CPU_BLOCK_ROWS = 512
+
+
+def block_rows(n: int, dtype: torch.dtype, device: torch.device | str) -> int:
+    """Rows per block of `group_objective`: `CPU_BLOCK_ROWS` in float64 on a CPU, else all n."""
+    return min(n, CPU_BLOCK_ROWS) if dtype == torch.float64 and torch.device(device).type == "cpu" else n
+
+
+def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: float, rows: int | None = None):
     """loss-and-gradient of G read-outs on standardised xs `[G, N, m]` (mean cross-entropy plus
-    l2/2 ||W||^2), theta = [W (K x m, row-major), b (K)] per read-out, in xs's dtype. The fields
-    `[G, N, K]` of every evaluation are written into one buffer: a fresh one each time was mapped and
-    page-faulted anew (a third of the penalty rule's time at the FewRel scale)."""
+    l2/2 ||W||^2), theta = [W (K x m, row-major), b (K)] per read-out, in xs's dtype.
+
+    The N rows are taken in blocks of `rows` (default `block_rows`: 512 in float64 on a CPU): each block's fields
+    `[g, rows, K]` are computed, turned into softmax residuals and multiplied back into the gradient while
+    they are in cache, and the loss and gradient are sums over the blocks. The fields of every block are
+    written into one buffer made once (a fresh one each evaluation was mapped and page-faulted anew: a third
+    of the penalty rule's time at the FewRel scale)."""
     g, n, m = xs.shape
     k = num_classes
     nw = k * m
+    rows = block_rows(n, xs.dtype, xs.device) if rows is None else int(min(n, max(1, rows)))
+    starts = range(0, n, rows)
     target = y.view(1, n, 1)
-    minus_one = torch.full((1, n, 1), -1.0 / n, dtype=xs.dtype, device=xs.device)
-    fields = torch.empty(g, n, k, dtype=xs.dtype, device=xs.device)  # reused by every evaluation
+    minus_one = torch.full((1, 1, 1), -1.0, dtype=xs.dtype, device=xs.device)
+    buffer = torch.empty(g * rows * k, dtype=xs.dtype, device=xs.device)  # reused by every block and evaluation
 
     def objective(theta: Tensor, idx: Tensor):
-        xg = xs if idx.numel() == g else xs[idx]
-        gg = xg.shape[0]
+        full = idx.numel() == g
+        gg = idx.numel()
         w = theta[:, :nw].view(gg, k, m)
-        z = torch.bmm(xg, w.transpose(1, 2), out=fields[:gg])  # [g, N, K]
-        if bias:
-            z += theta[:, nw:].view(gg, 1, k)
-        tgt = target.expand(gg, n, 1)
-        zy = z.gather(2, tgt)
-        lse, p = softmax_parts(z)
-        loss = (lse - zy).squeeze(2).mean(1) + 0.5 * l2 * (w * w).sum((1, 2))
-        p.div_(n).scatter_add_(2, tgt, minus_one.expand(gg, n, 1))  # (softmax - onehot) / n
-        gw = torch.baddbmm(w, p.transpose(1, 2), xg, beta=l2)
-        grad = torch.cat([gw.flatten(1), p.sum(1)], 1) if bias else gw.flatten(1)
+        wt = w.transpose(1, 2)
+        b = theta[:, nw:].view(gg, 1, k) if bias else None
+        total = torch.zeros(gg, dtype=xs.dtype, device=xs.device)  # summed cross-entropy
+        gw = w.mul(l2)  # the penalty's gradient; every block adds its residuals' product
+        gb = torch.zeros(gg, k, dtype=xs.dtype, device=xs.device) if bias else None
+        for start in starts:
+            stop = min(n, start + rows)
+            r = stop - start
+            xc = xs[:, start:stop] if full else xs[idx, start:stop]  # [g, r, m]
+            z = buffer[: gg * r * k].view(gg, r, k)
+            if bias:
+                torch.baddbmm(b, xc, wt, out=z)
+            else:
+                torch.bmm(xc, wt, out=z)
+            tgt = target[:, start:stop].expand(gg, r, 1)
+            zy = z.gather(2, tgt)
+            lse, p = softmax_parts(z)
+            total += (lse - zy).sum((1, 2))
+            p.scatter_add_(2, tgt, minus_one.expand(gg, r, 1))  # softmax - onehot
+            gw.baddbmm_(p.transpose(1, 2), xc, alpha=1.0 / n)
+            if bias:
+                gb += p.sum(1)
+        loss = total / n + 0.5 * l2 * (w * w).sum((1, 2))
+        grad = torch.cat([gw.flatten(1), gb / n], 1) if bias else gw.flatten(1)
         return loss, grad
 
     return objective

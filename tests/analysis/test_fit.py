@@ -8,7 +8,15 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from lightning_ssb.analysis import FitSettings, fit_groups, fit_node_lines
-from lightning_ssb.analysis.fit import bin_nodes, prepare_groups, solve_groups, standardise
+from lightning_ssb.analysis.fit import (
+    CPU_BLOCK_ROWS,
+    bin_nodes,
+    block_rows,
+    group_objective,
+    prepare_groups,
+    solve_groups,
+    standardise,
+)
 from lightning_ssb.analysis.optim import lbfgs, newton, unconverged_why
 
 
@@ -78,6 +86,49 @@ def test_groups_reach_the_float64_optimum_of_an_independent_solver(bias):
             fields, ref = groups[g] @ fit.weight[g].T + fit.bias[g], groups[g] @ ref_w.T + ref_b
             # the fields up to the constant softmax ignores
             assert torch.allclose(fields - fields.mean(1, keepdim=True), ref - ref.mean(1, keepdim=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_objective_in_row_blocks_equals_autograd_over_all_rows(bias):
+    """group_objective sums its loss and gradient over blocks of rows (float64 on a CPU: 512); every block size,
+    one that does not divide N, and a subset of the read-outs give autograd's values over all rows at once."""
+    gen = torch.Generator().manual_seed(3)
+    g, n, m, k, l2 = 3, 1201, 5, 7, 0.03
+    xs = torch.randn(g, n, m, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, k, (n,), generator=gen)
+    theta = torch.randn(g, k * m + (k if bias else 0), generator=gen, dtype=torch.float64)
+    assert block_rows(n, torch.float64, "cpu") == CPU_BLOCK_ROWS < n  # the default path is in blocks
+    assert block_rows(n, torch.float32, "cpu") == n
+
+    def autograd(h):
+        w = theta[h, : k * m].view(k, m).clone().requires_grad_(True)
+        b = theta[h, k * m:].clone().requires_grad_(True) if bias else torch.zeros(k, dtype=torch.float64)
+        loss = F.cross_entropy(xs[h] @ w.T + b, y) + 0.5 * l2 * (w * w).sum()
+        grads = torch.autograd.grad(loss, [w, b] if bias else [w])
+        return loss.detach(), torch.cat([t.flatten() for t in grads])
+
+    for rows in (None, 1, 100, 512, n, 5000):
+        objective = group_objective(xs, y, k, bias, l2, rows=rows)
+        for idx in (torch.arange(g), torch.tensor([2, 0])):
+            loss, grad = objective(theta[idx], idx)
+            for j, h in enumerate(idx.tolist()):
+                ref_loss, ref_grad = autograd(h)
+                assert torch.allclose(loss[j], ref_loss, rtol=1e-13, atol=0)
+                assert torch.allclose(grad[j], ref_grad, rtol=1e-11, atol=1e-15)
+
+
+def test_a_fit_in_row_blocks_is_identical_on_one_and_two_threads():
+    x, y = data(n=1500, d=8, seed=5)
+    heads = x.view(len(x), 4, 2).transpose(0, 1).contiguous()
+    threads = torch.get_num_threads()
+    try:
+        fits = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            fits.append(fit_groups(heads, y, 4, True, FitSettings(l2=1e-3)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(fits[0].weight, fits[1].weight) and torch.equal(fits[0].bias, fits[1].bias)
 
 
 def test_a_units_fit_is_identical_alone_and_among_others():
