@@ -224,10 +224,17 @@ def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float, co
     return apply
 
 
-# The first phase of every L-BFGS fit runs in float32 (exponentials and matmuls several times faster on
-# a CPU) down to this gradient; the second phase continues in float64 from there to `gtol`. The result
-# is the float64 optimum either way (convex problems): only the number of float64 steps changes.
+# The first phase of every fit runs in float32 (exponentials and matmuls several times faster on a CPU)
+# down to this gradient; the second phase continues in float64 from there to `gtol`. The result is the
+# float64 optimum either way (convex problems): only the number of float64 steps changes. A fit that is
+# not polished (the penalty rule ranks held-out losses of float32 fits) stops at FLOAT32_GTOL.
 FLOAT32_GTOL = 1e-4
+# A polished group fit (L-BFGS: heads, subsets, the shared read-out) goes on in float32 to this gradient
+# before it switches: its float64 steps cost 2 to 3 times a float32 step, and L-BFGS needs as many steps
+# for each decade of the gradient in either dtype. From 1e-4 the 12 head fits of the FewRel-scale site
+# took 22 float64 steps; from 1e-5, 13. Single nodes (Newton: one or two float64 steps) switch at
+# FLOAT32_GTOL.
+GROUP_SWITCH_GTOL = 1e-5
 
 
 @dataclass
@@ -281,14 +288,14 @@ def fit_groups(x: Tensor, y: Tensor, num_classes: int, bias: bool, settings: Fit
     """Fit G independent read-outs from x `[G, N, m]` (or `[N, m]`, G = 1) to labels y `[N]`.
 
     Each minimises its own mean cross-entropy plus ``l2/2 ||W_std||^2`` on x's device: preconditioned
-    L-BFGS, first in float32 down to a gradient of `FLOAT32_GTOL`, then in float64 until its largest
+    L-BFGS, first in float32 down to a gradient of `GROUP_SWITCH_GTOL`, then in float64 until its largest
     gradient entry is at most ``gtol`` (the report says which did). Returns ``GroupFit(weight [G, K, m],
     bias [G, K], report)`` on raw activations: fields z = x @ weight.T + bias (bias all zero when `bias`
     is False). `init` (weight, bias on raw activations) starts the optimiser there instead of at zero:
     the problem is convex, so only the number of steps changes. `what` names the read-outs in errors.
-    polish False stops after the float32 phase (the penalty's cross-validation, which only ranks held-out
-    losses, uses that; every read-out that makes a statistic is polished). Fitting the same x at several
-    penalties: `prepare_groups` once, then `solve_groups` for each.
+    polish False stops after the float32 phase, at `FLOAT32_GTOL` (the penalty's cross-validation, which
+    only ranks held-out losses, uses that; every read-out that makes a statistic is polished). Fitting the
+    same x at several penalties: `prepare_groups` once, then `solve_groups` for each.
     """
     settings = FitSettings() if settings is None else settings
     data = prepare_groups(x, bias, settings.const_tol, what)
@@ -321,8 +328,9 @@ def solve_groups(data: GroupData, y: Tensor, num_classes: int, settings: FitSett
             theta0[:, nw:] = b0 + (w0 * shift.unsqueeze(1)).sum(2)
     l2 = settings.l2
     xs32 = data.of(torch.float32)
+    switch = GROUP_SWITCH_GTOL if polish else FLOAT32_GTOL
     first, rep1 = lbfgs(group_objective(xs32, y, k, bias, l2), theta0.float(), settings.max_iter,
-                        max(settings.gtol, FLOAT32_GTOL),
+                        max(settings.gtol, switch),
                         precond=group_preconditioner(xs32, k, bias, l2, data.cov(torch.float32)))
     del xs32
     if not keep_single:

@@ -131,6 +131,30 @@ def test_a_fit_in_row_blocks_is_identical_on_one_and_two_threads():
     assert torch.equal(fits[0].weight, fits[1].weight) and torch.equal(fits[0].bias, fits[1].bias)
 
 
+def test_group_fits_switch_to_float64_at_1e5_and_unpolished_fits_stop_at_1e4(monkeypatch):
+    """The float32 phase of a polished group fit runs to GROUP_SWITCH_GTOL (1e-5), of an unpolished one (the
+    penalty rule) to FLOAT32_GTOL (1e-4); the float64 phase takes it to gtol either way."""
+    import lightning_ssb.analysis.fit as fit_module
+
+    calls = []
+    real = fit_module.lbfgs
+
+    def recording(fun, theta0, max_iter, gtol, **kwargs):
+        theta, report = real(fun, theta0, max_iter, gtol, **kwargs)
+        calls.append((theta0.dtype, gtol, report))
+        return theta, report
+
+    monkeypatch.setattr(fit_module, "lbfgs", recording)
+    x, y = data(n=900, d=6, seed=2)
+    heads = x.view(len(x), 2, 3).transpose(0, 1).contiguous()
+    fit = fit_groups(heads, y, 4, True, FitSettings(l2=1e-3))
+    assert [(dt, gtol) for dt, gtol, _ in calls] == [(torch.float32, 1e-5), (torch.float64, 1e-6)]
+    assert (calls[0][2].grad_max <= 1e-5).all() and fit.report.converged.all()
+    calls.clear()
+    fit_groups(heads, y, 4, True, FitSettings(l2=1e-3), polish=False)
+    assert [(dt, gtol) for dt, gtol, _ in calls] == [(torch.float32, 1e-4)]
+
+
 def test_a_units_fit_is_identical_alone_and_among_others():
     x, y = data(d=8, seed=4)
     heads = x.view(len(x), 4, 2).transpose(0, 1).contiguous()  # 4 read-outs of 2 nodes
