@@ -211,6 +211,47 @@ def test_programs_solved_together_equal_one_program_each():
             hull._LP_BATCH_ENTRIES = old
 
 
+def test_cutting_planes_answer_many_labels_as_a_program_per_label(monkeypatch):
+    """With many more labels than nodes (an MLM probe of hundreds of tokens), a label's program is solved
+    from a few of its rows, adding the rows its optimum violates (cutting planes). The answers equal one
+    program per label on all rows (written in this test), in a box and over all x; the programs really
+    are solved on fewer rows; and with one round or none, the programs left unanswered fall back to all
+    their rows with the same answers."""
+    import lightning_ssb.analysis.hull as hull
+
+    heights = []
+    real = hull._margin_programs
+    monkeypatch.setattr(hull, "_margin_programs",
+                        lambda problems, box: heights.extend(p[0].shape[0] for p in problems) or real(problems, box))
+    gen = torch.Generator().manual_seed(31)
+    for k, m, spread in [(200, 3, 1.0), (200, 12, 3.0)]:
+        w = torch.randn(k, m, generator=gen, dtype=torch.float64) * torch.logspace(0, -1, m, dtype=torch.float64)
+        b = spread * torch.randn(k, generator=gen, dtype=torch.float64)
+        lo, hi = -torch.ones(m, dtype=torch.float64), torch.ones(m, dtype=torch.float64)
+        a, c = w.numpy(), b.numpy()
+        for box in (True, False):
+            margins = torch.tensor([margin_by_program(w, b, lo if box else None, hi, i) for i in range(k)])
+            assert not ((margins > -1e-7) & (margins < 1e-7)).any()    # no label on the fence: a clear answer
+            expected = (margins > 0).tolist()
+            assert 0 < sum(expected) < k                               # both answers occur
+            # the programs of reachable_labels (here in u = (x - lo) / (hi - lo) in [0, 1]^m for the box)
+            a_u, c_u = (a * 2.0, c - a.sum(1)) if box else (a, c)
+            problems = [hull._normalise(np.delete(a_u[i] - a_u, i, 0), np.delete(c_u[i] - c_u, i, 0), box)
+                        for i in range(k)]
+            assert k - 1 > 2 * hull._cut_rows(problems[0][0])         # tall programs: the cutting-plane path
+            heights.clear()
+            assert hull._lp_wins_many(problems, box) == expected, (k, m, box)
+            assert max(heights) < k - 1                                # never all the rows of a program
+            got = reachable_labels(w, b, lo, hi) if box else reachable_labels(w, b)
+            assert got.tolist() == expected, (k, m, box)
+            for rounds in (1, 0):  # what a round leaves open is solved on all its rows
+                monkeypatch.setattr(hull, "_CUT_ROUNDS", rounds)
+                heights.clear()
+                assert hull._lp_wins_cutting(problems, box) == expected, (k, m, box, rounds)
+                assert rounds or heights == [k - 1] * k                # no round: every program on all rows
+            monkeypatch.setattr(hull, "_CUT_ROUNDS", 30)
+
+
 def test_node_sets_searched_together_give_each_sets_own_answer(monkeypatch):
     """`reachable_labels_many` (the crossover's draws in one call) answers every node set exactly as a
     call of its own, with one program call per domain kind for all the sets' remaining labels; sets
