@@ -309,20 +309,21 @@ def _reachable(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor | None
     todo = ~reach
     if todo.sum() > 1:  # a witness searched for every remaining label at once: fewer programs to solve
         reach |= _witnesses(a_u, c_u, box, todo)
-    # Beaten everywhere by one other label: min over the domain of (f_j - f_k) > 0.
-    da = a_u[None, :, :] - a_u[:, None, :]          # [k, j, m]: a_j - a_k
-    dc = c_u[None, :] - c_u[:, None]
-    if box:
-        worst = dc + np.minimum(da, 0).sum(2)       # min over u in [0, 1]^m
-        beaten = (worst > 0).any(1)
-    else:
-        beaten = ((np.abs(da).max(2) == 0) & (dc > 0)).any(1)
+    # Beaten everywhere by one other label: min over the domain of (f_j - f_k) > 0. The pairwise differences
+    # a_i - a_j are made in chunks of labels (`_differences`), never all K x K x m at once (at K = 2,000
+    # tokens and 192 nodes that was 6 GB for each of its arrays)
+    beaten = np.zeros(u, dtype=bool)
+    for labels, rows, consts, _ in _differences(a_u, c_u, np.ones(u, dtype=bool)):
+        if box:  # min over v in [0, 1]^m of (c_j - c_i) + (a_j - a_i) . v
+            beaten[labels] = (np.maximum(rows, 0).sum(2) < -consts).any(1)
+        else:
+            beaten[labels] = ((np.abs(rows).max(2) == 0) & (consts < 0)).any(1)
     # What the samples and the one-label test left open, before any program: in the box, a mixture of
     # the other labels that beats the label everywhere (a dual certificate: never strictly largest); over
     # all x, a direction along which it beats every other label (a witness: reachable).
     undecided = ~reach & ~beaten
     if undecided.any() and box:
-        beaten |= _box_certificates(da, dc, undecided)
+        beaten |= _box_certificates(a_u, c_u, undecided)
     elif undecided.any():
         if m <= _HULL_MAX_NODES:  # in a few dimensions the upper hull decides nearly every label, verified
             found, below = _hull_decisions(a_u, c_u, undecided)
@@ -330,10 +331,10 @@ def _reachable(w: Tensor, b: Tensor, lo: Tensor | None = None, hi: Tensor | None
             beaten |= below
             undecided &= ~found & ~below
         if undecided.any():
-            reach |= _direction_witnesses(a_u, c_u, da, dc, undecided)
-    left = np.nonzero(~reach & ~beaten)[0]  # a_i - a_j = -da[i, j]: each label's rows against the others
-    problems = [_normalise(np.delete(-da[i], i, axis=0), np.delete(-dc[i], i, axis=0), box) for i in left]
-    del da, dc, fields, pts  # the search waits here for its programs, perhaps beside many others
+            reach |= _direction_witnesses(a_u, c_u, undecided)
+    left = np.nonzero(~reach & ~beaten)[0]  # each label's rows against the others: a_i - a_j, c_i - c_j
+    problems = [_normalise(np.delete(a_u[i] - a_u, i, axis=0), np.delete(c_u[i] - c_u, i, axis=0), box) for i in left]
+    del fields, pts  # the search waits here for its programs, perhaps beside many others
     if problems:
         reach[left] = yield problems, box
     reach &= single
@@ -385,32 +386,32 @@ _CERT_STEPS = 120
 _DIRECTION_ROUNDS = 8
 
 
-def _differences(da: np.ndarray, dc: np.ndarray, todo: np.ndarray):
+def _differences(a: np.ndarray, c: np.ndarray, todo: np.ndarray):
     """For batches of the labels in `todo` (each at most `_CHUNK` entries of [L, K, m], 32 MiB in float64):
     (labels, rows a_i - a_j `[L, K, m]`, constants c_i - c_j `[L, K]`, own `[L, K]` True at j = i), numpy
-    arrays, from reachable_labels' pairwise differences da[i, j] = a_j - a_i, dc[i, j] = c_j - c_i."""
-    k, _, m = da.shape
+    arrays, from the labels' points a `[K, m]`, c `[K]`."""
+    k, m = a.shape
     labels = np.nonzero(todo)[0]
     size = max(1, _CHUNK // max(1, k * m))
     for start in range(0, len(labels), size):
         part = labels[start:start + size]
         own = np.zeros((len(part), k), dtype=bool)
         own[np.arange(len(part)), part] = True
-        yield part, -da[part], -dc[part], own
+        yield part, a[part, None, :] - a[None, :, :], c[part, None] - c[None, :], own
 
 
-def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.ndarray:
+def _box_certificates(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndarray:
     """Labels (of `todo`) that are never the strictly largest field in the box [0, 1]^m, each proven by
     weak linear-programming duality: for any mixture lambda of the other labels,
     max over the box of min_j (f_i - f_j) <= h(lambda) = lambda . (c_i - c) + sum_m max(0, lambda . (a_i - a))_m,
     so h(lambda) <= the programs' tolerance (on the same normalised rows) means the program would answer
     "no". lambda is searched by exponentiated subgradient steps, all labels at once; a label without a
-    certificate keeps its program (the search proves unreachability, never reachability). `da`, `dc`:
-    reachable_labels' pairwise differences (`_differences`)."""
+    certificate keeps its program (the search proves unreachability, never reachability). `a`, `c`: the
+    labels' points in the box's coordinates."""
     # numpy, not torch, as in `_witnesses`: up to 120 steps of a dozen small operations each, where torch's
     # per-call overhead cost three times the arithmetic (the same operations in float64, the same answers)
     out = np.zeros(len(todo), dtype=bool)
-    for labels, rows, consts, own in _differences(da, dc, todo):
+    for labels, rows, consts, own in _differences(a, c, todo):
         scale = np.maximum(np.maximum(np.abs(rows).reshape(len(labels), -1).max(1), np.abs(consts).max(1)), 1e-300)
         rows, consts = rows / scale[:, None, None], consts / scale[:, None]   # as `_normalise` (box)
         lam = (~own).astype(np.float64)
@@ -437,16 +438,15 @@ def _box_certificates(da: np.ndarray, dc: np.ndarray, todo: np.ndarray) -> np.nd
     return out
 
 
-def _direction_witnesses(a: np.ndarray, c: np.ndarray, da: np.ndarray, dc: np.ndarray,
-                         todo: np.ndarray) -> np.ndarray:
+def _direction_witnesses(a: np.ndarray, c: np.ndarray, todo: np.ndarray) -> np.ndarray:
     """Over all x: labels (of `todo`) that win strictly far out along a direction v with
     (a_i - a_j) . v > 0 for every other label j. v solves (a_i - a_j) . v = t_j in least squares (exact
     when the differences are independent, as for m >= K - 1); targets of the labels it does not beat
     are doubled for a few rounds. Only a point where the label is verified to be the strict argmax
-    counts; a label not found here keeps its program. `da`, `dc`: as for `_box_certificates`."""
+    counts; a label not found here keeps its program."""
     out = np.zeros(len(todo), dtype=bool)
     at, ct = torch.from_numpy(a), torch.from_numpy(c)
-    for labels, rows_np, consts_np, own_np in _differences(da, dc, todo):
+    for labels, rows_np, consts_np, own_np in _differences(a, c, todo):
         rows, consts, own = torch.from_numpy(rows_np), torch.from_numpy(consts_np), torch.from_numpy(own_np)
         target = (~own).to(torch.float64)
         pending = torch.ones(len(labels), dtype=torch.bool)
