@@ -7,8 +7,12 @@
    runs it at its reference and last epoch (both read-out families, both nulls, crossover 11 sizes x 5
    draws with exact reachability), with the time of every stage (``lightning_ssb.analysis.timing``)
    and the peak memory; on the CPU and, when a GPU is present, on the GPU.
+3. With ``--mlm-k``: one site at an MLM probe of K tokens (synthetic, Zipf frequencies; 12 x 16 nodes as
+   in tokens.yaml, ``--mlm-nodes 12x64`` for BERT-6), the penalty rule and one analysis as the MLM
+   configs run it, for each K.
 
     python benchmarks/bench_analysis.py [--bf-nodes 64] [--train 40320] [--threads 0] [--device cpu cuda]
+    python benchmarks/bench_analysis.py --skip-site --skip-envelope --mlm-k 50 1000
 """
 
 from __future__ import annotations
@@ -99,6 +103,50 @@ def bench_site(n_train: int, device: str) -> None:
               f"head live {s_['head/live']:.0f}/12, node acc max {s_['node/acc_max']:.3f}")
 
 
+def mlm_like(n: int, k: int, gen: torch.Generator, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """n examples of an MLM probe of k tokens: every token once, the rest drawn by Zipf's law (token
+    frequencies fall as 1 / rank), each at its token's centre plus unit noise."""
+    p = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)
+    y = torch.cat([torch.arange(k), torch.multinomial(p / p.sum(), n - k, replacement=True, generator=gen)])
+    return centres[y] + torch.randn(n, *centres.shape[1:], generator=gen), y
+
+
+def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device: str) -> None:
+    """The penalty rule and one analysis of a site at an MLM probe of k tokens (synthetic, Zipf
+    frequencies) as tokens.yaml and quickstart_mlm.yaml analyse it: nodes and heads, both families,
+    both nulls, crossover 1, 2, 4, ... nodes x 5 draws."""
+    from lightning_ssb.analysis import analyze_all, choose_penalties
+    from lightning_ssb.analysis.timing import collect
+
+    if max(n_train, n_test) < k:
+        raise SystemExit(f"--mlm-train and --mlm-test must be at least K = {k} (every token needs an example)")
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.randn(k, heads, d, generator=gen) * 0.3
+    x_train, y_train = mlm_like(n_train, k, gen, centres)
+    x_test, y_test = mlm_like(n_test, k, gen, centres)
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    config = AnalysisConfig(granularities=["node", "head"], tau=0.3, crossover_sizes=None, crossover_draws=5)
+    tag = f"[mlm site/{device} K={k}]"
+    t0 = time.perf_counter()
+    with collect():
+        penalties = choose_penalties(x_train, y_train, k, config, "blocks.5.attn.heads")
+    t_cv = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with collect() as seconds:
+        res = analyze_all(x_train, y_train, x_test, y_test, k, config, nulls=["train", "both"], penalties=penalties,
+                          name="blocks.5.attn.heads")
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{tag} N_train={n_train} N_test={n_test} D={heads}x{d}; penalties {penalties.shared:g} (shared), "
+          f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
+    print(f"{tag} penalty rule (once per run): {t_cv:.1f} s")
+    print(f"{tag} one analysis, both families, both nulls, crossover: {wall:.1f} s wall "
+          f"(an epoch of 6 such sites: about {6 * wall:.0f} s, derived)")
+    for name, t in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        print(f"{tag}   {t:6.1f} s  {name}")
+    print(f"{tag} peak RSS so far {rss / 2**20:.2f} GiB; fits: {res.convergence()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bf-nodes", type=int, default=64, help="nodes to brute-force (time extrapolated)")
@@ -106,13 +154,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", nargs="*", default=None, help="devices (default: cpu, and cuda when present)")
     parser.add_argument("--skip-envelope", action="store_true")
+    parser.add_argument("--skip-site", action="store_true", help="skip the FewRel-scale site")
+    parser.add_argument("--mlm-k", type=int, nargs="*", default=[],
+                        help="also a site at an MLM probe of each of these numbers of tokens (e.g. 50 1000)")
+    parser.add_argument("--mlm-nodes", default="12x16", help="heads x nodes per head of the MLM site (tokens.yaml)")
+    parser.add_argument("--mlm-train", type=int, default=4000, help="probe-train examples of the MLM site")
+    parser.add_argument("--mlm-test", type=int, default=2000, help="probe-test examples of the MLM site")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    heads, d = (int(v) for v in args.mlm_nodes.lower().split("x"))
     for device in devices:
-        bench_site(args.train, device)
+        if not args.skip_site:
+            bench_site(args.train, device)
+        for k in args.mlm_k:
+            bench_mlm_site(k, args.mlm_train, args.mlm_test, heads, d, device)
     if not args.skip_envelope:
         bench_envelope(args.bf_nodes)
 
