@@ -59,11 +59,25 @@ def fewrel_like(n: int, gen: torch.Generator, centres: torch.Tensor) -> tuple[to
     return centres[y] + torch.randn(n, 12, 64, generator=gen), y
 
 
-def bench_site(n_train: int, device: str) -> None:
-    """choose_penalties and analyze_all at FewRel scale on `device`, every stage timed."""
+def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: AnalysisConfig):
+    """The penalty rule, then one analysis with both nulls, as a run's first state: (penalties, the rule's
+    seconds, the SiteResults, the analysis' seconds by stage, its wall seconds)."""
     from lightning_ssb.analysis import analyze_all, choose_penalties
     from lightning_ssb.analysis.timing import collect
 
+    t0 = time.perf_counter()
+    with collect():  # the penalty rule's stages stay out of the analysis' breakdown
+        penalties = choose_penalties(x_train, y_train, k, config, "blocks.5.attn.heads")
+    t_cv = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with collect() as seconds:
+        res = analyze_all(x_train, y_train, x_test, y_test, k, config, nulls=["train", "both"], penalties=penalties,
+                          name="blocks.5.attn.heads")
+    return penalties, t_cv, res, seconds, time.perf_counter() - t0
+
+
+def bench_site(n_train: int, device: str) -> None:
+    """choose_penalties and analyze_all at FewRel scale on `device`, every stage timed."""
     gen = torch.Generator().manual_seed(1)
     centres = torch.randn(64, 12, 64, generator=gen) * 0.3
     x_train, y_train = fewrel_like(n_train, gen, centres)
@@ -75,15 +89,7 @@ def bench_site(n_train: int, device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    with collect():  # the penalty rule's stages stay out of the analysis' breakdown below
-        penalties = choose_penalties(x_train, y_train, 64, config, "blocks.5.attn.heads")
-    t_cv = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with collect() as seconds:
-        res = analyze_all(x_train, y_train, x_test, y_test, 64, config, nulls=["train", "both"], penalties=penalties,
-                          name="blocks.5.attn.heads")
-    wall = time.perf_counter() - t0
+    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, 64, config)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"[site/{device}] N_train={n_train} N_test=4480 D=12x64 K=64; penalties {penalties.shared:g} (shared), "
           f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
@@ -115,9 +121,6 @@ def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device
     """The penalty rule and one analysis of a site at an MLM probe of k tokens (synthetic, Zipf
     frequencies) as tokens.yaml and quickstart_mlm.yaml analyse it: nodes and heads, both families,
     both nulls, crossover 1, 2, 4, ... nodes x 5 draws."""
-    from lightning_ssb.analysis import analyze_all, choose_penalties
-    from lightning_ssb.analysis.timing import collect
-
     if max(n_train, n_test) < k:
         raise SystemExit(f"--mlm-train and --mlm-test must be at least K = {k} (every token needs an example)")
     gen = torch.Generator().manual_seed(2)
@@ -127,15 +130,7 @@ def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device
     x_train, y_train = x_train.to(device), y_train.to(device)
     config = AnalysisConfig(granularities=["node", "head"], tau=0.3, crossover_sizes=None, crossover_draws=5)
     tag = f"[mlm site/{device} K={k}]"
-    t0 = time.perf_counter()
-    with collect():
-        penalties = choose_penalties(x_train, y_train, k, config, "blocks.5.attn.heads")
-    t_cv = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with collect() as seconds:
-        res = analyze_all(x_train, y_train, x_test, y_test, k, config, nulls=["train", "both"], penalties=penalties,
-                          name="blocks.5.attn.heads")
-    wall = time.perf_counter() - t0
+    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, k, config)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"{tag} N_train={n_train} N_test={n_test} D={heads}x{d}; penalties {penalties.shared:g} (shared), "
           f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
