@@ -121,8 +121,8 @@ def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device
     """The penalty rule and one analysis of a site at an MLM probe of k tokens (synthetic, Zipf
     frequencies) as tokens.yaml and quickstart_mlm.yaml analyse it: nodes and heads, both families,
     both nulls, crossover 1, 2, 4, ... nodes x 5 draws."""
-    if max(n_train, n_test) < k:
-        raise SystemExit(f"--mlm-train and --mlm-test must be at least K = {k} (every token needs an example)")
+    if min(n_train, n_test) < k:
+        raise SystemExit(f"--mlm-train and --mlm-test must each be at least K = {k} (every token needs an example)")
     gen = torch.Generator().manual_seed(2)
     centres = torch.randn(k, heads, d, generator=gen) * 0.3
     x_train, y_train = mlm_like(n_train, k, gen, centres)
