@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> int | None:
         module, function = COMMANDS[args[0]].split(":")
         return getattr(importlib.import_module(module), function)(args[1:])
     from lightning_ssb.cli import main as cli_main
+    from lightning_ssb.cli import release_process_group
 
     cli_main(argv)  # None: LightningCLI reads sys.argv itself
+    release_process_group()  # a torchrun rank's gloo group, before the interpreter's shutdown
     return 0
 
 

@@ -403,6 +403,22 @@ def one_line(err: Exception) -> str:
     return inner[0] if len(lines) > 1 and inner else lines[0]
 
 
+def release_process_group() -> None:
+    """Destroy this process's default process group, if it has one, before the interpreter exits.
+
+    Under ``torchrun`` a rank other than 0 leaves ``fit`` while rank 0 still analyses the last epoch, and
+    then exits with its gloo process group alive. Lightning destroys an NCCL group at exit but not a gloo
+    one, and a CI run saw such a rank abort in the interpreter's shutdown ("terminate called without an
+    active exception", no Python frame: a C++ thread left joinable), which made torchrun stop rank 0 in
+    the middle of its last analysis. Rank 0 needs no collective after that point (it gathers the probe
+    before it analyses), so releasing the group is what exiting already did, in an order that joins the
+    group's threads."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> SSBCLI | None:
     """Entry point of ``python -m lightning_ssb`` and the ``lightning-ssb`` script."""
     if args is None:  # from the command line: rewrite sys.argv, as LightningCLI reads it

@@ -17,6 +17,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_ssb.callbacks.monitor import SSBMonitor
 from lightning_ssb.callbacks.probe import ProbeConfig
+from lightning_ssb.cli import release_process_group
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
 
 
@@ -38,6 +39,7 @@ def main(out_dir: str) -> None:
     trainer.fit(model, data)
     if trainer.is_global_zero:
         print("SSB_DONE", [h["epoch"] for h in monitor.history], flush=True)
+    release_process_group()  # as `python -m lightning_ssb` does: rank 1 leaves while rank 0 still analyses
 
 
 if __name__ == "__main__":
