@@ -1,9 +1,14 @@
-"""``parallel.children_niced``: the children of a fork_map run nicer, only in the thread that asked."""
+"""``parallel``: the children of a fork_map run nicer, only in the thread that asked; they end with their parent."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +45,48 @@ def test_an_increment_outside_0_to_19_is_refused(bad):
     with pytest.raises(ValueError, match="between 0 and 19"):
         with children_niced(bad):
             pass
+
+
+CHILDREN_OF_A_KILLED_PARENT = """
+import os, sys, time
+from lightning_ssb.parallel import fork_map
+
+def task(i):
+    with open(os.path.join(sys.argv[1], f"{os.getpid()}.pid"), "w") as f:
+        f.write(str(i))
+    time.sleep(120)
+
+fork_map(task, 4, 2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping: neither gone nor a zombie waiting for its new parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_the_children_of_a_fork_map_end_when_their_parent_is_killed(tmp_path):
+    """A parent killed with SIGKILL (as torchrun's SIGTERM or the OOM killer can end a rank) takes its
+    fork_map children with it; before, they slept on, orphaned, waiting for work that never came."""
+    parent = subprocess.Popen([sys.executable, "-c", CHILDREN_OF_A_KILLED_PARENT, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)   # both children at work
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"fork_map children {left} outlived their killed parent"
