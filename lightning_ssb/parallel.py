@@ -7,7 +7,7 @@ pickled. It is used where the parent waits for the work on a CPU, and beside CPU
 children at a lower priority (``children_niced``); a forked child never touches an accelerator. Torch
 runs with one thread in each child, which also keeps the children out of the parent's OpenMP pool.
 Children ignore SIGINT: a Ctrl-C reaches the parent alone, which stops taking results and leaves the
-children to finish the task in hand. On Linux a child ends when its parent process dies (SIGTERM through
+children to finish the task in hand. On Linux a child ends when its parent process dies (SIGKILL through
 ``prctl(PR_SET_PDEATHSIG)``), so a killed run leaves no orphans.
 
 ``children_niced(n)``: within the block, the children of every ``fork_map`` this thread starts lower
@@ -81,17 +81,18 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _end_with(parent: int | None) -> None:
-    """On Linux, this child gets SIGTERM when the process that forked it dies, instead of living on as an
-    orphan that waits for work for ever: a torchrun rank stopped with SIGTERM once left its two analysis
-    children sleeping (430 MB each) until someone killed them. The signal follows the thread that forked
-    the child, which `fork_map` keeps alive until its children end; a parent that died before this call
-    is seen by its pid and the child leaves at once."""
+    """On Linux, this child is killed (SIGKILL) when the process that forked it dies, instead of living on
+    as an orphan that waits for work for ever: a torchrun rank stopped with SIGTERM once left its two
+    analysis children sleeping (430 MB each), and they ignored SIGTERM too, through the handler they
+    inherited from Lightning. The signal follows the thread that forked the child, which `fork_map` keeps
+    alive until its children end; a parent that died before this call is seen by its pid and the child
+    leaves at once."""
     if parent is None or not sys.platform.startswith("linux"):
         return
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):  # no prctl in this libc: the child may outlive a killed parent
         return
     if os.getppid() != parent:

@@ -48,8 +48,10 @@ def test_an_increment_outside_0_to_19_is_refused(bad):
 
 
 CHILDREN_OF_A_KILLED_PARENT = """
-import os, sys, time
+import os, signal, sys, time
 from lightning_ssb.parallel import fork_map
+
+signal.signal(signal.SIGTERM, lambda *_: None)  # inherited by the children, as Lightning's handler is
 
 def task(i):
     with open(os.path.join(sys.argv[1], f"{os.getpid()}.pid"), "w") as f:
@@ -72,7 +74,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_the_children_of_a_fork_map_end_when_their_parent_is_killed(tmp_path):
     """A parent killed with SIGKILL (as torchrun's SIGTERM or the OOM killer can end a rank) takes its
-    fork_map children with it; before, they slept on, orphaned, waiting for work that never came."""
+    fork_map children with it, even when they inherited a SIGTERM handler that does not exit (Lightning's);
+    before, they slept on, orphaned, waiting for work that never came."""
     parent = subprocess.Popen([sys.executable, "-c", CHILDREN_OF_A_KILLED_PARENT, str(tmp_path)])
     try:
         deadline = time.monotonic() + 60
