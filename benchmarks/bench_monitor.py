@@ -4,6 +4,8 @@
     python benchmarks/bench_monitor.py --config quickstart.yaml --epochs 2
     python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --waiting  # and with training waiting
     python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --baseline-again  # drift bracketed
+    python benchmarks/bench_monitor.py --config bert6.yaml --epochs 1 --extra --trainer.logger false \
+        --data.init_args.source '[../shared/data/enwiki_2015_wikiextractor_AA.txt.gz]' --data.init_args.num_articles 4000
 
 Both fits run in this process through the real CLI (``python -m lightning_ssb fit``), one after the
 other, with the same seed, each in a fresh working directory, W&B offline: first the config without
@@ -85,7 +87,9 @@ def fit(config: str, epochs: int, folder: Path, monitor: bool, extra: tuple[str,
         start = time.perf_counter()
         cli = main(args)
         wall = time.perf_counter() - start
-    found = [c for c in cli.trainer.callbacks if type(c).__name__ == "SSBMonitor"]
+        found = [c for c in cli.trainer.callbacks if type(c).__name__ == "SSBMonitor"]
+        for mon in found:  # a relative results folder (a logger without its own folder) is read from elsewhere
+            mon.dirpath = str(Path(mon.dirpath).resolve())
     clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
     mon = found[0] if found else None
     return wall, mon, clock, mon is not None and mon.runs_in_background(cli.model)
@@ -103,26 +107,29 @@ def breakdown(mon) -> dict[str, float]:
     return dict(parts)
 
 
-def bench(config: str, epochs: int, root: Path, schedules: tuple[str, ...] = (), again: bool = False) -> None:
+def bench(config: str, epochs: int, root: Path, schedules: tuple[str, ...] = (), again: bool = False,
+          extra: tuple[str, ...] = ()) -> None:
     import torch
 
-    print(f"\n== {config}, {epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    fit(config, 0, root / "warm-up", monitor=False)  # tokenise into the cache: neither timed fit pays for it
-    wall_off, _, clock_off, _ = fit(config, epochs, root / "off", monitor=False)
-    wall_on, mon, clock_on, beside = fit(config, epochs, root / "on", monitor=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print(f"\n== {config}, {epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads, {device}"
+          + (f", with {' '.join(extra)}" if extra else ""), flush=True)
+    fit(config, 0, root / "warm-up", monitor=False, extra=extra)  # tokenise into the cache: neither timed fit pays
+    wall_off, _, clock_off, _ = fit(config, epochs, root / "off", monitor=False, extra=extra)
+    wall_on, mon, clock_on, beside = fit(config, epochs, root / "on", monitor=True, extra=extra)
     print(f"-- as shipped (background: {mon.background}: {'beside training' if beside else 'training waits'})")
     report(wall_off, clock_off, wall_on, mon, clock_on, beside=beside)
     others = {}
     for schedule in schedules:  # "true" (beside training) or "false" (training waits)
         print(f"-- again with --ssb.init_args.background {schedule}", flush=True)
         wall, *rest, beside = fit(config, epochs, root / f"background-{schedule}", monitor=True,
-                                  extra=("--ssb.init_args.background", schedule))
+                                  extra=(*extra, "--ssb.init_args.background", schedule))
         report(wall_off, clock_off, wall, *rest, beside=beside)
         others[f"background {schedule}"] = wall
     if again:
         # the machine's speed drifts over minutes: a second fit without the monitor, after those with it, brackets
         # them, and their mean is the baseline of the drift-free ratio (the drift is taken as linear in time)
-        wall_again, _, clock_again, _ = fit(config, epochs, root / "off-again", monitor=False)
+        wall_again, _, clock_again, _ = fit(config, epochs, root / "off-again", monitor=False, extra=extra)
         base = (wall_off + wall_again) / 2
         print(f"-- without the monitor again, last: {wall_again:.1f} s (training's own work "
               f"{clock_again.seconds:.1f} s, against {clock_off.seconds:.1f} s in the first fit without it); "
@@ -180,6 +187,8 @@ def main() -> None:
     parser.add_argument("--baseline-again", action="store_true",
                         help="fit without the monitor once more after the fits with it, and print the ratios against "
                              "the mean of the two fits without it (the machine's drift, taken as linear, cancels)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="CLI arguments added to every fit (last on the line: everything after it is passed on)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -187,7 +196,7 @@ def main() -> None:
         os.environ.setdefault("LIGHTNING_SSB_CACHE", os.path.join(root, "cache"))
         for i, config in enumerate(args.config):
             schedules = (("false",) if args.waiting else ()) + (("true",) if args.beside else ())
-            bench(config, args.epochs, Path(root) / str(i), schedules, args.baseline_again)
+            bench(config, args.epochs, Path(root) / str(i), schedules, args.baseline_again, tuple(args.extra))
     sys.stdout.flush()
 
 

@@ -1,6 +1,7 @@
-"""Derived (not measured) time per epoch of ``bert6.yaml`` on one GPU: FLOPs per epoch / (peak x MFU).
+"""Time per epoch of ``bert6.yaml`` on one GPU: derived (FLOPs per epoch / (peak x MFU)) and, with
+``--measure``, measured.
 
-No GPU was available to this project, so the README's GPU figure is this arithmetic, labelled as such:
+Derived:
 
 1. FLOPs of one training sequence at the config's shapes, counted two ways that must agree:
    analytically (2 FLOPs per multiply-add; backward = 2 x forward) and with PyTorch's
@@ -11,13 +12,23 @@ No GPU was available to this project, so the README's GPU figure is this arithme
    tokens, so a batch of 32 without one has probability ~1e-30); masked positions: 15% of the real tokens.
 3. Time = FLOPs per epoch / (peak bf16 dense FLOP/s x an assumed model-FLOPs utilisation, MFU).
 
+Measured (``--measure STEPS``): the config's model and data module (from local article files) trained
+through a Lightning ``Trainer`` on this machine's accelerator at the config's precision (bf16-mixed on a
+GPU with bf16), ``--warmup`` steps untimed, then STEPS timed steps (the device synchronised at both
+ends). It prints sequences/s, real tokens/s, the training FLOP/s counted analytically at each batch's
+padded length and masked count, the model-FLOPs utilisation against the GPU's bf16 peak (MFU), and the
+epoch time that throughput gives. Data loading (the config's workers), the optimiser and clipping are
+in the timed steps; validation and the monitor are not.
+
     python benchmarks/bert6_epoch_time.py                   # the shipped bert6.yaml, MFU 0.3
     python benchmarks/bert6_epoch_time.py --mfu 0.2 --mean-real-tokens 116.4
+    python benchmarks/bert6_epoch_time.py --measure 200 --source ../shared/data/enwiki_2015_wikiextractor_AA.txt.gz
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -59,12 +70,91 @@ def counted_flops(arch: BertArchitecture, seq_len: int, batch: int = 2, seed: in
     return counter.get_total_flops() / batch, float(chosen.sum()) / batch
 
 
+def peak_flops() -> tuple[str, float | None]:
+    """This machine's accelerator and its dense bf16 peak (None where PEAKS does not know it)."""
+    if not torch.cuda.is_available():
+        return "cpu", None
+    name = torch.cuda.get_device_name()
+    return name, next((peak for gpu, peak in PEAKS.items() if gpu in name), None)
+
+
+def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: list[str], articles: int,
+            batch_size: int | None) -> None:
+    """Train the config's model on its data module (from local files) for warmup + steps steps and time the
+    last ``steps`` (see the module docstring)."""
+    import lightning as L
+
+    from lightning_ssb.cli import resolve_precision
+    from lightning_ssb.data import WikipediaDataModule
+    from lightning_ssb.models import OptimizerConfig
+
+    data_cfg = dict(cfg["data"]["init_args"])
+    cuda = torch.cuda.is_available()
+    precision, why = resolve_precision(cfg["trainer"].get("precision"), "auto", cuda,
+                                       cuda and torch.cuda.is_bf16_supported())
+    data = WikipediaDataModule(source=source, num_articles=articles, max_length=data_cfg["max_length"],
+                               val_fraction=data_cfg["val_fraction"], batch_size=batch_size or data_cfg["batch_size"],
+                               num_workers=data_cfg.get("num_workers", 0), seed=data_cfg.get("seed", 0))
+    L.seed_everything(cfg.get("seed_everything", 0), verbose=False)
+    module = MLMModule(architecture=arch, optimizer=OptimizerConfig(**cfg["model"]["init_args"].get("optimizer", {})))
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.flops = self.sequences = self.real = self.positions = 0.0
+            self.start = self.end = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == warmup:
+                if cuda:
+                    torch.cuda.synchronize()
+                self.start = time.perf_counter()
+            if trainer.global_step >= warmup:
+                b, t = batch["input_ids"].shape
+                masked = float((batch["labels"] != -100).sum())
+                self.flops += b * sum(analytic_flops(arch, t, masked / b).values())
+                self.sequences += b
+                self.positions += b * t
+                self.real += float(batch["attention_mask"].sum())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == warmup + steps:  # global_step counts the optimiser steps taken
+                if cuda:
+                    torch.cuda.synchronize()
+                self.end = time.perf_counter()
+
+    clock = Clock()
+    trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=warmup + steps,
+                        gradient_clip_val=cfg["trainer"].get("gradient_clip_val"), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
+    trainer.fit(module, data)
+    if clock.end <= clock.start:
+        raise SystemExit(f"fewer than {warmup + steps} training batches: lower --measure or --warmup, or raise --articles")
+    seconds = clock.end - clock.start
+    device, peak = peak_flops()
+    rate = clock.flops / seconds
+    per_epoch = round(cfg["data"]["init_args"]["num_articles"] * (1 - data_cfg["val_fraction"]))
+    print(f"measured on {device}, precision {precision}{f' ({why})' if why else ''}, batch "
+          f"{batch_size or data_cfg['batch_size']}: {steps} steps after {warmup} untimed in {seconds:.2f} s: "
+          f"{clock.sequences / seconds:.1f} sequences/s, {clock.real / seconds:.0f} real tokens/s "
+          f"({clock.positions / seconds:.0f} positions/s with padding), {rate / 1e12:.3g} TFLOP/s of training "
+          + (f"= MFU {rate / peak:.1%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "(no known peak)"))
+    print(f"  an epoch of the config ({per_epoch} sequences) at this throughput: {per_epoch / (clock.sequences / seconds):.1f} s "
+          f"(training steps only: no validation, no monitor)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(CONFIG))
     p.add_argument("--mfu", type=float, default=0.3, help="assumed model-FLOPs utilisation")
     p.add_argument("--mean-real-tokens", type=float, default=116.4,
                    help="real tokens per article at max_length 128 (measured on shared/data's AA+AB: 116.4)")
+    p.add_argument("--measure", type=int, default=0, metavar="STEPS", help="also time STEPS real training steps")
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps before the timed ones (--measure)")
+    p.add_argument("--source", nargs="*", default=["../shared/data/enwiki_2015_wikiextractor_AA.txt.gz"],
+                   help="local article files for --measure")
+    p.add_argument("--articles", type=int, default=None, help="articles to load for --measure (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size for --measure (default: the config's)")
     args = p.parse_args()
 
     cfg = yaml.safe_load(Path(args.config).read_text())
@@ -91,6 +181,8 @@ def main() -> None:
         seconds = epoch / (peak * args.mfu)
         print(f"  {gpu}: {peak / 1e12:.0f} TFLOP/s bf16 peak x MFU {args.mfu} -> {seconds:.1f} s per epoch, "
               f"{seconds * cfg['trainer']['max_epochs'] / 60:.1f} min for {cfg['trainer']['max_epochs']} epochs")
+    if args.measure:
+        measure(cfg, arch, args.measure, args.warmup, args.source, args.articles, args.batch_size)
 
 
 if __name__ == "__main__":
