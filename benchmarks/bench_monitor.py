@@ -4,8 +4,9 @@
     python benchmarks/bench_monitor.py --config quickstart.yaml --epochs 2
     python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --waiting  # and with training waiting
     python benchmarks/bench_monitor.py --config quickstart_mlm.yaml --baseline-again  # drift bracketed
-    python benchmarks/bench_monitor.py --config bert6.yaml --epochs 1 --extra --trainer.logger false \
-        --data.init_args.source '[../shared/data/enwiki_2015_wikiextractor_AA.txt.gz]' --data.init_args.num_articles 4000
+    python benchmarks/bench_monitor.py --config bert6.yaml --epochs 1 --extra \
+        --data.init_args.source "[$(realpath ../shared/data/enwiki_2015_wikiextractor_AA.txt.gz)]" \
+        --data.init_args.num_articles 4000       # --extra: CLI arguments for every fit (paths absolute)
 
 Both fits run in this process through the real CLI (``python -m lightning_ssb fit``), one after the
 other, with the same seed, each in a fresh working directory, W&B offline: first the config without

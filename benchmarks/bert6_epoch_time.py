@@ -129,7 +129,8 @@ def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: 
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
     trainer.fit(module, data)
     if clock.end <= clock.start:
-        raise SystemExit(f"fewer than {warmup + steps} training batches: lower --measure or --warmup, or raise --articles")
+        raise SystemExit(f"fewer than {warmup + steps} training batches: lower --measure or --warmup, "
+                         "or raise --articles")
     seconds = clock.end - clock.start
     device, peak = peak_flops()
     rate = clock.flops / seconds
@@ -139,7 +140,8 @@ def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: 
           f"{clock.sequences / seconds:.1f} sequences/s, {clock.real / seconds:.0f} real tokens/s "
           f"({clock.positions / seconds:.0f} positions/s with padding), {rate / 1e12:.3g} TFLOP/s of training "
           + (f"= MFU {rate / peak:.1%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "(no known peak)"))
-    print(f"  an epoch of the config ({per_epoch} sequences) at this throughput: {per_epoch / (clock.sequences / seconds):.1f} s "
+    epoch = per_epoch / (clock.sequences / seconds)
+    print(f"  an epoch of the config ({per_epoch} sequences) at this throughput: {epoch:.1f} s "
           f"(training steps only: no validation, no monitor)")
 
 
