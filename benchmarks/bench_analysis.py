@@ -12,7 +12,7 @@
    configs run it, for each K.
 
     python benchmarks/bench_analysis.py [--bf-nodes 64] [--train 40320] [--threads 0] [--device cpu cuda]
-    python benchmarks/bench_analysis.py --skip-site --skip-envelope --mlm-k 50 1000
+    python benchmarks/bench_analysis.py --skip-site --skip-envelope --mlm-k 50 1000 [--lp-workers 2]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def fewrel_like(n: int, gen: torch.Generator, centres: torch.Tensor) -> tuple[to
     return centres[y] + torch.randn(n, 12, 64, generator=gen), y
 
 
-def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: AnalysisConfig):
+def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: AnalysisConfig, lp_workers: int = 1):
     """The penalty rule, then one analysis with both nulls, as a run's first state: (penalties, the rule's
     seconds, the SiteResults, the analysis' seconds by stage, its wall seconds)."""
     from lightning_ssb.analysis import analyze_all, choose_penalties
@@ -72,11 +72,22 @@ def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: Analysis
     t0 = time.perf_counter()
     with collect() as seconds:
         res = analyze_all(x_train, y_train, x_test, y_test, k, config, nulls=["train", "both"], penalties=penalties,
-                          name="blocks.5.attn.heads")
+                          name="blocks.5.attn.heads", workers=lp_workers)
     return penalties, t_cv, res, seconds, time.perf_counter() - t0
 
 
-def bench_site(n_train: int, device: str) -> None:
+def lp_workers_for(device: str, requested: int | None) -> int:
+    """Processes for the crossover's linear programs: as asked, else as the monitor does (on an accelerator
+    ``parallel.default_workers()``, since the sites run one after another there; 1 on a CPU, where the
+    monitor's site analyses are themselves the forked processes)."""
+    from lightning_ssb.parallel import default_workers
+
+    if requested is not None:
+        return requested
+    return 1 if device == "cpu" else default_workers()
+
+
+def bench_site(n_train: int, device: str, lp_workers: int | None = None) -> None:
     """choose_penalties and analyze_all at FewRel scale on `device`, every stage timed."""
     gen = torch.Generator().manual_seed(1)
     centres = torch.randn(64, 12, 64, generator=gen) * 0.3
@@ -89,12 +100,14 @@ def bench_site(n_train: int, device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cpu0 = time.process_time()
-    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, 64, config)
+    lp = lp_workers_for(device, lp_workers)
+    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, 64, config, lp)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"[site/{device}] N_train={n_train} N_test=4480 D=12x64 K=64; penalties {penalties.shared:g} (shared), "
           f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
     print(f"[site/{device}] penalty rule (once per run): {t_cv:.1f} s")
-    print(f"[site/{device}] one analysis, both families, both nulls, crossover: {wall:.1f} s wall")
+    print(f"[site/{device}] one analysis, both families, both nulls, crossover: {wall:.1f} s wall "
+          f"(linear programs in {lp} process{'es' if lp > 1 else ''})")
     for name, t in sorted(seconds.items(), key=lambda kv: -kv[1]):
         print(f"[site/{device}]   {t:6.1f} s  {name}")
     print(f"[site/{device}] {time.process_time() - cpu0:.1f} s CPU in all; peak RSS {rss / 2**20:.2f} GiB "
@@ -117,7 +130,8 @@ def mlm_like(n: int, k: int, gen: torch.Generator, centres: torch.Tensor) -> tup
     return centres[y] + torch.randn(n, *centres.shape[1:], generator=gen), y
 
 
-def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device: str) -> None:
+def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device: str,
+                   lp_workers: int | None = None) -> None:
     """The penalty rule and one analysis of a site at an MLM probe of k tokens (synthetic, Zipf
     frequencies) as tokens.yaml and quickstart_mlm.yaml analyse it: nodes and heads, both families,
     both nulls, crossover 1, 2, 4, ... nodes x 5 draws."""
@@ -130,13 +144,15 @@ def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device
     x_train, y_train = x_train.to(device), y_train.to(device)
     config = AnalysisConfig(granularities=["node", "head"], tau=0.3, crossover_sizes=None, crossover_draws=5)
     tag = f"[mlm site/{device} K={k}]"
-    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, k, config)
+    lp = lp_workers_for(device, lp_workers)
+    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, k, config, lp)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"{tag} N_train={n_train} N_test={n_test} D={heads}x{d}; penalties {penalties.shared:g} (shared), "
           f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
     print(f"{tag} penalty rule (once per run): {t_cv:.1f} s")
     print(f"{tag} one analysis, both families, both nulls, crossover: {wall:.1f} s wall "
-          f"(an epoch of 6 such sites: about {6 * wall:.0f} s, derived)")
+          f"(linear programs in {lp} process{'es' if lp > 1 else ''}; an epoch of 6 such sites: about "
+          f"{6 * wall:.0f} s, derived)")
     for name, t in sorted(seconds.items(), key=lambda kv: -kv[1]):
         print(f"{tag}   {t:6.1f} s  {name}")
     print(f"{tag} peak RSS so far {rss / 2**20:.2f} GiB; fits: {res.convergence()}")
@@ -155,6 +171,9 @@ def main() -> None:
     parser.add_argument("--mlm-nodes", default="12x16", help="heads x nodes per head of the MLM site (tokens.yaml)")
     parser.add_argument("--mlm-train", type=int, default=4000, help="probe-train examples of the MLM site")
     parser.add_argument("--mlm-test", type=int, default=2000, help="probe-test examples of the MLM site")
+    parser.add_argument("--lp-workers", type=int, default=None,
+                        help="processes for the crossover's linear programs (default: as the monitor, 1 on the "
+                             "CPU, parallel.default_workers() on a GPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,9 +182,9 @@ def main() -> None:
     heads, d = (int(v) for v in args.mlm_nodes.lower().split("x"))
     for device in devices:
         if not args.skip_site:
-            bench_site(args.train, device)
+            bench_site(args.train, device, args.lp_workers)
         for k in args.mlm_k:
-            bench_mlm_site(k, args.mlm_train, args.mlm_test, heads, d, device)
+            bench_mlm_site(k, args.mlm_train, args.mlm_test, heads, d, device, args.lp_workers)
     if not args.skip_envelope:
         bench_envelope(args.bf_nodes)
 

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_ssb.parallel import fork_map
+
 from .families import NodeLines
 from .fit import DTYPE, FitSettings, fit_groups
 from .hull import reachable_labels_many
@@ -60,12 +62,20 @@ def strict_predictions(fields: Tensor) -> tuple[Tensor, Tensor]:
     return fields.argmax(1), strict
 
 
+def _reachable_sets(w: Tensor, b: Tensor, lo: Tensor, hi: Tensor, seen: Tensor) -> tuple[Tensor, Tensor]:
+    """The reachable labels of one node subset: in its probe box, then over all x (a label reachable in the
+    box is reachable over all x, so the box's answers spare the second search those labels)."""
+    [in_box] = reachable_labels_many([(w, b, lo, hi, seen)])
+    [anywhere] = reachable_labels_many([(w, b, None, None, in_box)])
+    return in_box, anywhere
+
+
 def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, num_heads: int = 1,
               sizes: list[int] | None = None, draws: int = 5, seed: int = 0, ablation: str = "zero",
               theta: float = 0.5, q: float | None = 0.05, family: str = "shared",
               x_train: Tensor | None = None, y_train: Tensor | None = None,
               settings: FitSettings | None = None, max_train: int | None = None,
-              node_pred: Tensor | None = None) -> CrossoverResult:
+              node_pred: Tensor | None = None, workers: int = 1) -> CrossoverResult:
     """One row per subset size m over `draws` seeded subsets S, scored on x `[N, D]`, y `[N]`.
 
     family "shared": S's contribution to `readout` (silenced nodes by `ablation`); "own": a read-out
@@ -80,6 +90,9 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
     with each node's L_n tested over the same draws (the (draw, node, label) triples of that size), so
     that at m = 1 the ratio is exactly 1; NaN when the nodes learned nothing.
     `nodes` are the family's single nodes (`node_pred` `[D, N]` their predictions on x, if known).
+    ``workers`` > 1 solves the subsets' reachability programs (CPU work, whatever the device of the fits)
+    in that many forked processes (`parallel.fork_map`), one task per distinct subset of every size (at
+    K = 1,000 the sizes of 2 to 16 nodes took 87% of the time): the same answers.
     """
     settings = FitSettings() if settings is None else settings
     if family not in ("own", "shared"):
@@ -100,7 +113,7 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
     if node_pred is None:
         node_pred = nodes.predict(x)
     lo_all, hi_all = x.min(0).values, x.max(0).values
-    rows, reports = [], []
+    rows, reports, programs = [], [], []
     for m in _check_sizes(sizes, num_nodes):
         subsets = [torch.sort(draw_subset(m, num_nodes, num_heads, gen)).values for _ in range(draws)]
         # equal subsets (every draw when m = D; two draws of one whole head when m = d) have the same
@@ -139,23 +152,27 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
         # the nodes of every draw, tested as one family of (draw, node, label) triples
         members = torch.cat(subsets)
         node_learned = learned_labels(label_stats(node_pred[members], y, k), theta, q).sum()
-        with timed("crossover: reachability (linear programs)"):
-            # the distinct subsets' programs in one call (box, then all x: a label reachable in the box
-            # is reachable over all x, so the box's answers spare the second search those labels)
-            in_box = reachable_labels_many([(w[i], b[i], lo_all[subsets[i]], hi_all[subsets[i]], seen[i][0])
-                                            for i in uniq])
-            anywhere = reachable_labels_many([(w[i], b[i], None, None, r) for i, r in zip(uniq, in_box, strict=True)])
-            reach = [int(in_box[j].sum()) for j in where]
-            reach_all = [int(anywhere[j].sum()) for j in where]
-            distinct = [n_distinct for _, n_distinct in seen]
+        # the distinct subsets' programs: in the probe box of S, then over all x (solved below, all sizes)
+        programs += [(len(rows), u, (w[i], b[i], lo_all[subsets[i]], hi_all[subsets[i]], seen[i][0]))
+                     for u, i in enumerate(uniq)]
         denom = float(node_learned)
         acc = stats.accuracy
         rows.append({
             "m": m, "draws": draws, "acc_mean": acc.mean().item(), "acc_std": acc.std(unbiased=False).item(),
-            "reachable_mean": sum(reach) / draws, "reachable_all_mean": sum(reach_all) / draws,
-            "distinct_mean": sum(distinct) / draws,
-            "guess_level": sum(1.0 / r if r else math.nan for r in reach) / draws,
+            "distinct_mean": sum(n_distinct for _, n_distinct in seen) / draws,
             "learned_mean": learned.mean().item(),
             "cooperation": learned.sum().item() / denom if denom > 0 else math.nan,
+            "_where": where,
         })
+    with timed("crossover: reachability (linear programs)"):
+        answers = fork_map(lambda i: _reachable_sets(*programs[i][2]), len(programs), workers)
+    found: dict[tuple[int, int], tuple[Tensor, Tensor]] = {(j, u): a for (j, u, _), a in zip(programs, answers,
+                                                                                          strict=True)}
+    for j, row in enumerate(rows):
+        where = row.pop("_where")
+        reach = [int(found[j, u][0].sum()) for u in where]
+        row["reachable_mean"] = sum(reach) / draws
+        row["reachable_all_mean"] = sum(int(found[j, u][1].sum()) for u in where) / draws
+        row["guess_level"] = sum(1.0 / r if r else math.nan for r in reach) / draws
+    rows = [{key: row[key] for key in CROSSOVER_COLUMNS} for row in rows]
     return CrossoverResult(rows, FitReport.cat(reports) if reports else None)

@@ -467,14 +467,17 @@ def score_family(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg:
 
 def analyze_site(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
                  config: AnalysisConfig | None = None, readout: Readout | None = None,
-                 penalties: Penalties | None = None, name: str = "site") -> SiteAnalysis:
+                 penalties: Penalties | None = None, name: str = "site", workers: int = 1) -> SiteAnalysis:
     """Analyse a site from its probe snapshots x_* `[N, H, d]` (H = 1 for a hidden state), y_* `[N]`,
     for the read-out family `config.readout` ("own" or "shared").
 
     Fits the read-outs on probe-train (the shared one unless `readout` is given) at `penalties`
     (default: `choose_penalties` on this snapshot) and measures everything else on probe-test. Every
     class 0..K-1 must occur in both splits. For the own family a given shared `readout` only starts
-    the crossover's subset fits (same optimum, fewer steps). `name` names the site in errors.
+    the crossover's subset fits (same optimum, fewer steps). `name` names the site in errors. ``workers``
+    > 1 solves the crossover's reachability programs in that many forked processes (`crossover`; where
+    this process is not one of them already: the monitor passes it on a GPU run, whose sites are
+    analysed one after another here).
     """
     config = AnalysisConfig(readout="own") if config is None else config
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes, name)
@@ -503,7 +506,7 @@ def analyze_site(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tenso
         with timed("crossover"):
                 res = crossover(xte, yte, ff.readout, ff.nodes, num_heads, cfg.crossover_sizes, cfg.crossover_draws,
                             cfg.seed, cfg.ablation, cfg.theta, cfg.q, family, xtr, ytr, group,
-                            cfg.crossover_max_train, node_pred=site._node_pred)
+                            cfg.crossover_max_train, node_pred=site._node_pred, workers=workers)
         site.crossover = res.rows
         if res.report is not None:
             site.fits["subset"] = res.report
@@ -581,12 +584,13 @@ def null_labels(y_train: Tensor, y_test: Tensor, seed: int) -> tuple[Tensor, Ten
 
 def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, num_classes: int,
                 config: AnalysisConfig | None = None, nulls: list[str] | None = None,
-                penalties: Penalties | None = None, name: str = "site") -> SiteResults:
+                penalties: Penalties | None = None, name: str = "site", workers: int = 1) -> SiteResults:
     """Every family of `config.families()` on the real labels, and the nulls `nulls` (default:
     `config.nulls` unless config.null_mode is "off"). The nulls' read-outs are fitted once on permuted
     probe-train labels and scored twice: against the real probe-test labels ("train") and against
     permuted ones ("both"); they skip the crossover and the best-node matrices (they are the level of
-    the statistics, not a figure). `penalties` default to `choose_penalties` on this snapshot."""
+    the statistics, not a figure). `penalties` default to `choose_penalties` on this snapshot; ``workers``
+    as in `analyze_site`."""
     config = AnalysisConfig() if config is None else config
     y_train, y_test = _check_snapshot(x_train, y_train, x_test, y_test, num_classes, name)
     cfg = config
@@ -599,7 +603,7 @@ def analyze_all(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor
     for family in sorted(cfg.families(), reverse=True):  # shared first: it warm-starts own's crossover
         with timed(f"{family} family"):
             real[family] = analyze_site(x_train, y_train, x_test, y_test, num_classes, replace(cfg, readout=family),
-                                        readout=shared, penalties=penalties, name=name)
+                                        readout=shared, penalties=penalties, name=name, workers=workers)
         shared = real[family].readout if family == "shared" else shared
     real = {f: real[f] for f in cfg.families()}
     null: dict[str, dict[str, SiteAnalysis]] = {}

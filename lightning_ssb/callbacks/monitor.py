@@ -343,11 +343,11 @@ class SSBMonitor(Callback):
 
     @staticmethod
     def _workers(device) -> int:
-        """On a CPU a state's sites are analysed and its figures drawn by forked processes, one thread each,
-        on every core (``parallel.default_workers``; beside training at a lower priority); on an
-        accelerator, in the analysis thread (a forked child cannot touch the accelerator)."""
-        if torch.device(device).type != "cpu":
-            return 1
+        """Forked processes of a state's analysis, one thread each (``parallel.default_workers``). On a CPU
+        they analyse its sites and draw its figures (beside training at a lower priority); on an
+        accelerator the sites' fits stay in the analysis thread (a forked child cannot touch the
+        accelerator), and the processes take the CPU work: the crossover's linear programs and the
+        figures."""
         return default_workers()
 
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,

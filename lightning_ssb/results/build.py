@@ -141,8 +141,9 @@ class AnalysisPlan:
         sensitivity: the sites whose statistics are re-run over ``AnalysisConfig.sensitivity_grid``.
         crossover: whether the crossover runs (``AnalysisConfig.crossover_sizes``) at this state.
         device: where the read-outs are fitted (the training device; the snapshot itself stays on the CPU).
-        workers: processes that analyse the sites and draw the figures (``parallel.fork_map``, one torch
-            thread each; 1: all in this thread). Only for a CPU device.
+        workers: forked processes of the analysis (``parallel.fork_map``, one torch thread each; 1: all in
+            this thread). They analyse the sites on a CPU device; on an accelerator the sites are analysed
+            here and the processes solve the crossover's linear programs. Either way they draw the figures.
         timed_before: seconds by stage of this state's work done before its analysis (the run's penalties
             chosen ahead, ``AnalysisEngine.choose_penalties``), added to the result's ``meta["seconds"]``.
     """
@@ -211,6 +212,9 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     # one task per site, and one per sensitivity site (the longest: first, so two workers share the load)
     tasks = [("sensitivity", name) for name in names if name in plan.sensitivity] + [("site", n) for n in names]
     workers = plan.workers if device.type == "cpu" else 1
+    # on an accelerator the sites run one after another here, and the crossover's linear programs (CPU work)
+    # take the processes instead; on a CPU the sites' processes are already the workers
+    lp_workers = plan.workers if device.type != "cpu" else 1
 
     def run(i: int):
         kind, name = tasks[i]
@@ -218,7 +222,8 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
         with collect() if workers > 1 else nullcontext({}) as seconds:  # here: timed into the outer collect
             if kind == "site":
                 out = analysis.analyze_all(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
-                                           nulls=list(plan.nulls), penalties=penalties, name=name)
+                                           nulls=list(plan.nulls), penalties=penalties, name=name,
+                                           workers=lp_workers)
             else:
                 out = analysis.sensitivity(xtr, y_train, xte, snapshot.y_test, snapshot.num_classes, config,
                                            name=name)

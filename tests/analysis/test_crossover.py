@@ -163,5 +163,41 @@ def test_equal_subsets_share_their_reachability_programs(monkeypatch):
         direct.append(sum(int(reachable_labels(r.weight[:, s], r.bias, x[:, s].min(0).values,
                                                x[:, s].max(0).values).sum()) for s in subsets) / 5)
     assert distinct[0] <= 2 and distinct[1] == 1  # two heads of 4 nodes; one site of 8
-    assert sets == [distinct[0], distinct[0], 1, 1]  # box, then all x, for each size
+    assert sets == [1] * 2 * (distinct[0] + distinct[1])  # box, then all x, once per distinct subset
     assert [row["reachable_mean"] for row in rows] == direct
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> bool:
+    """Rows equal key by key, NaN equal to NaN (cooperation and guess level can be undefined)."""
+    def same(u, v):
+        return (isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v)) or u == v
+    return len(a) == len(b) and all(r.keys() == s.keys() and all(same(r[k], s[k]) for k in r)
+                                    for r, s in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("family", ["shared", "own"])
+def test_reachability_in_forked_processes_gives_the_same_rows(monkeypatch, tmp_path, family):
+    """workers > 1 (a GPU run: the fits on the device, the programs in CPU processes) solves the programs
+    in other processes, and the rows are those of one process exactly."""
+    import importlib
+    import os
+
+    module = importlib.import_module("lightning_ssb.analysis.crossover")
+    x, y, r = problem(seed=3)
+    settings = FitSettings(l2=1e-3)
+    lines = fit_node_lines(x, y, 5, bins=None, settings=settings)
+    nodes = NodeLines(lines.slope, lines.intercept) if family == "own" else shared_units(r, 2, "zero")[0]
+    kwargs = dict(num_heads=2, sizes=None, draws=3, seed=2, family=family, x_train=x, y_train=y, settings=settings)
+    one = crossover(x, y, r, nodes, **kwargs).rows
+    real = module.reachable_labels_many
+
+    def recorded(calls):  # runs where the programs are solved: its pid tells which process that is
+        (tmp_path / f"{os.getpid()}-{len(list(tmp_path.iterdir()))}").touch()
+        return real(calls)
+
+    monkeypatch.setattr(module, "reachable_labels_many", recorded)
+    two = crossover(x, y, r, nodes, **kwargs, workers=2).rows
+    pids = {int(f.name.split("-")[0]) for f in tmp_path.iterdir()}
+    assert pids and os.getpid() not in pids  # every program was solved in a forked process
+    assert [row["m"] for row in two] == default_sizes(x.shape[1]) and list(two[0]) == list(CROSSOVER_COLUMNS)
+    assert _same_rows(one, two)
