@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import resource
+import signal
+import sys
 import time
 
 import torch
@@ -59,17 +61,37 @@ def fewrel_like(n: int, gen: torch.Generator, centres: torch.Tensor) -> tuple[to
     return centres[y] + torch.randn(n, 12, 64, generator=gen), y
 
 
-def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: AnalysisConfig, lp_workers: int = 1):
+_PHASE = {"what": "start-up", "since": time.perf_counter()}  # what runs now, for `report_when_stopped`
+
+
+def report_when_stopped() -> None:
+    """On SIGTERM (``timeout``'s signal) print what was running, for how long, and the stages it finished,
+    then leave: a run longer than its time limit (K = 30,522 on a GPU lease) still says where its time went."""
+    def stop(signum, frame):
+        from lightning_ssb.analysis.timing import so_far
+
+        done = sorted(so_far().items(), key=lambda kv: -kv[1])
+        print(f"[stopped by signal {signum}] {_PHASE['what']}: {time.perf_counter() - _PHASE['since']:.1f} s so far; "
+              f"stages finished: " + (", ".join(f"{name} {t:.1f} s" for name, t in done) or "none"), flush=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: AnalysisConfig, lp_workers: int = 1,
+                      what: str = "site"):
     """The penalty rule, then one analysis with both nulls, as a run's first state: (penalties, the rule's
     seconds, the SiteResults, the analysis' seconds by stage, its wall seconds)."""
     from lightning_ssb.analysis import analyze_all, choose_penalties
     from lightning_ssb.analysis.timing import collect
 
     t0 = time.perf_counter()
+    _PHASE.update(what=f"{what}: the penalty rule", since=t0)
     with collect():  # the penalty rule's stages stay out of the analysis' breakdown
         penalties = choose_penalties(x_train, y_train, k, config, "blocks.5.attn.heads")
     t_cv = time.perf_counter() - t0
     t0 = time.perf_counter()
+    _PHASE.update(what=f"{what}: the analysis", since=t0)
     with collect() as seconds:
         res = analyze_all(x_train, y_train, x_test, y_test, k, config, nulls=["train", "both"], penalties=penalties,
                           name="blocks.5.attn.heads", workers=lp_workers)
@@ -101,7 +123,8 @@ def bench_site(n_train: int, device: str, lp_workers: int | None = None) -> None
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cpu0 = time.process_time()
     lp = lp_workers_for(device, lp_workers)
-    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, 64, config, lp)
+    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, 64, config, lp,
+                                                            f"[site/{device}]")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"[site/{device}] N_train={n_train} N_test=4480 D=12x64 K=64; penalties {penalties.shared:g} (shared), "
           f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
@@ -131,7 +154,7 @@ def mlm_like(n: int, k: int, gen: torch.Generator, centres: torch.Tensor) -> tup
 
 
 def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device: str,
-                   lp_workers: int | None = None) -> None:
+                   lp_workers: int | None = None, sizes: list[int] | None = None) -> None:
     """The penalty rule and one analysis of a site at an MLM probe of k tokens (synthetic, Zipf
     frequencies) as tokens.yaml and quickstart_mlm.yaml analyse it: nodes and heads, both families,
     both nulls, crossover 1, 2, 4, ... nodes x 5 draws."""
@@ -142,10 +165,12 @@ def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device
     x_train, y_train = mlm_like(n_train, k, gen, centres)
     x_test, y_test = mlm_like(n_test, k, gen, centres)
     x_train, y_train = x_train.to(device), y_train.to(device)
-    config = AnalysisConfig(granularities=["node", "head"], tau=0.3, crossover_sizes=None, crossover_draws=5)
+    config = AnalysisConfig(granularities=["node", "head"], tau=0.3, crossover_sizes=sizes, crossover_draws=5)
     tag = f"[mlm site/{device} K={k}]"
+    print(f"{tag} N_train={n_train} N_test={n_test} D={heads}x{d}, crossover sizes "
+          f"{'1, 2, 4, ...' if sizes is None else sizes}: starting", flush=True)
     lp = lp_workers_for(device, lp_workers)
-    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, k, config, lp)
+    penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, k, config, lp, tag)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"{tag} N_train={n_train} N_test={n_test} D={heads}x{d}; penalties {penalties.shared:g} (shared), "
           f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
@@ -174,7 +199,10 @@ def main() -> None:
     parser.add_argument("--lp-workers", type=int, default=None,
                         help="processes for the crossover's linear programs (default: as the monitor, 1 on the "
                              "CPU, parallel.default_workers() on a GPU)")
+    parser.add_argument("--mlm-sizes", type=int, nargs="*", default=None,
+                        help="crossover subset sizes of the MLM site (default: 1, 2, 4, ..., all nodes)")
     args = parser.parse_args()
+    report_when_stopped()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -184,7 +212,7 @@ def main() -> None:
         if not args.skip_site:
             bench_site(args.train, device, args.lp_workers)
         for k in args.mlm_k:
-            bench_mlm_site(k, args.mlm_train, args.mlm_test, heads, d, device, args.lp_workers)
+            bench_mlm_site(k, args.mlm_train, args.mlm_test, heads, d, device, args.lp_workers, args.mlm_sizes)
     if not args.skip_envelope:
         bench_envelope(args.bf_nodes)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's GPU figures, measured on one GPU (the "On a GPU" section of the README):
 #
-#   bash benchmarks/gpu_figures.sh [train|monitor|all]     # logs under $OUT (default: gpu-figures/)
+#   bash benchmarks/gpu_figures.sh [train|monitor|large|all]   # logs under $OUT (default: gpu-figures/)
 #
 #   train:   the environment; BERT-6 (bert6.yaml) training throughput and MFU in bf16 through a Lightning
 #            Trainer (batch 32 as configured, and 128); one FewRel-scale site's analysis on the GPU
@@ -10,6 +10,9 @@
 #   monitor: bench_monitor.py on bert6.yaml for one epoch of WIKI_ARTICLES articles (the end-to-end ratio
 #            with and without the monitor, and where the monitor's time goes), then the MLM probe sites of
 #            50 and 1,000 tokens on the GPU (bench_analysis.py --device cuda --mlm-k 50 1000).
+#   large:   an MLM probe site of the whole vocabulary, K = 30,522, at BERT-6's width (12 x 64 nodes, 60,000 /
+#            40,000 examples), first with the crossover at its ends (1 and 768 nodes), then whole. Not part
+#            of `all`: each step may outlast its limit, and then prints the stages it finished.
 #
 # Every step runs under its own time limit and writes one log; a failing step does not stop the next.
 # Environment: PYTHON (python3), WIKI (a local WikiExtractor file of articles; default the shared data's
@@ -55,4 +58,11 @@ if [ "$PART" = monitor ] || [ "$PART" = all ]; then
     step monitor_bert6 330 "$PY" benchmarks/bench_monitor.py --config bert6.yaml --epochs 1 --extra \
         --trainer.logger "$CSV" --data.init_args.source "[$WIKI]" --data.init_args.num_articles "$ARTICLES"
     step mlm_cuda 240 "$PY" benchmarks/bench_analysis.py --device cuda --skip-site --skip-envelope --mlm-k 50 1000
+fi
+
+if [ "$PART" = large ]; then
+    step k30522_ends 280 "$PY" benchmarks/bench_analysis.py --device cuda --skip-site --skip-envelope --mlm-k 30522 \
+        --mlm-nodes 12x64 --mlm-train 60000 --mlm-test 40000 --mlm-sizes 1 768
+    step k30522 280 "$PY" benchmarks/bench_analysis.py --device cuda --skip-site --skip-envelope --mlm-k 30522 \
+        --mlm-nodes 12x64 --mlm-train 60000 --mlm-test 40000
 fi

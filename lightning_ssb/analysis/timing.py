@@ -61,3 +61,9 @@ def add_seconds(seconds: dict[str, float]) -> None:
     if current is not None:
         for k, v in seconds.items():
             current[k] += v
+
+
+def so_far() -> dict[str, float]:
+    """The stages finished so far in the innermost running `collect` of this thread ({} outside one): what a
+    benchmark stopped by its time limit can still print."""
+    return dict(getattr(_local, "seconds", None) or {})
