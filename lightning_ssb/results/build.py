@@ -178,6 +178,14 @@ def ensure_penalties(snapshot: EpochSnapshot, config, plan: AnalysisPlan, progre
     return plan.book.penalties
 
 
+def process_split(device: torch.device, workers: int) -> tuple[int, int]:
+    """(processes for the sites, processes for the crossover's linear programs) of a state analysed on
+    ``device`` with ``workers`` processes. On a CPU the sites are the processes' tasks, and each site's
+    programs stay in its process. On an accelerator the sites run one after another in this thread (a
+    forked child cannot touch the device), and the programs, CPU work, take the processes instead."""
+    return (workers, 1) if device.type == "cpu" else (1, workers)
+
+
 def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: AnalysisPlan | None = None,
                  progress=_quiet
                  ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, tuple[list[str], list[list]]], dict]:
@@ -211,10 +219,7 @@ def site_results(snapshot: EpochSnapshot, config, prefix: str = PREFIX, plan: An
     names = list(snapshot.train)
     # one task per site, and one per sensitivity site (the longest: first, so two workers share the load)
     tasks = [("sensitivity", name) for name in names if name in plan.sensitivity] + [("site", n) for n in names]
-    workers = plan.workers if device.type == "cpu" else 1
-    # on an accelerator the sites run one after another here, and the crossover's linear programs (CPU work)
-    # take the processes instead; on a CPU the sites' processes are already the workers
-    lp_workers = plan.workers if device.type != "cpu" else 1
+    workers, lp_workers = process_split(device, plan.workers)
 
     def run(i: int):
         kind, name = tasks[i]

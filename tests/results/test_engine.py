@@ -4,6 +4,7 @@ log, failed sinks and the penalty book; and the monitor's checkpoint waiting for
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import warnings
@@ -126,3 +127,55 @@ def test_the_unconverged_fits_warning_says_which_ran_out_of_iterations_and_which
                                          rf"1e-06\): 2 at analysis.max_iter \({cap}\): raise it; 1 stalled \(no step"):
         engine.log(EpochResult(0, 5, meta={"convergence": sites}))
     engine.close()
+
+
+def _same(a, b) -> bool:
+    """Equal values, NaN equal to NaN (a statistic of a unit that learned nothing is undefined)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
+    return a == b
+
+
+def test_an_accelerators_schedule_forks_the_programs_and_gives_the_same_state(monkeypatch, tmp_path):
+    """On an accelerator (`process_split`: (1, workers)) the sites run one after another in the analysis'
+    thread, and only the crossover's linear programs go to forked processes. Run on the CPU with that
+    split, every program is solved in another process and the state's statistics and crossover tables
+    equal those of the CPU's schedule (the sites in the processes)."""
+    import importlib
+    import os
+
+    from lightning_ssb.results import build
+
+    torch.manual_seed(0)
+    model, data = ToyTask("classification"), ToyClassificationData()
+    data.setup("fit")
+    engine = AnalysisEngine([0, 1], ["attn.heads"], fast_analysis(readout="both", crossover_sizes=[1, 2, 4, 8],
+                                                                  crossover_draws=2), table=True, sinks=["disk"])
+    engine.open_sinks(str(tmp_path / "ssb"))
+    engine.build_probe(PROBE, data, "classification")
+    snap = engine.capture(model.model, 0, 1)
+    on_cpu = engine.analyse(snap, AnalysisPlan(book=engine.book, workers=2), figures=False)
+
+    crossover = importlib.import_module("lightning_ssb.analysis.crossover")
+    real, where = crossover.reachable_labels_many, tmp_path / "pids"
+    where.mkdir()
+
+    def recorded(calls):  # inherited by the forked children: the file's name says which process solved it
+        (where / f"{os.getpid()}-{time.perf_counter_ns()}").touch()
+        return real(calls)
+
+    monkeypatch.setattr(crossover, "reachable_labels_many", recorded)
+    monkeypatch.setattr(build, "process_split", lambda device, workers: (1, workers))
+    said: list[str] = []
+    as_on_gpu = engine.analyse(snap, AnalysisPlan(book=engine.book, workers=2), figures=False, progress=said.append)
+    pids = {int(f.name.split("-")[0]) for f in where.iterdir()}
+    assert pids and os.getpid() not in pids  # every program was solved in a forked process
+    assert said[0].startswith("site 1/2 blocks.0.attn.heads")  # the sites one after another, here
+    timing = [k for k in on_cpu.scalars if "seconds" in k]
+    stats = {k: v for k, v in on_cpu.scalars.items() if k not in timing}
+    assert stats and stats.keys() == {k: v for k, v in as_on_gpu.scalars.items() if k not in timing}.keys()
+    assert all(_same(v, as_on_gpu.scalars[k]) for k, v in stats.items())
+    crossover_tables = [k for k in on_cpu.tables if "crossover" in k]
+    assert crossover_tables and all(_same(on_cpu.tables[k], as_on_gpu.tables[k]) for k in crossover_tables)
