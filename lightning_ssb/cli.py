@@ -205,6 +205,24 @@ class SSBArgumentParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
+LOGGER_CALLBACKS = ("LearningRateMonitor",)  # Lightning callbacks that refuse a trainer without a logger
+
+
+def drop_logger_callbacks(trainer) -> None:
+    """With ``trainer.logger: false`` (no W&B, no logger at all), leave out the callbacks that log only through
+    a logger (the shipped configs' ``LearningRateMonitor``, which Lightning refuses without one), and say so
+    in one line, instead of a fit that stops at its first step."""
+    if trainer.get("logger") is not False or not trainer.get("callbacks"):
+        return
+    names = [str(getattr(c, "class_path", "")).rsplit(".", 1)[-1] for c in trainer.callbacks]
+    kept = [c for c, name in zip(trainer.callbacks, names, strict=True) if name not in LOGGER_CALLBACKS]
+    if len(kept) < len(trainer.callbacks):
+        left = sorted({name for name in names if name in LOGGER_CALLBACKS})
+        print(f"lightning_ssb: trainer.logger is false: {', '.join(left)} left out (it logs through a logger)",
+              file=sys.stderr)
+        trainer.callbacks = kept
+
+
 def resolve_precision(precision: str | None, accelerator: str | None, cuda: bool,
                       cuda_bf16: bool) -> tuple[str | None, str]:
     """Mixed precision where the hardware has it: the precision to use and why it changed ('' if not).
@@ -270,6 +288,7 @@ class SSBCLI(LightningCLI):
         if why:
             print(f"lightning_ssb: {why}", file=sys.stderr)
             trainer.precision = precision
+        drop_logger_callbacks(trainer)
         self._run = None
         if sub in ("fit", "analyze", None):  # None: built without running (run=False), as for a fit
             name_wandb_runs(cfg, suffix=ANALYZE_SUFFIX if sub == "analyze" else "")

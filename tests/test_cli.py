@@ -281,3 +281,20 @@ def test_class_help_by_short_name(flag, name, option, capsys):
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert option in out and f"Help for {flag}=lightning_ssb." in out
+
+
+def test_a_fit_without_any_logger_leaves_out_the_learning_rate_monitor(tmp_path, monkeypatch, capfd):
+    """`--trainer.logger false` (no W&B, no logger): the shipped LearningRateMonitor, which Lightning refuses
+    without a logger, is left out with one line, every other callback stays, and a real fit runs to its
+    checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    shipped = callback_types(build("--config", "quickstart_mlm.yaml", "--ssb", "null"))
+    without = callback_types(build("--config", "quickstart_mlm.yaml", "--ssb", "null", "--trainer.logger", "false"))
+    assert "LearningRateMonitor" in shipped
+    assert without == [t for t in shipped if t != "LearningRateMonitor"]
+    assert "lightning_ssb: trainer.logger is false: LearningRateMonitor left out" in capfd.readouterr().err
+    cli = main(["fit", "--config", "quickstart_mlm.yaml", "--ssb", "null", "--trainer.logger", "false",
+                "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar",
+                "false"])
+    assert cli.trainer.global_step == 2 and cli.trainer.logger is None
+    assert (tmp_path / "runs" / "quickstart" / "mlm" / "checkpoints" / "last.ckpt").is_file()
