@@ -79,9 +79,9 @@ def peak_flops() -> tuple[str, float | None]:
 
 
 def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: list[str], articles: int,
-            batch_size: int | None) -> None:
+            batch_size: int | None, per_epoch: int) -> None:
     """Train the config's model on its data module (from local files) for warmup + steps steps and time the
-    last ``steps`` (see the module docstring)."""
+    last ``steps`` (see the module docstring); ``per_epoch``: the config's training sequences per epoch."""
     import lightning as L
 
     from lightning_ssb.cli import resolve_precision
@@ -99,8 +99,11 @@ def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: 
     module = MLMModule(architecture=arch, optimizer=OptimizerConfig(**cfg["model"]["init_args"].get("optimizer", {})))
 
     class Clock(L.Callback):
+        """The timed steps' start and end, and each timed batch's shape with its masked and real token counts,
+        kept on the device (read once the timing is over: no wait for the GPU inside the timed steps)."""
+
         def __init__(self) -> None:
-            self.flops = self.sequences = self.real = self.positions = 0.0
+            self.batches: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
             self.start = self.end = 0.0
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -110,11 +113,7 @@ def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: 
                 self.start = time.perf_counter()
             if trainer.global_step >= warmup:
                 b, t = batch["input_ids"].shape
-                masked = float((batch["labels"] != -100).sum())
-                self.flops += b * sum(analytic_flops(arch, t, masked / b).values())
-                self.sequences += b
-                self.positions += b * t
-                self.real += float(batch["attention_mask"].sum())
+                self.batches.append((b, t, (batch["labels"] != -100).sum(), batch["attention_mask"].sum()))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if trainer.global_step == warmup + steps:  # global_step counts the optimiser steps taken
@@ -132,15 +131,18 @@ def measure(cfg: dict, arch: BertArchitecture, steps: int, warmup: int, source: 
         raise SystemExit(f"fewer than {warmup + steps} training batches: lower --measure or --warmup, "
                          "or raise --articles")
     seconds = clock.end - clock.start
+    flops = sum(b * sum(analytic_flops(arch, t, float(masked) / b).values()) for b, t, masked, _ in clock.batches)
+    sequences = sum(b for b, *_ in clock.batches)
+    positions = sum(b * t for b, t, *_ in clock.batches)
+    real = sum(float(r) for *_, r in clock.batches)
     device, peak = peak_flops()
-    rate = clock.flops / seconds
-    per_epoch = round(cfg["data"]["init_args"]["num_articles"] * (1 - data_cfg["val_fraction"]))
+    rate = flops / seconds
     print(f"measured on {device}, precision {precision}{f' ({why})' if why else ''}, batch "
           f"{batch_size or data_cfg['batch_size']}: {steps} steps after {warmup} untimed in {seconds:.2f} s: "
-          f"{clock.sequences / seconds:.1f} sequences/s, {clock.real / seconds:.0f} real tokens/s "
-          f"({clock.positions / seconds:.0f} positions/s with padding), {rate / 1e12:.3g} TFLOP/s of training "
+          f"{sequences / seconds:.1f} sequences/s, {real / seconds:.0f} real tokens/s "
+          f"({positions / seconds:.0f} positions/s with padding), {rate / 1e12:.3g} TFLOP/s of training "
           + (f"= MFU {rate / peak:.1%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "(no known peak)"))
-    epoch = per_epoch / (clock.sequences / seconds)
+    epoch = per_epoch / (sequences / seconds)
     print(f"  an epoch of the config ({per_epoch} sequences) at this throughput: {epoch:.1f} s "
           f"(training steps only: no validation, no monitor)")
 
@@ -184,7 +186,7 @@ def main() -> None:
         print(f"  {gpu}: {peak / 1e12:.0f} TFLOP/s bf16 peak x MFU {args.mfu} -> {seconds:.1f} s per epoch, "
               f"{seconds * cfg['trainer']['max_epochs'] / 60:.1f} min for {cfg['trainer']['max_epochs']} epochs")
     if args.measure:
-        measure(cfg, arch, args.measure, args.warmup, args.source, args.articles, args.batch_size)
+        measure(cfg, arch, args.measure, args.warmup, args.source, args.articles, args.batch_size, sequences)
 
 
 if __name__ == "__main__":
