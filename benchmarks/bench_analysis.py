@@ -99,14 +99,12 @@ def rule_and_analysis(x_train, y_train, x_test, y_test, k: int, config: Analysis
 
 
 def lp_workers_for(device: str, requested: int | None) -> int:
-    """Processes for the crossover's linear programs: as asked, else as the monitor does (on an accelerator
-    ``parallel.default_workers()``, since the sites run one after another there; 1 on a CPU, where the
-    monitor's site analyses are themselves the forked processes)."""
+    """Processes for the crossover's linear programs: as asked, else as the monitor's schedule
+    (``results.build.process_split``: all of ``parallel.default_workers()`` on an accelerator, 1 on a CPU)."""
     from lightning_ssb.parallel import default_workers
+    from lightning_ssb.results.build import process_split
 
-    if requested is not None:
-        return requested
-    return 1 if device == "cpu" else default_workers()
+    return requested if requested is not None else process_split(torch.device(device), default_workers())[1]
 
 
 def bench_site(n_train: int, device: str, lp_workers: int | None = None) -> None:
@@ -172,8 +170,8 @@ def bench_mlm_site(k: int, n_train: int, n_test: int, heads: int, d: int, device
     lp = lp_workers_for(device, lp_workers)
     penalties, t_cv, res, seconds, wall = rule_and_analysis(x_train, y_train, x_test, y_test, k, config, lp, tag)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{tag} N_train={n_train} N_test={n_test} D={heads}x{d}; penalties {penalties.shared:g} (shared), "
-          f"{penalties.node:g} (nodes), {penalties.group:g} (heads and subsets)")
+    print(f"{tag} penalties {penalties.shared:g} (shared), {penalties.node:g} (nodes), {penalties.group:g} "
+          f"(heads and subsets)")
     print(f"{tag} penalty rule (once per run): {t_cv:.1f} s")
     print(f"{tag} one analysis, both families, both nulls, crossover: {wall:.1f} s wall "
           f"(linear programs in {lp} process{'es' if lp > 1 else ''}; an epoch of 6 such sites: about "

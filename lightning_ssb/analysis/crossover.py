@@ -113,7 +113,7 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
     if node_pred is None:
         node_pred = nodes.predict(x)
     lo_all, hi_all = x.min(0).values, x.max(0).values
-    rows, reports, programs = [], [], []
+    rows, reports, programs, wheres = [], [], [], []
     for m in _check_sizes(sizes, num_nodes):
         subsets = [torch.sort(draw_subset(m, num_nodes, num_heads, gen)).values for _ in range(draws)]
         # equal subsets (every draw when m = D; two draws of one whole head when m = d) have the same
@@ -162,14 +162,13 @@ def crossover(x: Tensor, y: Tensor, readout: Readout | None, nodes: NodeLines, n
             "distinct_mean": sum(n_distinct for _, n_distinct in seen) / draws,
             "learned_mean": learned.mean().item(),
             "cooperation": learned.sum().item() / denom if denom > 0 else math.nan,
-            "_where": where,
         })
+        wheres.append(where)
     with timed("crossover: reachability (linear programs)"):
         answers = fork_map(lambda i: _reachable_sets(*programs[i][2]), len(programs), workers)
     found: dict[tuple[int, int], tuple[Tensor, Tensor]] = {(j, u): a for (j, u, _), a in zip(programs, answers,
                                                                                           strict=True)}
-    for j, row in enumerate(rows):
-        where = row.pop("_where")
+    for j, (row, where) in enumerate(zip(rows, wheres, strict=True)):
         reach = [int(found[j, u][0].sum()) for u in where]
         row["reachable_mean"] = sum(reach) / draws
         row["reachable_all_mean"] = sum(int(found[j, u][1].sum()) for u in where) / draws

@@ -339,16 +339,9 @@ class SSBMonitor(Callback):
         return AnalysisPlan(book=self.book, nulls=list(self.analysis.nulls) if run_nulls else [],
                             sensitivity=deepest if self.sensitivity and ends else [],
                             crossover=self.analysis.crossover_mode == "all" or ends, device=device,
-                            workers=self._workers(device))
-
-    @staticmethod
-    def _workers(device) -> int:
-        """Forked processes of a state's analysis, one thread each (``parallel.default_workers``). On a CPU
-        they analyse its sites and draw its figures (beside training at a lower priority); on an
-        accelerator the sites' fits stay in the analysis thread (a forked child cannot touch the
-        accelerator), and the processes take the CPU work: the crossover's linear programs and the
-        figures."""
-        return default_workers()
+                            # forked processes, one thread each: on a CPU they analyse the sites and draw the
+                            # figures; on an accelerator they take the CPU work (results.build.process_split)
+                            workers=default_workers())
 
     def _analyse_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int,
                        model: torch.nn.Module | None = None) -> None:
