@@ -15,6 +15,7 @@ import yaml
 from lightning_ssb.cli import main
 from lightning_ssb.loggers import read_wandb_run
 from tests.interrupts import hold_analysis_then_interrupt, sigint_restored
+from tests.values import same
 
 # 2 layers x 4 heads of 12 nodes: fast, still several heads and nodes per head for the monitor
 SMALL = ["--model.init_args.architecture.num_hidden_layers", "2", "--model.init_args.architecture.hidden_size", "48",
@@ -164,11 +165,6 @@ def test_missing_ckpt_path_is_one_line(capsys):
 
 
 NOT_COMPARED = {"ssb/analysis_seconds", "_runtime", "_timestamp", "_step"}  # wall-clock and W&B's own counters
-
-
-def same(a, b) -> bool:
-    """Equal, NaN (an undefined statistic) included."""
-    return a == b or (a != a and b != b)
 
 
 def by_step(runs) -> dict:

@@ -22,6 +22,7 @@ from lightning_ssb.analysis import (
     subset_predictions,
 )
 from lightning_ssb.analysis.crossover import draw_subset
+from tests.values import same
 
 
 def test_default_sizes():
@@ -167,14 +168,6 @@ def test_equal_subsets_share_their_reachability_programs(monkeypatch):
     assert [row["reachable_mean"] for row in rows] == direct
 
 
-def _same_rows(a: list[dict], b: list[dict]) -> bool:
-    """Rows equal key by key, NaN equal to NaN (cooperation and guess level can be undefined)."""
-    def same(u, v):
-        return (isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v)) or u == v
-    return len(a) == len(b) and all(r.keys() == s.keys() and all(same(r[k], s[k]) for k in r)
-                                    for r, s in zip(a, b, strict=True))
-
-
 @pytest.mark.parametrize("family", ["shared", "own"])
 def test_reachability_in_forked_processes_gives_the_same_rows(monkeypatch, tmp_path, family):
     """workers > 1 (a GPU run: the fits on the device, the programs in CPU processes) solves the programs
@@ -200,4 +193,4 @@ def test_reachability_in_forked_processes_gives_the_same_rows(monkeypatch, tmp_p
     pids = {int(f.name.split("-")[0]) for f in tmp_path.iterdir()}
     assert pids and os.getpid() not in pids  # every program was solved in a forked process
     assert [row["m"] for row in two] == default_sizes(x.shape[1]) and list(two[0]) == list(CROSSOVER_COLUMNS)
-    assert _same_rows(one, two)
+    assert same(one, two)  # cooperation and guess level can be NaN

@@ -4,7 +4,6 @@ log, failed sinks and the penalty book; and the monitor's checkpoint waiting for
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import warnings
@@ -20,6 +19,7 @@ from lightning_ssb.results.build import AnalysisPlan, EpochResult, PenaltyBook
 from lightning_ssb.results.engine import AnalysisEngine
 from lightning_ssb.results.sinks import Sink
 from tests.callbacks.toys import ToyClassificationData, ToyTask, fast_analysis
+from tests.values import same
 
 PROBE = ProbeConfig(train_size=48, test_size=None, batch_size=16)
 
@@ -129,15 +129,6 @@ def test_the_unconverged_fits_warning_says_which_ran_out_of_iterations_and_which
     engine.close()
 
 
-def _same(a, b) -> bool:
-    """Equal values, NaN equal to NaN (a statistic of a unit that learned nothing is undefined)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
-    return a == b
-
-
 def test_an_accelerators_schedule_forks_the_programs_and_gives_the_same_state(monkeypatch, tmp_path):
     """On an accelerator (`process_split`: (1, workers)) the sites run one after another in the analysis'
     thread, and only the crossover's linear programs go to forked processes. Run on the CPU with that
@@ -176,6 +167,6 @@ def test_an_accelerators_schedule_forks_the_programs_and_gives_the_same_state(mo
     timing = [k for k in on_cpu.scalars if "seconds" in k]
     stats = {k: v for k, v in on_cpu.scalars.items() if k not in timing}
     assert stats and stats.keys() == {k: v for k, v in as_on_gpu.scalars.items() if k not in timing}.keys()
-    assert all(_same(v, as_on_gpu.scalars[k]) for k, v in stats.items())
+    assert all(same(v, as_on_gpu.scalars[k]) for k, v in stats.items())
     crossover_tables = [k for k in on_cpu.tables if "crossover" in k]
-    assert crossover_tables and all(_same(on_cpu.tables[k], as_on_gpu.tables[k]) for k in crossover_tables)
+    assert crossover_tables and all(same(on_cpu.tables[k], as_on_gpu.tables[k]) for k in crossover_tables)
