@@ -102,6 +102,7 @@ class EpochResult:
     arrays: dict[str, Tensor] = field(default_factory=dict)  # keys: scalar keys without the prefix
     meta: dict[str, Any] = field(default_factory=dict)  # meta.json on disk
     seconds: float = 0.0
+    prepared: dict[Any, Any] = field(default_factory=dict)  # sink -> its ``Sink.prepare`` of this result
 
 
 class PenaltyBook:

@@ -5,7 +5,9 @@ worker: W&B and most Lightning loggers are not meant to be called from other thr
 ``begin``, then ``log_scalars`` / ``log_figure`` / ``log_table`` / ``log_arrays``, then ``flush``;
 at the end of fit ``log_report`` and ``log_results`` (the results folder). A sink that raises is
 reported by name and ``where`` (its folder or run) and left out from then on; the other sinks and
-training go on (``SinkError``).
+training go on (``SinkError``). What is safe to do off the main thread and costs time there (W&B: its
+images and tables) a sink may do in ``prepare``, which the analysis' worker thread calls as soon as a
+result is built, beside training.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ class Sink:
     def has(self, epoch: int) -> bool:
         """Whether a complete result of ``epoch`` is stored already (used after a resume)."""
         return False
+
+    def prepare(self, result) -> Any:
+        """What of writing ``result`` is safe and worth doing off the main thread, done on the analysis'
+        worker thread as soon as the result is built (W&B: its image and table objects); ``write`` finds the
+        return value in ``result.prepared[self]``. Must not touch what the main thread writes through. The
+        default, None, prepares nothing."""
+        return None
 
     def write(self, result) -> None:
         """Hand over a whole ``EpochResult``."""
@@ -181,6 +190,7 @@ class WandbSink(Sink):
         self.run = run
         self.prefix = prefix
         self._pending: dict[str, Any] = {}
+        self._media: _Media | None = None  # the images and tables of the result being written
         self._defined: set[str] = set()  # keys declared against the epoch axis in this process
 
     @property
@@ -197,23 +207,44 @@ class WandbSink(Sink):
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         self._pending.update({wandb_key(k, self.prefix): v for k, v in scalars.items()})
 
+    def prepare(self, result) -> _Media:
+        """The result's images and tables as W&B objects, made on the analysis' worker thread: building them
+        (type checks of every table cell, reading the PNGs) took about a second per state on training's thread."""
+        media = _Media()
+        for name, figure in result.figures.items():
+            media.add_figure(wandb_figure_key(name, self.prefix), figure)
+        for name, (columns, rows) in result.tables.items():
+            media.add_table(f"{self.prefix}/{name}", columns, rows)
+        return media
+
+    def write(self, result) -> None:
+        media = result.prepared.get(self)
+        if media is None:  # not prepared (a sink added later, a failed prepare): everything here
+            super().write(result)
+            return
+        self.log_scalars(result.scalars, result.step)
+        self._pending.update(media.objects)
+        self._media = media
+        self.flush(result.step)
+
     def log_figure(self, name: str, figure: Any, step: int) -> None:
-        import io
-
-        import wandb
-        from PIL import Image
-
-        from lightning_ssb.plots import to_png
-
-        self._pending[wandb_figure_key(name, self.prefix)] = wandb.Image(Image.open(io.BytesIO(to_png(figure))))
+        self._media = self._media or _Media()
+        self._pending.update(self._media.add_figure(wandb_figure_key(name, self.prefix), figure))
 
     def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
-        import wandb
-
-        self._pending[f"{self.prefix}/{name}"] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        self._media = self._media or _Media()
+        self._pending.update(self._media.add_table(f"{self.prefix}/{name}", columns, rows))
 
     def flush(self, step: int) -> None:
         pending, self._pending = self._pending, {}
+        media, self._media = self._media, None
+        try:
+            self._log(pending, step)
+        finally:
+            if media is not None:
+                media.cleanup()  # run.log has copied the images into the run
+
+    def _log(self, pending: dict[str, Any], step: int) -> None:
         if pending:
             epoch = run_key("epoch", self.prefix)
             for key, value in pending.items():
@@ -240,6 +271,55 @@ class WandbSink(Sink):
                                   metadata={"states": states, "folder": os.path.abspath(dirpath)})
         artifact.add_dir(dirpath)
         self.run.log_artifact(artifact)
+
+
+class _Media:
+    """W&B images and tables of one result, ``objects`` by W&B key. An image is made from its PNG written to a
+    file (W&B copies the file into the run) instead of from a decoded picture, which W&B encoded as a PNG
+    again; ``cleanup`` removes the files once the result is logged."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Any] = {}
+        self._folder: Any = None
+
+    def add_figure(self, key: str, figure: Any) -> dict[str, Any]:
+        import tempfile
+
+        import wandb
+
+        from lightning_ssb.plots import to_png
+
+        if self._folder is None:  # removed by cleanup, or when this object is collected
+            self._folder = tempfile.TemporaryDirectory(prefix="lightning_ssb-wandb-")
+        path = os.path.join(self._folder.name, f"{len(self.objects)}.png")
+        with open(path, "wb") as f:
+            f.write(to_png(figure))
+        self.objects[key] = wandb.Image(path)
+        return {key: self.objects[key]}
+
+    def add_table(self, key: str, columns: list[str], rows: list[list]) -> dict[str, Any]:
+        import wandb
+
+        self.objects[key] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        return {key: self.objects[key]}
+
+    def cleanup(self) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+
+def prepare_all(sinks: list[Sink], result) -> None:
+    """``Sink.prepare`` of every sink into ``result.prepared`` (the analysis' worker thread). A sink whose
+    prepare raises gets nothing there: its ``write`` then does it all on the main thread, where a failure is
+    reported as any other."""
+    for sink in sinks:
+        try:
+            prepared = sink.prepare(result)
+        except Exception:  # noqa: BLE001 - reported by the write that follows, if it fails again
+            continue
+        if prepared is not None:
+            result.prepared[sink] = prepared
 
 
 def make_sinks(names: list[str], loggers: list, dirpath: str, prefix: str = PREFIX) -> list[Sink]:

@@ -9,8 +9,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_ssb.callbacks.figures import heatmap
 from lightning_ssb.loggers.wandb_records import read_wandb_run
+from lightning_ssb.plots import to_png
 from lightning_ssb.results.build import EpochResult
-from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink, log_results_all, write_all
+from lightning_ssb.results.sinks import DiskSink, LoggerSink, Sink, WandbSink, log_results_all, prepare_all, write_all
 
 
 def _emit(sink, epoch, step, value):
@@ -84,6 +85,52 @@ def test_wandb_sink_offline_files(tmp_path, monkeypatch):
     assert len(images) == 2
     (table,) = list((run_dir / "files" / "media" / "table" / "ssb").glob("nodes_0_*.table.json"))  # ssb/nodes
     assert json.loads(table.read_text())["data"] == [[0, 1, "capital_of born_in"]]
+
+
+def test_wandb_sink_prepared_on_another_thread_logs_the_same_run(tmp_path, monkeypatch):
+    """The images and tables made by ``prepare`` on a worker thread, then logged by ``write``: the run holds
+    each figure's PNG byte for byte (copied, not encoded again) and the table's rows, and the files made for
+    the images are gone once the result is logged. A prepare that fails leaves the write to do it all."""
+    import threading
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
+    run = wandb.init(project="ssb-test", dir=str(tmp_path), mode="offline")
+    sink = WandbSink(run)
+    results = []
+    for epoch, value in ((-1, 0.25), (0, 0.5)):
+        fig = heatmap(torch.rand(3, 4), f"epoch {epoch}", "head", "layer")
+        results.append(EpochResult(epoch=epoch, step=10 * (epoch + 1), figures={"ssb/heads/accuracy": fig},
+                                   scalars={"ssb/blocks.0.attn.heads/own/node/phi": value, "ssb/epoch": float(epoch)},
+                                   tables={"nodes": (["layer", "node", "labels"], [[0, epoch + 2, "born_in"]])}))
+    worker = threading.Thread(target=prepare_all, args=([sink], results[0]))
+    worker.start()
+    worker.join()
+    media = results[0].prepared[sink]
+    folder = media._folder.name
+    assert os.listdir(folder) == ["0.png"]
+
+    class Unprepared(WandbSink):
+        def prepare(self, result):
+            raise OSError("no space left for the image files")
+
+    prepare_all([Unprepared(run)], results[1])
+    assert results[1].prepared == {}  # the write below makes its images and tables itself
+    assert write_all([sink], results[0]) == [] and write_all([sink], results[1]) == []
+    run.finish()
+    assert not os.path.exists(folder)
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    records = read_wandb_run(run_dir, wait=60)
+    assert records.series("ssb-phi/own/node/L00-attn-heads") == [0.25, 0.5]
+    assert records.series("trainer/global_step") == [0, 10]
+    images = sorted((run_dir / "files" / "media" / "images" / "ssb-figures" / "accuracy").glob("heads_*.png"),
+                    key=lambda p: int(p.name.split("_")[1]))
+    assert [p.read_bytes() for p in images] == [to_png(r.figures["ssb/heads/accuracy"]) for r in results]
+    tables = sorted((run_dir / "files" / "media" / "table" / "ssb").glob("nodes_*.table.json"),
+                    key=lambda p: int(p.name.split("_")[1]))
+    assert [json.loads(t.read_text())["data"] for t in tables] == [[[0, 1, "born_in"]], [[0, 2, "born_in"]]]
 
 
 def test_wandb_sink_logs_the_results_folder_as_an_artifact_offline(tmp_path, monkeypatch):
