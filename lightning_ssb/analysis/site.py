@@ -415,6 +415,25 @@ def _train_rows(xtr: Tensor, ytr: Tensor, cfg: AnalysisConfig) -> tuple[Tensor, 
     return xtr, ytr
 
 
+def _learned(pred: Tensor, yte: Tensor, k: int, cfg: AnalysisConfig, level: str):
+    """(label statistics, learned label sets, ``{level: unit statistics}``, empty when ``level`` is not
+    one of ``cfg.granularities``) of one granularity's predictions `[U, N]` on probe-test."""
+    stats = label_stats(pred, yte, k)
+    labels = learned_labels(stats, cfg.theta, cfg.q)
+    order = {level: order_parameters(labels, stats.accuracy, level)} if level in cfg.granularities else {}
+    return stats, labels, order
+
+
+def unit_orders(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg: AnalysisConfig) -> dict:
+    """``{granularity: unit statistics}`` of one family's fitted units on probe-test: the ``order`` of
+    ``score_family``, without its cluster, hull and best-node statistics (the sensitivity's rows need
+    the learned label sets alone)."""
+    order = _learned(ff.nodes.predict(xte), yte, num_classes, cfg, "node")[2] if "node" in cfg.granularities else {}
+    if ff.heads is not None and "head" in cfg.granularities:
+        order.update(_learned(ff.heads.predict(xte), yte, num_classes, cfg, "head")[2])
+    return order
+
+
 def score_family(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg: AnalysisConfig,
                  best: bool = True) -> SiteAnalysis:
     """Everything docs/method.md 4-6 measures of one family's fitted units on probe-test xte `[N, D]`
@@ -426,19 +445,16 @@ def score_family(ff: FamilyFit, xte: Tensor, yte: Tensor, num_classes: int, cfg:
     matrices = k <= cfg.max_matrix_classes
     nodes = ff.nodes
     node_pred = nodes.predict(xte)
-    node_stats = label_stats(node_pred, yte, k)
-    node_labels = learned_labels(node_stats, cfg.theta, cfg.q)
-    order, clusters = {}, {}
+    node_stats, node_labels, order = _learned(node_pred, yte, k, cfg, "node")
+    clusters = {}
     if "node" in cfg.granularities:
-        order["node"] = order_parameters(node_labels, node_stats.accuracy, "node")
         clusters["node"] = _cluster_means(
             node_field_matrices(means, nodes.slope.T, intercept=nodes.intercept) if matrices else None, cfg.tau)
     head_acc = head_labels = None
     if ff.heads is not None and "head" in cfg.granularities:
-        head_pred = ff.heads.predict(xte)
-        head_stats = label_stats(head_pred, yte, k)
-        head_acc, head_labels = head_stats.accuracy, learned_labels(head_stats, cfg.theta, cfg.q)
-        order["head"] = order_parameters(head_labels, head_acc, "head")
+        head_stats, head_labels, head_order = _learned(ff.heads.predict(xte), yte, k, cfg, "head")
+        head_acc = head_stats.accuracy
+        order.update(head_order)
         clusters["head"] = _cluster_means(
             head_field_matrices(means, ff.heads.weight.cpu(), num_heads, ff.heads.bias.cpu()) if matrices else None,
             cfg.tau)
@@ -676,9 +692,7 @@ def _sensitivity(x_train, y_train, x_test, y_test, num_classes, config, grid, na
                 heads = HeadMaps(fit.weight, fit.bias)
             fams.append(FamilyFit("own", None, NodeLines(slope.cpu(), intercept.cpu()), heads, {}, {}))
         for ff in fams:
-            quiet = replace(cfg, top_nodes=0)
-            site = score_family(ff, xte, yte, k, quiet, best=False)
-            for g, stats in site.order.items():
+            for g, stats in unit_orders(ff, xte, yte, k, cfg).items():
                 rows.append({"family": ff.family, "granularity": g, "l2": l2,
                              **{s.name: float(stats[s.name]) for s in registry.in_sensitivity() if s.name in stats}})
     return sorted(rows, key=lambda r: (r["family"], r["granularity"], r["l2"]))

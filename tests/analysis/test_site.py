@@ -26,6 +26,7 @@ from lightning_ssb.analysis import (
     subset_accuracy,
 )
 from lightning_ssb.analysis.penalty import stratified_folds
+from tests.values import same
 
 H, D_HEAD, K = 3, 4, 5
 FIXED = Penalties(shared=1e-3, node=1e-3, group=1e-3)
@@ -292,6 +293,9 @@ def test_sensitivity_rows_move_with_the_penalty():
                                   penalties=Penalties(shared=l2, node=l2, group=l2))
                 for stat in ("live", "live_fraction", "mean_labels", "coverage", "phi"):
                     assert row[stat] == pytest.approx(at.order[gran][stat], nan_ok=True), (family, gran, l2, stat)
+    # one granularity alone: its rows as before, none of the other's
+    nodes_only = sensitivity(xtr, ytr, xte, yte, k, replace(cfg, granularities=["node"]))
+    assert same(nodes_only, [r for r in rows if r["granularity"] == "node"])
 
 
 def test_a_site_at_any_scale_gives_the_same_statistics():
