@@ -218,10 +218,7 @@ class WandbSink(Sink):
         return media
 
     def write(self, result) -> None:
-        media = result.prepared.get(self)
-        if media is None:  # not prepared (a sink added later, a failed prepare): everything here
-            super().write(result)
-            return
+        media = result.prepared.get(self) or self.prepare(result)  # not prepared (a failed prepare): made here
         self.log_scalars(result.scalars, result.step)
         self._pending.update(media.objects)
         self._media = media
