@@ -224,6 +224,132 @@ def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float, co
     return apply
 
 
+class CurvaturePreconditioner:
+    """An approximate inverse Hessian of `group_objective` where each read-out stands: for the weights of
+    class c, (sum_n v_nc x_n x_n^T / N + l2 I)^-1 with v_nc = p_nc (1 - p_nc) the softmax's own curvature
+    there (the Hessian's class-diagonal blocks; the couplings between classes, -p_nc p_nd, are left out);
+    for the bias of class c, 1 / (mean_n v_nc + l2). Kept in float32 whatever the fit's dtype (it only
+    shapes the steps; the gradient and the stop stay in the fit's dtype).
+
+    `group_preconditioner` is this Hessian at the start (uniform softmax). Once a read-out fits its
+    labels confidently, many of its examples have v_nc near 0 and its curvature in many directions is
+    little more than l2: the start's matrix then overstates it by orders of magnitude, and L-BFGS needed
+    hundreds of steps at a weak penalty. Rows with v_nc < l2 / 100 are left out of class c's block: what
+    they add to it is below a hundredth of the penalty's curvature per unit second moment (the nodes are
+    standardised). `build` fills the blocks of some read-outs (each from its own point: a read-out's blocks
+    never depend on the others'); calling the object applies them, as `lbfgs`'s ``precond``."""
+
+    def __init__(self, num_groups: int, num_nodes: int, num_classes: int, bias: bool, l2: float, device) -> None:
+        self.g, self.k, self.m, self.bias, self.l2, self.device = num_groups, num_classes, num_nodes, bias, l2, device
+        self.inv = self.bias_inv = torch.zeros(0)  # made at the first `build`: most fits never need them
+
+    def build(self, xs: Tensor, theta: Tensor, groups: Tensor) -> None:
+        """The blocks of read-outs `groups` from xs `[G, N, m]` (all read-outs) at theta `[len(groups), P]`."""
+        k, m, l2 = self.k, self.m, self.l2
+        nw = k * m
+        n = xs.shape[1]
+        cut = l2 / 100.0
+        eye = torch.eye(m, dtype=torch.float32, device=xs.device)
+        if not self.inv.numel():
+            self.inv = torch.zeros(self.g, k, m, m, dtype=torch.float32, device=self.device)
+            self.bias_inv = torch.zeros(self.g, k, dtype=torch.float32, device=self.device)
+        for row, gi in enumerate(groups.tolist()):
+            x = xs[gi].float()  # [n, m]
+            z = x @ theta[row, :nw].view(k, m).float().T
+            if self.bias:
+                z += theta[row, nw:].float()
+            v = torch.softmax(z, -1)
+            v.mul_(1.0 - v)  # [n, k]: p (1 - p)
+            blocks = torch.empty(k, m, m, dtype=torch.float32, device=xs.device)
+            for c in range(k):
+                keep = (v[:, c] >= cut).nonzero().flatten()
+                xw = x[keep] * v[keep, c].sqrt().unsqueeze(1)
+                torch.mm(xw.T, xw, out=blocks[c])
+            blocks.div_(n).add_((l2 + 1e-8) * eye)  # the small ridge keeps constant (zeroed) nodes invertible
+            self.inv[gi] = torch.cholesky_inverse(torch.linalg.cholesky(blocks))
+            self.bias_inv[gi] = 1.0 / (v.mean(0) + l2 + 1e-8)
+
+    def __call__(self, q: Tensor, idx: Tensor) -> Tensor:
+        k, m = self.k, self.m
+        nw = k * m
+        gg = q.shape[0]
+        inv = self.inv if idx.numel() == self.inv.shape[0] else self.inv[idx]
+        # row vectors times the symmetric blocks: a faster kernel than the blocks times columns
+        rw = torch.bmm(q[:, :nw].reshape(gg * k, 1, m).float(), inv.reshape(gg * k, m, m)).reshape(gg, nw)
+        if not self.bias:
+            return rw.to(q.dtype)
+        bi = self.bias_inv if idx.numel() == self.bias_inv.shape[0] else self.bias_inv[idx]
+        return torch.cat([rw.to(q.dtype), q[:, nw:] * bi.to(q.dtype)], 1)
+
+
+# A read-out of a polished group fit goes on with `CurvaturePreconditioner`, built where it stands, once it has
+# taken `curvature_after(m)` L-BFGS steps with `group_preconditioner` without converging (a problem the
+# start's curvature describes badly: a weak penalty at a trained state), and keeps that matrix for its float64
+# phase. Building it costs about m / 4 evaluations of the objective (K blocks of m x m over the rows), and
+# applying it, for m in the hundreds, about as much as an evaluation: a read-out switches only after it has
+# spent about twice the build's cost with the start's matrix (the rent-or-buy rule), so that a fit that
+# converges soon never pays for it. Each read-out switches on its own, whatever the others beside it do. The
+# optimum is the same (a convex problem, the same stop): only the path to it changes. Measured in
+# docs/BENCHMARKS.md (2026-12-04, evening).
+CURVATURE_AFTER = 30
+
+
+def curvature_after(m: int) -> int:
+    """Steps with the start's matrix before a read-out of m nodes switches: max(30, m / 2)."""
+    return max(CURVATURE_AFTER, m // 2)
+
+
+# The curvature matrix is K blocks of m x m per read-out in float32: never more than this (an MLM probe of the
+# whole vocabulary would need tens of GB); a fit whose matrix would be larger keeps the start's throughout.
+CURVATURE_MAX_BYTES = 512 * 2**20
+
+
+def _subset(fn, sel: Tensor):
+    """`fn(t, idx)` (an objective or a preconditioner over all read-outs) for the read-outs `sel` alone."""
+    return lambda t, idx: fn(t, sel[idx])
+
+
+def _lbfgs_phase(objective, theta: Tensor, max_iter: int | Tensor, gtol: float, plain, xs: Tensor,
+                 curvature: CurvaturePreconditioner | None, switched: Tensor) -> tuple[Tensor, FitReport]:
+    """One dtype phase of a polished group fit. The read-outs that switched in an earlier phase (`switched`
+    `[G]`) use `curvature` from the first step; the others `plain` for at most `curvature_after(m)` steps,
+    then (those not converged) `curvature` built where they stand, and are marked in `switched`.
+    `curvature` None: `plain` throughout. `max_iter` caps each read-out's steps in this phase."""
+    g = theta.shape[0]
+    if curvature is None:
+        return lbfgs(objective, theta, max_iter, gtol, precond=plain)
+    dev = theta.device
+    caps = torch.as_tensor(max_iter, device=dev).expand(g)
+    theta = theta.clone()
+    converged = torch.zeros(g, dtype=torch.bool, device=dev)
+    grad_max = torch.zeros(g, dtype=theta.dtype, device=dev)
+    iters = torch.zeros(g, dtype=torch.long, device=dev)
+    stalled = torch.zeros(g, dtype=torch.bool, device=dev)
+
+    def run(sel: Tensor, precond, cap: Tensor) -> FitReport:
+        out, rep = lbfgs(_subset(objective, sel), theta[sel], cap, gtol, precond=_subset(precond, sel))
+        theta[sel] = out
+        converged[sel], grad_max[sel] = rep.converged, rep.grad_max
+        iters[sel] += rep.iterations
+        stalled[sel] |= rep.stalled_mask()
+        return rep
+
+    first = (~switched).nonzero().flatten()
+    if first.numel():
+        rep = run(first, plain, caps[first].clamp(max=curvature_after(curvature.m)))
+        go = first[~(rep.converged | rep.stalled_mask() | (rep.iterations >= caps[first]))]
+        if go.numel():
+            curvature.build(xs, theta[go], go)
+            switched[go] = True
+            run(go, curvature, caps[go] - iters[go])
+    old = switched.clone()
+    old[first] = False
+    if old.any():
+        sel = old.nonzero().flatten()
+        run(sel, curvature, caps[sel])
+    return theta, FitReport(converged, grad_max, iters, stalled & ~converged)
+
+
 # The first phase of every fit runs in float32 (exponentials and matmuls several times faster on a CPU)
 # down to this gradient; the second phase continues in float64 from there to `gtol`. The result is the
 # float64 optimum either way (convex problems): only the number of float64 steps changes. A fit that is
@@ -329,16 +455,23 @@ def solve_groups(data: GroupData, y: Tensor, num_classes: int, settings: FitSett
     l2 = settings.l2
     xs32 = data.of(torch.float32)
     switch = GROUP_SWITCH_GTOL if polish else FLOAT32_GTOL
-    first, rep1 = lbfgs(group_objective(xs32, y, k, bias, l2), theta0.float(), settings.max_iter,
-                        max(settings.gtol, switch),
-                        precond=group_preconditioner(xs32, k, bias, l2, data.cov(torch.float32)))
+    affordable = polish and g * k * m * m * 4 <= CURVATURE_MAX_BYTES
+    curvature = CurvaturePreconditioner(g, m, k, bias, l2, dev) if affordable else None
+    switched = torch.zeros(g, dtype=torch.bool, device=dev)
+    # the penalty rule's unpolished fits, which only rank held-out losses, keep the start's matrix throughout
+    first, rep1 = _lbfgs_phase(group_objective(xs32, y, k, bias, l2), theta0.float(), settings.max_iter,
+                               max(settings.gtol, switch),
+                               group_preconditioner(xs32, k, bias, l2, data.cov(torch.float32)), xs32, curvature,
+                               switched)
     del xs32
     if not keep_single:
         data.drop_single()
     if polish:
         left = settings.max_iter - rep1.iterations  # max_iter caps both phases together
-        theta, rep2 = lbfgs(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
-                            precond=group_preconditioner(xs, k, bias, l2, data.cov(DTYPE)))
+        # a read-out that switched in float32 keeps its matrix: rebuilt at the float32 optimum, it took as many
+        # float64 steps
+        theta, rep2 = _lbfgs_phase(group_objective(xs, y, k, bias, l2), first.to(DTYPE), left, settings.gtol,
+                                   group_preconditioner(xs, k, bias, l2, data.cov(DTYPE)), xs, curvature, switched)
         report = FitReport(rep2.converged, rep2.grad_max, rep1.iterations + rep2.iterations, rep2.stalled)
     else:
         theta, report = first.to(DTYPE), rep1

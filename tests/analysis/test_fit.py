@@ -10,8 +10,10 @@ from scipy.optimize import minimize
 from lightning_ssb.analysis import FitSettings, fit_groups, fit_node_lines
 from lightning_ssb.analysis.fit import (
     CPU_BLOCK_ROWS,
+    CurvaturePreconditioner,
     bin_nodes,
     block_rows,
+    curvature_after,
     group_objective,
     prepare_groups,
     solve_groups,
@@ -394,3 +396,126 @@ def test_a_fit_whose_line_search_accepts_nothing_is_reported_stalled_not_at_its_
     assert summary == {"unconverged": 2.0, "stalled": 2.0, "grad_max": 2 * 3.0}
     why = unconverged_why([summary, {"unconverged": 3.0, "grad_max": 1e-3}], 50)  # an old record: no "stalled"
     assert why.startswith("3 at analysis.max_iter (50): raise it; 2 stalled (")
+
+
+def _hessian(xs, y, k, bias, l2, theta):
+    """The full Hessian of group_objective's loss for each read-out, by autograd over all rows `[G, P, P]`."""
+    out = []
+    for h in range(xs.shape[0]):
+        def loss(t, h=h):
+            w = t[: k * xs.shape[2]].view(k, -1)
+            z = xs[h] @ w.T + (t[k * xs.shape[2]:] if bias else 0.0)
+            return F.cross_entropy(z, y) + 0.5 * l2 * (w * w).sum()
+        out.append(torch.autograd.functional.hessian(loss, theta[h]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_curvature_matrix_inverts_the_hessians_class_blocks(bias):
+    """curvature_preconditioner at theta: for each class the inverse of the Hessian's diagonal block of that
+    class's weights (autograd over all rows, the penalty included), for each bias 1 / (its second derivative +
+    l2); what it returns for a vector is those inverses applied to its pieces, for every read-out or a subset."""
+    gen = torch.Generator().manual_seed(7)
+    g, n, m, k, l2 = 3, 400, 4, 5, 1e-3
+    xs = torch.randn(g, n, m, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, k, (n,), generator=gen)
+    theta = 0.3 * torch.randn(g, k * m + (k if bias else 0), generator=gen, dtype=torch.float64)
+    hess = _hessian(xs, y, k, bias, l2, theta)
+    p = torch.softmax(torch.einsum("gnm,gkm->gnk", xs, theta[:, : k * m].view(g, k, m))
+                      + (theta[:, k * m:].unsqueeze(1) if bias else 0.0), -1)
+    assert (p * (1 - p)).min() > l2 / 100  # no row is left out here (the next test leaves some out)
+    apply = CurvaturePreconditioner(g, m, k, bias, l2, "cpu")
+    apply.build(xs, theta[[2, 0, 1]], torch.tensor([2, 0, 1]))  # each read-out's blocks at its own point
+    q = torch.randn(g, theta.shape[1], generator=gen, dtype=torch.float64)
+    out = apply(q, torch.arange(g))
+    assert out.dtype == torch.float64
+    for h in range(g):
+        for c in range(k):
+            sl = slice(c * m, (c + 1) * m)
+            want = torch.linalg.solve(hess[h][sl, sl], q[h, sl])
+            assert torch.allclose(out[h, sl], want, rtol=1e-4, atol=1e-6)
+            if bias:
+                b = k * m + c
+                assert torch.allclose(out[h, b], q[h, b] / (hess[h][b, b] + l2), rtol=1e-4)
+    sub = torch.tensor([2, 0])
+    assert torch.allclose(apply(q[sub], sub), out[sub], rtol=1e-6, atol=1e-9)
+
+
+def test_the_curvature_matrix_leaves_out_rows_below_a_hundredth_of_the_penalty():
+    """Rows whose softmax curvature p (1 - p) for a class is below l2 / 100 add nothing to that class's block:
+    the block is sum over the other rows of p (1 - p) x x^T / N, plus l2 (written out row by row here)."""
+    gen = torch.Generator().manual_seed(8)
+    n, m, k, l2 = 300, 3, 4, 1e-2
+    xs = torch.randn(1, n, m, generator=gen, dtype=torch.float64)
+    theta = 4.0 * torch.randn(1, k * m, generator=gen, dtype=torch.float64)  # confident: many rows below the cut
+    z = xs[0] @ theta[0].view(k, m).T
+    p = torch.softmax(z, -1)
+    v = p * (1 - p)
+    assert 0.2 < (v < l2 / 100).double().mean() < 0.8
+    apply = CurvaturePreconditioner(1, m, k, False, l2, "cpu")
+    apply.build(xs, theta, torch.tensor([0]))
+    for c in range(k):
+        block = l2 * torch.eye(m, dtype=torch.float64)
+        for i in range(n):
+            if v[i, c] >= l2 / 100:
+                block += v[i, c] * torch.outer(xs[0, i], xs[0, i]) / n
+        e = torch.zeros(1, k * m, dtype=torch.float64)
+        for j in range(m):
+            e.zero_()
+            e[0, c * m + j] = 1.0
+            col = apply(e, torch.arange(1))[0, c * m:(c + 1) * m]
+            assert torch.allclose(col, torch.linalg.inv(block)[:, j], rtol=1e-4, atol=1e-6)
+
+
+def _hard(n=800, g=3, m=6, k=5, seed=0):
+    """Well separated classes seen through correlated nodes: at a weak penalty L-BFGS with the start's matrix
+    needs more than `curvature_after(m)` steps."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    centres = torch.randn(g, k, m, generator=gen) * 3.0
+    x = (centres[:, y] + torch.randn(g, n, m, generator=gen)) @ torch.randn(g, m, m, generator=gen)
+    return x.double(), y
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_hard_fit_switches_to_the_curvature_matrix_and_reaches_the_same_optimum(monkeypatch, bias):
+    """A fit still above its tolerance after curvature_after(m) steps goes on with the curvature matrix (built
+    once, kept for float64); it converges to the optimum an independent solver finds, as the fit that keeps the
+    start's matrix does; each read-out switches on its own."""
+    import lightning_ssb.analysis.fit as fit_module
+
+    assert curvature_after(6) == 30 and curvature_after(384) == 192
+    built = []
+    real = fit_module.CurvaturePreconditioner.build
+
+    def recording(self, xs, theta, groups):
+        built.append((theta.dtype, groups.tolist()))
+        real(self, xs, theta, groups)
+
+    monkeypatch.setattr(fit_module.CurvaturePreconditioner, "build", recording)
+    x, y = _hard()
+    l2 = 1e-4
+    fit = fit_groups(x, y, 5, bias, FitSettings(l2=l2))
+    assert built == [(torch.float32, [0, 1, 2])]  # once, in float32, and kept for the float64 phase
+    assert fit.report.converged.all() and (fit.report.iterations > curvature_after(6)).all()
+    monkeypatch.setattr(fit_module, "CURVATURE_AFTER", 10**6)
+    plain = fit_groups(x, y, 5, bias, FitSettings(l2=l2))
+    assert len(built) == 1 and plain.report.converged.all()
+    monkeypatch.setattr(fit_module, "CURVATURE_AFTER", 30)
+    for h in range(3):
+        gw, gb = penalised_grad(x[h], y, fit.weight[h], fit.bias[h], l2, bias)
+        assert gw.abs().max() <= 1.5e-6 and (not bias or gb.abs().max() <= 1.5e-6)
+        ref_w, ref_b = scipy_optimum(x[h], y, 5, l2, bias)
+        for got in (fit, plain):
+            fields, ref = x[h] @ got.weight[h].T + got.bias[h], x[h] @ ref_w.T + ref_b
+            # a gradient of 1e-6 per entry leaves the optimum within |g| / l2 in the (penalised) weights
+            assert torch.allclose(fields - fields.mean(1, keepdim=True), ref - ref.mean(1, keepdim=True), atol=0.05)
+            assert ((fields.argmax(1) == ref.argmax(1)).double().mean()) > 0.995
+    # each read-out switches on its own: beside one that converges before switching, the others are fitted
+    # exactly as beside one that switches
+    easy = torch.cat([x[:2], torch.randn(1, *x.shape[1:], dtype=x.dtype, generator=torch.Generator().manual_seed(1))])
+    built.clear()
+    mixed = fit_groups(easy, y, 5, bias, FitSettings(l2=l2))
+    assert built == [(torch.float32, [0, 1])] and mixed.report.iterations[2] < curvature_after(6)
+    assert torch.equal(mixed.weight[:2], fit.weight[:2]) and torch.equal(mixed.bias[:2], fit.bias[:2])
+    assert torch.equal(mixed.report.iterations[:2], fit.report.iterations[:2])
