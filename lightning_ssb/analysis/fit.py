@@ -135,6 +135,45 @@ def softmax_parts(z: Tensor) -> tuple[Tensor, Tensor]:
     return top.add_(total.log_()), z
 
 
+# Every read-out's operands of a matrix product start on a 64-byte boundary. MKL's products (torch's on a CPU)
+# round differently with the operands' offset from such a boundary: a batched product runs each read-out at
+# its own offset, and of four read-outs of 5 or 7 nodes the second and fourth came out differently from the
+# same read-outs fitted alone (in float32 and float64; found 2026-12-04, docs/BENCHMARKS.md). So the group
+# fits keep each read-out's nodes, fields, weights and matrices in slabs that start on such a boundary
+# (`slabs`), and multiply them read-out by read-out: a read-out's products, and so its fit, are the same
+# alone or among others.
+ALIGN_BYTES = 64
+
+
+def slabs(g: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """An uninitialised `[g, *shape]` tensor whose every slab `[i]` is contiguous and starts on a 64-byte
+    boundary (the slabs padded to a multiple of 64 bytes)."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    per = max(1, ALIGN_BYTES // item)
+    inner = math.prod(shape)
+    stride = -(-inner // per) * per
+    flat = torch.empty(g * stride + per, dtype=dtype, device=device)
+    skip = (-(flat.data_ptr() // item)) % per
+    inner_strides = torch.empty(shape, device="meta").stride()
+    return flat.as_strided((g, *shape), (stride, *inner_strides), skip)
+
+
+def is_slabs(x: Tensor) -> bool:
+    """Whether every slab `x[i]` is contiguous and starts on a 64-byte boundary."""
+    item = x.element_size()
+    return (x.dim() >= 1 and x[0].is_contiguous() and x.data_ptr() % ALIGN_BYTES == 0
+            and (x.shape[0] < 2 or (x.stride(0) * item) % ALIGN_BYTES == 0))
+
+
+def slabs_of(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """x `[g, ...]` in `dtype` (default its own) as `slabs`: x itself when it already is."""
+    dtype = x.dtype if dtype is None else dtype
+    if x.dtype == dtype and is_slabs(x):
+        return x
+    out = slabs(x.shape[0], tuple(x.shape[1:]), dtype, x.device)
+    return out.copy_(x)
+
+
 # Rows of the fields that `group_objective` computes at once, in float64 on a CPU: a block `[G, 512, K]`
 # stays in cache between the matrix product that writes it, the softmax and the product that reads it back.
 # Over all N rows at once each of those passes went to memory, and a float64 evaluation took 1.15 to 1.35
@@ -158,7 +197,10 @@ def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: flo
     `[g, rows, K]` are computed, turned into softmax residuals and multiplied back into the gradient while
     they are in cache, and the loss and gradient are sums over the blocks. The fields of every block are
     written into one buffer made once (a fresh one each evaluation was mapped and page-faulted anew: a third
-    of the penalty rule's time at the FewRel scale)."""
+    of the penalty rule's time at the FewRel scale). The two matrix products are made read-out by read-out on
+    operands that start on a 64-byte boundary (`slabs`), so that a read-out's sums are the same alone or
+    among others."""
+    xs = slabs_of(xs)  # no copy for prepared groups (`prepare_groups`, `GroupData.of`)
     g, n, m = xs.shape
     k = num_classes
     nw = k * m
@@ -166,60 +208,85 @@ def group_objective(xs: Tensor, y: Tensor, num_classes: int, bias: bool, l2: flo
     starts = range(0, n, rows)
     target = y.view(1, n, 1)
     minus_one = torch.full((1, 1, 1), -1.0, dtype=xs.dtype, device=xs.device)
-    buffer = torch.empty(g * rows * k, dtype=xs.dtype, device=xs.device)  # reused by every block and evaluation
+    fields = slabs(g, (rows, k), xs.dtype, xs.device)  # reused by every block and evaluation
+    weights, grads = slabs(g, (k, m), xs.dtype, xs.device), slabs(g, (k, m), xs.dtype, xs.device)
+    # the views the products use, made once: read-out i's rows of block s, its fields there and their transpose
+    spans = [(start, min(n, start + rows)) for start in starts]
+    x_at = [[xs[i, a:e] for a, e in spans] for i in range(g)]
+    z_at = [[fields[i, : e - a] for a, e in spans] for i in range(g)]
+    p_at = [[z.T for z in zs] for zs in z_at]
+    w_t = [weights[i].T for i in range(g)]
+    gw_at = [grads[i] for i in range(g)]
 
     def objective(theta: Tensor, idx: Tensor):
-        full = idx.numel() == g
         gg = idx.numel()
-        w = theta[:, :nw].view(gg, k, m)
-        wt = w.transpose(1, 2)
-        b = theta[:, nw:].view(gg, 1, k) if bias else None
+        groups = list(enumerate(range(g) if gg == g else idx.tolist()))
+        w = weights[:gg]
+        w.copy_(theta[:, :nw].view(gg, k, m))
         total = torch.zeros(gg, dtype=xs.dtype, device=xs.device)  # summed cross-entropy
-        gw = w.mul(l2)  # the penalty's gradient; every block adds its residuals' product
+        gw = grads[:gg]
+        torch.mul(w, l2, out=gw)  # the penalty's gradient; every block adds its residuals' product
         gb = torch.zeros(gg, k, dtype=xs.dtype, device=xs.device) if bias else None
-        for start in starts:
-            stop = min(n, start + rows)
+        b = theta[:, nw:].view(gg, 1, k) if bias else None
+        for s, (start, stop) in enumerate(spans):
             r = stop - start
-            xc = xs[:, start:stop] if full else xs[idx, start:stop]  # [g, r, m]
-            z = buffer[: gg * r * k].view(gg, r, k)
-            if bias:
-                torch.baddbmm(b, xc, wt, out=z)
-            else:
-                torch.bmm(xc, wt, out=z)
+            z = fields[:gg, :r]  # [gg, r, k], each read-out's fields contiguous from a 64-byte boundary
+            for j, gi in groups:
+                torch.mm(x_at[gi][s], w_t[j], out=z_at[j][s])
+            if b is not None:
+                z.add_(b)
             tgt = target[:, start:stop].expand(gg, r, 1)
             zy = z.gather(2, tgt)
             lse, p = softmax_parts(z)
             total += (lse - zy).sum((1, 2))
             p.scatter_add_(2, tgt, minus_one.expand(gg, r, 1))  # softmax - onehot
-            gw.baddbmm_(p.transpose(1, 2), xc, alpha=1.0 / n)
-            if bias:
+            for j, gi in groups:
+                gw_at[j].addmm_(p_at[j][s], x_at[gi][s], alpha=1.0 / n)
+            if gb is not None:
                 gb += p.sum(1)
         loss = total / n + 0.5 * l2 * (w * w).sum((1, 2))
-        grad = torch.cat([gw.flatten(1), gb / n], 1) if bias else gw.flatten(1)
+        grad = (torch.cat([gw.flatten(1), gb / n], 1) if gb is not None
+                else gw.flatten(1).clone(memory_format=torch.contiguous_format))
         return loss, grad
 
     return objective
+
+
+def second_moments(xs: Tensor) -> Tensor:
+    """xs^T xs / N of every read-out's nodes, `[G, m, m]` from xs `[G, N, m]`, read-out by read-out (`slabs`)."""
+    xs = slabs_of(xs)
+    g, n, m = xs.shape
+    cov = slabs(g, (m, m), xs.dtype, xs.device)
+    for i in range(g):
+        torch.mm(xs[i].T, xs[i], out=cov[i])
+    return cov.div_(n)
 
 
 def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float, cov: Tensor | None = None):
     """An approximate inverse Hessian of `group_objective` at the start (uniform softmax): for the
     weights of every class (C / K + l2 I)^-1 with C = xs^T xs / N the nodes' second moments (`cov`
     when given), for the biases K. Correlated nodes make the plain problem ill-conditioned; this is
-    L-BFGS's initial matrix."""
+    L-BFGS's initial matrix. Made and applied read-out by read-out (`slabs`)."""
     g, n, m = xs.shape
     k = num_classes
     nw = k * m
     if cov is None:
-        cov = torch.bmm(xs.transpose(1, 2), xs) / n
+        cov = second_moments(xs)
     eye = torch.eye(m, dtype=xs.dtype, device=xs.device)
-    a = cov / k + (l2 + 1e-8) * eye  # the small ridge keeps constant (zeroed) nodes invertible
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(a))
+    inv = slabs(g, (m, m), xs.dtype, xs.device)
+    for i in range(g):
+        a = cov[i] / k + (l2 + 1e-8) * eye  # the small ridge keeps constant (zeroed) nodes invertible
+        inv[i].copy_(torch.cholesky_inverse(torch.linalg.cholesky(a)))
 
     def apply(q: Tensor, idx: Tensor) -> Tensor:
-        ig = inv if idx.numel() == g else inv[idx]
         gg = q.shape[0]
-        rw = torch.bmm(q[:, :nw].view(gg, k, m), ig).flatten(1)
-        return torch.cat([rw, q[:, nw:] * k], 1) if bias else rw
+        groups = range(g) if gg == g else idx.tolist()
+        qw = slabs_of(q[:, :nw].view(gg, k, m))
+        rw = slabs(gg, (k, m), q.dtype, q.device)
+        for j, gi in enumerate(groups):
+            torch.mm(qw[j], inv[gi], out=rw[j])
+        return torch.cat([rw.flatten(1), q[:, nw:] * k], 1) if bias else rw.flatten(1).clone(
+            memory_format=torch.contiguous_format)
 
     return apply
 
@@ -251,11 +318,11 @@ class CurvaturePreconditioner:
         cut = l2 / 100.0
         eye = torch.eye(m, dtype=torch.float32, device=xs.device)
         if not self.inv.numel():
-            self.inv = torch.zeros(self.g, k, m, m, dtype=torch.float32, device=self.device)
+            self.inv = slabs(self.g, (k, m, m), torch.float32, self.device).zero_()
             self.bias_inv = torch.zeros(self.g, k, dtype=torch.float32, device=self.device)
         for row, gi in enumerate(groups.tolist()):
-            x = xs[gi].float()  # [n, m]
-            z = x @ theta[row, :nw].view(k, m).float().T
+            x = xs[gi].float()  # [n, m], from a 64-byte boundary (`slabs`) in either dtype
+            z = x @ theta[row, :nw].view(k, m).float().clone().T  # a copy from a 64-byte boundary (`slabs`)
             if self.bias:
                 z += theta[row, nw:].float()
             v = torch.softmax(z, -1)
@@ -273,11 +340,16 @@ class CurvaturePreconditioner:
         k, m = self.k, self.m
         nw = k * m
         gg = q.shape[0]
-        inv = self.inv if idx.numel() == self.inv.shape[0] else self.inv[idx]
-        # row vectors times the symmetric blocks: a faster kernel than the blocks times columns
-        rw = torch.bmm(q[:, :nw].reshape(gg * k, 1, m).float(), inv.reshape(gg * k, m, m)).reshape(gg, nw)
+        groups = range(gg) if gg == self.g else idx.tolist()
+        qw = slabs_of(q[:, :nw].reshape(gg, k, 1, m), torch.float32)
+        res = slabs(gg, (k, 1, m), torch.float32, q.device)
+        # row vectors times the symmetric blocks (a faster kernel than the blocks times columns), read-out by
+        # read-out (`slabs`)
+        for j, gi in enumerate(groups):
+            torch.bmm(qw[j], self.inv[gi], out=res[j])
+        rw = res.flatten(1)
         if not self.bias:
-            return rw.to(q.dtype)
+            return rw.to(q.dtype, memory_format=torch.contiguous_format, copy=True)
         bi = self.bias_inv if idx.numel() == self.bias_inv.shape[0] else self.bias_inv[idx]
         return torch.cat([rw.to(q.dtype), q[:, nw:] * bi.to(q.dtype)], 1)
 
@@ -384,13 +456,12 @@ class GroupData:
         if dtype == DTYPE:
             return self.xs
         if self._single is None:
-            self._single = self.xs.float()
+            self._single = slabs_of(self.xs, torch.float32)
         return self._single
 
     def cov(self, dtype: torch.dtype) -> Tensor:
         if dtype not in self._cov:
-            xs = self.of(dtype)
-            self._cov[dtype] = torch.bmm(xs.transpose(1, 2), xs) / xs.shape[1]
+            self._cov[dtype] = second_moments(self.of(dtype))
         return self._cov[dtype]
 
     def drop_single(self) -> None:
@@ -404,7 +475,8 @@ def prepare_groups(x: Tensor, bias: bool, const_tol: float = DEFAULT_CONST_TOL, 
         x = x.unsqueeze(0)
     x = x.detach()
     shift, scale, constant = standardise(x, bias, const_tol)
-    xs = _owned_float64(x).sub_(shift.unsqueeze(1)).div_(scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
+    xs = slabs(x.shape[0], tuple(x.shape[1:]), DTYPE, x.device).copy_(x)  # each group from a 64-byte boundary
+    xs.sub_(shift.unsqueeze(1)).div_(scale.unsqueeze(1)).masked_fill_(constant.unsqueeze(1), 0.0)
     _check_finite(what, xs)
     return GroupData(xs, shift, scale, constant, bias, what)
 
@@ -578,14 +650,25 @@ def node_objectives(data: BinnedNodes, num_classes: int, l2: float):
         loss, grad, p, xb, wt = parts(theta, idx)
         g = theta.shape[0]
         # the Hessian only steers the steps (the gradient decides convergence): float32 is enough
-        p32, xb32 = p.float(), xb.float()
-        wp = p32 * (wt.unsqueeze(2).float() / n)  # [g, B, K]
-        # the blocks [[aa, ac], [ca, cc]] written straight into one [g, 2K, 2K] tensor
+        p32, xb32 = slabs_of(p, torch.float32), xb.float()  # [g, B, K], [g, B, 1]
+        b = p32.shape[1]
+        wp = p32 * (wt.unsqueeze(2).float() / n)
+        # per node [B, 3K]: wp, wp x, wp x^2, multiplied by the node's p in one product read-out by read-out
+        # (`slabs`: a batched product rounded a node at some batch positions differently from the node alone)
+        w3 = slabs(g, (b, 3, k), torch.float32, theta.device)
+        torch.mul(wp, xb32, out=w3[:, :, 1])
+        torch.mul(w3[:, :, 1], xb32, out=w3[:, :, 2])
+        w3[:, :, 0] = wp
+        cross = slabs(g, (3 * k, k), torch.float32, theta.device)
+        for j in range(g):
+            torch.mm(w3[j].view(b, 3 * k).T, p32[j], out=cross[j])
+        blocks = torch.diag_embed(w3.sum(1)) - cross.view(g, 3, k, k)  # [g, 3, K, K]: cc, ac, aa
+        # the blocks [[aa, ac], [ca, cc]] written into one [g, 2K, 2K] tensor
         hess = torch.empty(g, 2 * k, 2 * k, dtype=theta.dtype, device=theta.device)
         h_aa, h_ac, h_ca, h_cc = hess[:, :k, :k], hess[:, :k, k:], hess[:, k:, :k], hess[:, k:, k:]
-        for power, block in ((2, h_aa), (1, h_ac), (0, h_cc)):
-            wpx = wp * xb32 ** power if power else wp
-            block.copy_(torch.diag_embed(wpx.sum(1)) - torch.bmm(wpx.transpose(1, 2), p32))
+        h_aa.copy_(blocks[:, 2])
+        h_ac.copy_(blocks[:, 1])
+        h_cc.copy_(blocks[:, 0])
         h_ca.copy_(h_ac.transpose(1, 2))
         h_aa.diagonal(dim1=1, dim2=2).add_(l2)
         # softmax is unchanged when every intercept moves by the same amount: fix that flat direction

@@ -193,6 +193,32 @@ def _backtrack(fun: Objective, theta: Tensor, f: Tensor, slope: Tensor, d: Tenso
     return out_theta, out_f, out_g, ok
 
 
+# Every problem's matrix and right-hand side in a Newton step start on a 64-byte boundary: a batched solve
+# rounded the problems at odd batch positions differently from the same problem alone (in float32, for
+# matrices of 50 and 130 rows, on this project's CPU), so that a node's Newton path moved with the nodes
+# beside it (docs/method.md 3: a unit's read-out does not depend on the others fitted beside it).
+ALIGN_BYTES = 64
+
+
+def _spd_solve(h: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    """(d, info) with h d = rhs for each problem (`[g, P, P]` symmetric positive definite, `[g, P]`) by Cholesky;
+    info != 0 where the factorisation failed. The matrices are padded with an identity block to P' rows, P'
+    the next multiple of 64 bytes' worth of entries, so that each problem's matrix and right-hand side start on a
+    64-byte boundary in every batch (the padding's unknowns are 0 and leave the others' equations alone)."""
+    g, p = rhs.shape
+    per = max(1, ALIGN_BYTES // h.element_size())
+    pp = -(-p // per) * per
+    if pp != p:
+        padded = h.new_zeros(g, pp, pp)
+        padded[:, :p, :p] = h
+        padded[:, p:, p:].diagonal(dim1=1, dim2=2).fill_(1.0)
+        h = padded
+    b = rhs.new_zeros(g, pp, 1)
+    b[:, :p, 0] = rhs
+    chol, info = torch.linalg.cholesky_ex(h)
+    return torch.cholesky_solve(b, chol)[:, :p, 0], info
+
+
 def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], fun: Objective, theta0: Tensor,
            max_iter: int | Tensor, gtol: float) -> tuple[Tensor, FitReport]:
     """Minimise G small strictly convex problems by damped Newton steps (batched Cholesky solves).
@@ -224,8 +250,7 @@ def newton(fun_hess: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], 
         h = fun_hess(theta[idx], idx)[2]
         # a tiny ridge, relative to the Hessian's scale, keeps the factorisation defined
         ridge = 1e-12 * h.diagonal(dim1=1, dim2=2).abs().amax(1).clamp_min(1e-300)
-        chol, info = torch.linalg.cholesky_ex(h + ridge.view(-1, 1, 1) * eye)
-        d = torch.cholesky_solve(-g.unsqueeze(2), chol).squeeze(2)
+        d, info = _spd_solve(h + ridge.view(-1, 1, 1) * eye, g.neg())
         failed = info != 0
         if failed.any():  # not positive definite numerically: a scaled gradient step for that problem
             d[failed] = -g[failed] / g[failed].abs().amax(1, keepdim=True).clamp_min(1.0)
