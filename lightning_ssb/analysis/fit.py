@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .optim import FitReport, lbfgs, newton
+from .optim import ALIGN_BYTES, FitReport, lbfgs, newton
 
 DEFAULT_MAX_ITER = 1000
 DEFAULT_GTOL = 1e-6
@@ -140,9 +140,9 @@ def softmax_parts(z: Tensor) -> tuple[Tensor, Tensor]:
 # its own offset, and of four read-outs of 5 or 7 nodes the second and fourth came out differently from the
 # same read-outs fitted alone (in float32 and float64; found 2026-12-04, docs/BENCHMARKS.md). So the group
 # fits keep each read-out's nodes, fields, weights and matrices in slabs that start on such a boundary
-# (`slabs`), and multiply them read-out by read-out: a read-out's products, and so its fit, are the same
-# alone or among others.
-ALIGN_BYTES = 64
+# (`slabs`; the boundary is optim.py's `ALIGN_BYTES`, where the Newton solves are padded for the same reason),
+# and multiply them read-out by read-out: a read-out's products, and so its fit, are the same alone or among
+# others.
 
 
 def slabs(g: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> Tensor:
@@ -172,6 +172,16 @@ def slabs_of(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         return x
     out = slabs(x.shape[0], tuple(x.shape[1:]), dtype, x.device)
     return out.copy_(x)
+
+
+def scratch_slabs(cache: dict, key: str, g: int, shape: tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device | str) -> Tensor:
+    """`slabs(g, shape, dtype, device)` made at the first call with this key and dtype and returned again
+    after (its first rows, `[:g']`, are slabs too): a preconditioner's buffers, once per fit, not per step."""
+    buf = cache.get((key, dtype))
+    if buf is None:
+        buf = cache[(key, dtype)] = slabs(g, shape, dtype, device)
+    return buf
 
 
 # Rows of the fields that `group_objective` computes at once, in float64 on a CPU: a block `[G, 512, K]`
@@ -278,11 +288,13 @@ def group_preconditioner(xs: Tensor, num_classes: int, bias: bool, l2: float, co
         a = cov[i] / k + (l2 + 1e-8) * eye  # the small ridge keeps constant (zeroed) nodes invertible
         inv[i].copy_(torch.cholesky_inverse(torch.linalg.cholesky(a)))
 
+    scratch: dict = {}
+
     def apply(q: Tensor, idx: Tensor) -> Tensor:
         gg = q.shape[0]
         groups = range(g) if gg == g else idx.tolist()
-        qw = slabs_of(q[:, :nw].view(gg, k, m))
-        rw = slabs(gg, (k, m), q.dtype, q.device)
+        qw = scratch_slabs(scratch, "q", g, (k, m), q.dtype, q.device)[:gg].copy_(q[:, :nw].view(gg, k, m))
+        rw = scratch_slabs(scratch, "r", g, (k, m), q.dtype, q.device)[:gg]
         for j, gi in enumerate(groups):
             torch.mm(qw[j], inv[gi], out=rw[j])
         return torch.cat([rw.flatten(1), q[:, nw:] * k], 1) if bias else rw.flatten(1).clone(
@@ -309,6 +321,7 @@ class CurvaturePreconditioner:
     def __init__(self, num_groups: int, num_nodes: int, num_classes: int, bias: bool, l2: float, device) -> None:
         self.g, self.k, self.m, self.bias, self.l2, self.device = num_groups, num_classes, num_nodes, bias, l2, device
         self.inv = self.bias_inv = torch.zeros(0)  # made at the first `build`: most fits never need them
+        self.scratch: dict = {}  # `__call__`'s buffers, made once per fit (`scratch_slabs`)
 
     def build(self, xs: Tensor, theta: Tensor, groups: Tensor) -> None:
         """The blocks of read-outs `groups` from xs `[G, N, m]` (all read-outs) at theta `[len(groups), P]`."""
@@ -341,8 +354,9 @@ class CurvaturePreconditioner:
         nw = k * m
         gg = q.shape[0]
         groups = range(gg) if gg == self.g else idx.tolist()
-        qw = slabs_of(q[:, :nw].reshape(gg, k, 1, m), torch.float32)
-        res = slabs(gg, (k, 1, m), torch.float32, q.device)
+        qw = scratch_slabs(self.scratch, "q", self.g, (k, 1, m), torch.float32, q.device)[:gg]
+        qw.copy_(q[:, :nw].view(gg, k, 1, m))
+        res = scratch_slabs(self.scratch, "r", self.g, (k, 1, m), torch.float32, q.device)[:gg]
         # row vectors times the symmetric blocks (a faster kernel than the blocks times columns), read-out by
         # read-out (`slabs`)
         for j, gi in enumerate(groups):
