@@ -1,8 +1,10 @@
 """results/build.py without Lightning: a snapshot becomes the full, pinned set of logged keys."""
 
+import math
+
 import torch
 
-from lightning_ssb.analysis import AnalysisConfig, Penalties, analyze_all
+from lightning_ssb.analysis import AnalysisConfig, Penalties, analyze_all, sensitivity
 from lightning_ssb.callbacks.custom import NodalAnalysis
 from lightning_ssb.results.build import AnalysisPlan, EpochSnapshot, PenaltyBook, build_result
 from lightning_ssb.results.keys import parse_key
@@ -81,3 +83,22 @@ def test_values_are_the_analysis_values_at_the_plans_penalties():
     assert int(own.argmax()) == 0 and own[0] > 0.8 and own[1:].max() < 0.6
     rows = result.tables["nodes"][1]
     assert len(rows) == 2 * 4 and {r[1] for r in rows} == {"own", "shared"}  # one row per node and family
+
+
+def test_the_sensitivity_table_from_forked_workers_has_the_rows_of_one_call():
+    """The sensitivity runs as its own task beside the sites (two forked workers here, one thread each):
+    its table holds the rows a direct `sensitivity` call makes, value for value, in its order, each
+    prefixed with the site."""
+    config = AnalysisConfig(crossover_sizes=[], sensitivity_grid=[1e-3, 1e-1, 10.0])
+    snap = snapshot()
+    plan = AnalysisPlan(book=PenaltyBook(Penalties(shared=0.02, node=0.03, group=0.04)), nulls=[],
+                        sensitivity=[SITE], workers=2)
+    columns, rows = build_result(snap, config, figures=False, plan=plan).tables["sensitivity"]
+    direct = sensitivity(snap.train[SITE], snap.y_train, snap.test[SITE], snap.y_test, 3, config, name=SITE)
+    assert len(direct) == 2 * 2 * 3  # families x granularities x penalties
+    assert columns == ["site", *direct[0]]
+    expected = [[SITE, *row.values()] for row in direct]
+    assert [r[:4] for r in rows] == [r[:4] for r in expected]  # site, family, granularity, l2: the same order
+    for got, want in zip(rows, expected, strict=True):
+        assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(got[4:], want[4:], strict=True)), (
+            got, want)
